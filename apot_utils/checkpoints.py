@@ -1,0 +1,210 @@
+"""Checkpoints: the authors' released files, and this project's own.
+
+Everything is read with ``torch.load(..., weights_only=True)``: a file that needs arbitrary
+code to unpickle is refused. A checkpoint is checked completely (keys, shapes, the bitwidth
+it was made for) before anything is copied into a model, so a failure leaves the model as
+it was.
+
+Formats understood:
+- the release's CIFAR-10 files: ``{'epoch', 'state_dict', 'best_prec', 'optimizer'}`` with
+  ``module.`` prefixes and ``<layer>.weight_quant.wgt_alpha``;
+- the release's ImageNet layout: ``module.`` prefixes, ``<layer>.weight_alpha``;
+- this project's files (:func:`save_checkpoint`): ``state_dict`` plus a ``meta`` dict
+  (dataset, arch, bit, scheme, level rule, epoch, best accuracy).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = PROJECT_ROOT / "data" / "checkpoints"
+LEVEL_RULE = "apot-interleaved-v1"
+_RELEASE_URL = "https://github.com/yhhhli/APoT_Quantization/raw/master/CIFAR10/result/res20_{bit}bit/model_best.pth.tar"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used for the requested model."""
+
+
+@dataclass(frozen=True)
+class ReleasedCheckpoint:
+    dataset: str
+    arch: str
+    bit: int
+    filename: str
+    sha256: str
+    url: str
+    published_accuracy: float   # best_prec stored in the file (%), CIFAR-10 test set
+
+
+RELEASED = {
+    (c.dataset, c.arch, c.bit): c for c in [
+        ReleasedCheckpoint("cifar10", "resnet20", bit, f"res20_{bit}bit.pth.tar", sha, _RELEASE_URL.format(bit=bit), acc)
+        for bit, sha, acc in [
+            (2, "d2dc978da7dc93cb6e90edc59035ac181921aef9d93598f884d325986a3e7cd2", 90.96),
+            (3, "e7864989697c13ed8bfa304ca08bbe6ca3d759f71d4734fe3f3387f7d110a004", 92.51),
+            (4, "4db821849e375e3c31d12c6c03563e164ddd34f8da45e0d57bee87eb1d3b4303", 92.47),
+            (32, "f2d107bcd63ce2fcfb9b6f43f367dc80003e395b378111fedc7f9244fd90bfc6", 92.96),
+        ]
+    ]
+}
+_RELEASED_BY_SHA = {c.sha256: c for c in RELEASED.values()}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_dir() -> Path | None:
+    """``APOT_DATA_DIR`` (the reference data copy) if set."""
+    value = os.environ.get("APOT_DATA_DIR")
+    return Path(value) if value else None
+
+
+def release_path(dataset: str, arch: str, bit: int, download: bool = True) -> Path:
+    """Local path of a released checkpoint, verified by sha256.
+
+    Looks in ``$APOT_DATA_DIR/checkpoints/<dataset>/``, then ``data/checkpoints/``; otherwise
+    downloads the public file into ``data/checkpoints/`` (atomically, checked first).
+    """
+    key = (dataset, arch, bit)
+    if key not in RELEASED:
+        known = ", ".join(f"{d} {a} {b}-bit" for d, a, b in RELEASED)
+        raise CheckpointError(f"the authors released no {arch} {bit}-bit {dataset} checkpoint (released: {known})")
+    entry = RELEASED[key]
+    candidates = [CACHE_DIR / entry.filename]
+    if data_dir() is not None:
+        candidates.insert(0, data_dir() / "checkpoints" / dataset / entry.filename)
+    for path in candidates:
+        if path.is_file():
+            if sha256_of(path) != entry.sha256:
+                raise CheckpointError(f"{path} does not match the released file's sha256 {entry.sha256}")
+            return path
+    if not download:
+        raise CheckpointError(f"{entry.filename} not found in {', '.join(map(str, candidates))}")
+    return download_verified(entry.url, CACHE_DIR / entry.filename, entry.sha256)
+
+
+def download_verified(url: str, dest: Path, sha256: str) -> Path:
+    """Download ``url`` to ``dest``: into a temporary file beside it, checked, then renamed."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
+                for block in iter(lambda: response.read(1 << 16), b""):
+                    out.write(block)
+                    bar.update(len(block))
+        if sha256_of(Path(tmp)) != sha256:
+            raise CheckpointError(f"download of {url} does not match sha256 {sha256}")
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """``torch.load(path, weights_only=True)`` with clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"{path} needs arbitrary code to load and was refused "
+                              f"(weights_only=True): {str(error).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {error}") from None
+    if isinstance(content, dict) and "state_dict" not in content and all(
+            isinstance(v, torch.Tensor) for v in content.values()):
+        content = {"state_dict": content}
+    if not isinstance(content, dict) or not isinstance(content.get("state_dict"), dict):
+        raise CheckpointError(f"{path} holds no state_dict")
+    released = _RELEASED_BY_SHA.get(sha256_of(path))
+    if released is not None:
+        content.setdefault("meta", {"dataset": released.dataset, "arch": released.arch, "bit": released.bit})
+    return content
+
+
+def to_model_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Release key names -> this project's: drop ``module.``, ``weight_quant.wgt_alpha`` -> ``weight_alpha``."""
+    out = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.").replace("weight_quant.wgt_alpha", "weight_alpha")
+        out[key] = value
+    return out
+
+
+def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` unless ``state_dict`` fits ``model`` exactly (keys and shapes)."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        hint = ""
+        if any(k.endswith("alpha") for k in missing) and not any(k.endswith("alpha") for k in state_dict):
+            hint = " (it has no clipping thresholds: a full-precision checkpoint? use bit 32)"
+        elif any(k.endswith("alpha") for k in unexpected) and not any(k.endswith("alpha") for k in expected):
+            hint = " (it has clipping thresholds: a quantized checkpoint, but the model is full precision)"
+        raise CheckpointError(f"{source} does not fit the model{hint}: missing {missing[:4]}"
+                              f"{'…' if len(missing) > 4 else ''}, unexpected {unexpected[:4]}"
+                              f"{'…' if len(unexpected) > 4 else ''}")
+    wrong = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if state_dict[k].shape != v.shape]
+    if wrong:
+        raise CheckpointError(f"{source} has other shapes than the model (another architecture?): {wrong[:3]}")
+
+
+def load_into(model: nn.Module, path: str | Path, dataset: str, arch: str, bit: int) -> dict:
+    """Check the checkpoint at ``path`` against (dataset, arch, bit) and the model, then load it.
+
+    Returns the checkpoint's other entries (epoch, best accuracy, meta). Nothing is copied
+    into ``model`` unless every check passes.
+    """
+    content = read_checkpoint(path)
+    meta = content.get("meta", {})
+    for name, wanted in (("dataset", dataset), ("arch", arch), ("bit", bit)):
+        if name in meta and meta[name] != wanted:
+            raise CheckpointError(f"{path} is a {meta.get('bit')}-bit {meta.get('arch')} {meta.get('dataset')} "
+                                  f"checkpoint, not {bit}-bit {arch} {dataset}")
+    state_dict = to_model_keys(content["state_dict"])
+    check_state_dict(model, state_dict, str(path))
+    model.load_state_dict(state_dict)
+    return {k: v for k, v in content.items() if k not in ("state_dict", "optimizer")}
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict, **extra) -> Path:
+    """Write ``{'state_dict', 'meta', **extra}`` atomically (temporary file, then rename).
+
+    meta: dataset, arch, bit, scheme, epoch, best accuracy...; the level rule is added.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"state_dict": model.state_dict(), "meta": {**meta, "level_rule": LEVEL_RULE}, **extra}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

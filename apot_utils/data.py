@@ -1,0 +1,170 @@
+"""Data: CIFAR-10 as uint8 arrays (torchvision download, an ``.npz`` mirror, or the JPEG
+ImageFolder zip), batches normalized with the authors' constants, and ImageNet validation
+through an ImageFolder directory.
+
+Images stay uint8 [N, 32, 32, 3] until a batch is formed; ``normalize`` turns a uint8 batch
+[B, 32, 32, 3] into float32 [B, 3, 32, 32] exactly as ``ToTensor`` + ``Normalize`` do.
+"""
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoints import PROJECT_ROOT, data_dir
+
+CIFAR10_MEAN = (0.491, 0.482, 0.447)
+CIFAR10_STD = (0.247, 0.243, 0.262)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+DATA_ROOT = PROJECT_ROOT / "data"
+
+
+@dataclass
+class ImageArrays:
+    """x: uint8 [N, H, W, 3]; y: int64 [N]; source: where it came from, said in every log."""
+    x: torch.Tensor
+    y: torch.Tensor
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, n: int) -> "ImageArrays":
+        return ImageArrays(self.x[:n], self.y[:n], f"{self.source}, first {n}")
+
+    def to(self, device) -> "ImageArrays":
+        return ImageArrays(self.x.to(device), self.y.to(device), self.source)
+
+
+def load_npz(path: str | Path) -> ImageArrays:
+    """An offline mirror: ``x`` uint8 [N, 32, 32, 3] (HWC, RGB), ``y`` [N]."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CIFAR-10 file {path} does not exist")
+    with np.load(path) as f:
+        if "x" not in f or "y" not in f:
+            raise ValueError(f"{path} must hold arrays 'x' (uint8 [N,32,32,3]) and 'y' [N]")
+        x, y = f["x"], f["y"]
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3 or len(x) != len(y):
+        raise ValueError(f"{path}: x must be uint8 [N,32,32,3] and y [N], got {x.dtype} {x.shape}, {y.shape}")
+    return ImageArrays(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), str(path))
+
+
+def load_torchvision(train: bool, root: Path = DATA_ROOT) -> ImageArrays:
+    """The official CIFAR-10 through torchvision (downloads into ``data/`` when online)."""
+    import torchvision
+
+    ds = torchvision.datasets.CIFAR10(root=str(root), train=train, download=True)
+    return ImageArrays(torch.from_numpy(ds.data), torch.tensor(ds.targets, dtype=torch.int64),
+                       f"torchvision CIFAR-10 {'train' if train else 'test'} set")
+
+
+def load_jpeg_zip(path: str | Path, split: str) -> ImageArrays:
+    """The JPEG copy's ImageFolder zip (``<split>/<class>/NNNN.jpg``), decoded with Pillow.
+
+    Test images come back in the official order within each class; classes in index order.
+    """
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    xs, ys = [], []
+    with zipfile.ZipFile(path) as archive:
+        names = sorted(n for n in archive.namelist() if n.startswith(f"{split}/") and n.endswith(".jpg"))
+        if not names:
+            raise ValueError(f"{path} has no {split}/<class>/*.jpg files")
+        for name in tqdm(names, desc=f"decoding {split} JPEGs", unit="img"):
+            label = CIFAR10_CLASSES.index(name.split("/")[1])
+            xs.append(np.asarray(Image.open(io.BytesIO(archive.read(name))).convert("RGB")))
+            ys.append(label)
+    return ImageArrays(torch.from_numpy(np.stack(xs)), torch.tensor(ys), f"{path} ({split}, JPEG copy)")
+
+
+def load_cifar10(source: str | Path | None = None, train: bool = False) -> ImageArrays:
+    """CIFAR-10 from ``source``: an ``.npz`` path, a JPEG ``.zip`` path, or 'torchvision'.
+
+    With no source: torchvision when it downloads, else ``$APOT_DATA_DIR/cifar10/test_jpeg.npz``
+    (test set only); a clear error when neither is there.
+    """
+    if source is None:
+        try:
+            return load_torchvision(train)
+        except Exception as error:  # offline: fall back to the mirror, saying why
+            mirror = data_dir() / "cifar10" / "test_jpeg.npz" if data_dir() else None
+            if train or mirror is None or not mirror.is_file():
+                raise FileNotFoundError(
+                    f"CIFAR-10 could not be downloaded ({error}) and no offline copy was given: "
+                    "pass --data PATH.npz|PATH.zip or set APOT_DATA_DIR") from None
+            print(f"=> torchvision download failed ({type(error).__name__}); using {mirror} "
+                  "(a JPEG copy: accuracies about 10 points below the published ones)")
+            return load_npz(mirror)
+    if str(source) == "torchvision":
+        return load_torchvision(train)
+    if str(source).endswith(".zip"):
+        return load_jpeg_zip(source, "train" if train else "test")
+    return load_npz(source)
+
+
+def normalize(batch: torch.Tensor, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> float32 [B, 3, H, W], ``(x / 255 - mean) / std``."""
+    x = batch.permute(0, 3, 1, 2).float().div(255)
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return x.sub_(m).div_(s).contiguous()
+
+
+def augment(batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """CIFAR training augmentation on a uint8 batch [B, 32, 32, 3], on its own device:
+    random crop with 4 pixels of zero padding, then a random horizontal flip."""
+    b, h, w, _ = batch.shape
+    device = batch.device
+    padded = torch.nn.functional.pad(batch, (0, 0, 4, 4, 4, 4))
+    dy = torch.randint(0, 9, (b,), device=device, generator=generator)
+    dx = torch.randint(0, 9, (b,), device=device, generator=generator)
+    rows = (dy[:, None] + torch.arange(h, device=device))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=device))[:, None, :]
+    flip = torch.rand(b, device=device, generator=generator) < 0.5
+    cols = torch.where(flip[:, None, None], dx[:, None, None] + (w - 1) - torch.arange(w, device=device)[None, None, :], cols)
+    return padded[torch.arange(b, device=device)[:, None, None], rows, cols]
+
+
+def batches(data: ImageArrays, batch_size: int, shuffle: bool = False, train_augment: bool = False,
+            generator: torch.Generator | None = None, device=None):
+    """Yield (normalized float images [B, 3, 32, 32], labels [B]) on ``device``.
+
+    The arrays stay where they are (CPU, or already on the GPU for a device-resident
+    pipeline); each batch is moved, augmented and normalized there.
+    """
+    n = len(data)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size].to(data.x.device)
+        x, y = data.x[idx], data.y[idx]
+        if device is not None:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if train_augment:
+            x = augment(x)
+        yield normalize(x), y
+
+
+def num_batches(data: ImageArrays, batch_size: int) -> int:
+    return (len(data) + batch_size - 1) // batch_size
+
+
+def imagenet_val_loader(root: str | Path, batch_size: int = 256, workers: int = 4):
+    """ImageNet-style validation ImageFolder: Resize(256), CenterCrop(224), normalize."""
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"ImageNet validation folder {root} does not exist (expected <root>/<class>/<image>)")
+    transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    dataset = ImageFolder(str(root), transform)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                       pin_memory=torch.cuda.is_available())

@@ -1,0 +1,106 @@
+"""Validation loops that print what the release's ``test.py`` / ``main.py`` printed."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class AverageMeter:
+    """Last value and running average of a per-batch quantity weighted by batch size."""
+
+    def __init__(self):
+        self.val = self.sum = self.count = 0.0
+
+    def update(self, val: float, n: int = 1):
+        self.val, self.sum, self.count = val, self.sum + val * n, self.count + n
+
+    @property
+    def avg(self) -> float:
+        return self.sum / max(self.count, 1)
+
+
+@dataclass
+class ValidationResult:
+    """loss: mean cross-entropy; top1/top5: accuracy in %; predictions/targets: [N] int64 (CPU)."""
+    loss: float
+    top1: float
+    top5: float
+    seconds: float
+    predictions: torch.Tensor = field(repr=False)
+    targets: torch.Tensor = field(repr=False)
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.targets) / self.seconds
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is an error."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but CUDA is not available on this machine")
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"=> running on CUDA ({torch.cuda.get_device_name(device)})"
+    why = "" if torch.cuda.is_available() else " (CUDA not available)"
+    return f"=> running on the CPU{why}"
+
+
+def print_alphas(model: nn.Module, log: Callable[[str], None] = print) -> None:
+    """One ``weight alpha: w, act alpha: a`` line per quantized layer, in module order."""
+    from .layers import alphas
+
+    for _, w, a in alphas(model):
+        log(f"weight alpha: {w:.3f}, act alpha: {a:.3f}")
+
+
+def validate(model: nn.Module, batches: Iterable, total: int, device: torch.device,
+             style: str = "cifar", print_freq: int = 10, log: Callable[[str], None] = print) -> ValidationResult:
+    """Evaluate ``model`` on (images [B, 3, H, W], labels [B]) batches; ``total`` = number of batches.
+
+    style 'cifar' prints ``Test: [i/N] Time Loss Prec`` and `` * Prec x%``; 'imagenet' prints
+    ``Acc@1``/``Acc@5`` as the ImageNet script did.
+    """
+    model.eval()
+    batch_time, losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter(), AverageMeter()
+    predictions, targets = [], []
+    start = end = time.perf_counter()
+    with torch.inference_mode():
+        for i, (images, labels) in enumerate(batches):
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            output = model(images)
+            loss = F.cross_entropy(output, labels)
+            ranked = output.topk(min(5, output.shape[1]), dim=1).indices
+            correct = ranked.eq(labels[:, None])
+            n = labels.numel()
+            losses.update(loss.item(), n)
+            top1.update(correct[:, 0].float().sum().item() * 100.0 / n, n)
+            top5.update(correct.any(dim=1).float().sum().item() * 100.0 / n, n)
+            predictions.append(ranked[:, 0].cpu())
+            targets.append(labels.cpu())
+            batch_time.update(time.perf_counter() - end)
+            end = time.perf_counter()
+            if i % print_freq == 0:
+                if style == "cifar":
+                    log(f"Test: [{i}/{total}]\tTime {batch_time.val:.3f} ({batch_time.avg:.3f})\t"
+                        f"Loss {losses.val:.4f} ({losses.avg:.4f})\tPrec {top1.val:.3f}% ({top1.avg:.3f}%)")
+                else:
+                    log(f"Test: [{i}/{total}]\tTime {batch_time.val:.3f} ({batch_time.avg:.3f})\t"
+                        f"Loss {losses.val:.4e} ({losses.avg:.4e})\tAcc@1 {top1.val:6.2f} ({top1.avg:6.2f})\t"
+                        f"Acc@5 {top5.val:6.2f} ({top5.avg:6.2f})")
+    if style == "cifar":
+        log(f" * Prec {top1.avg:.3f}% ")
+    else:
+        log(f" * Acc@1 {top1.avg:.3f} Acc@5 {top5.avg:.3f}")
+    return ValidationResult(losses.avg, top1.avg, top5.avg, time.perf_counter() - start,
+                            torch.cat(predictions), torch.cat(targets))

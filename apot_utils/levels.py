@@ -1,0 +1,141 @@
+"""Quantization level sets at clipping threshold 1.
+
+Every set is a sorted float32 tensor of non-negative levels whose largest value is 1.
+A b-bit *unsigned* set (activations) has 2**b levels in [0, 1]. Weights use the signed
+set built from the (b - 1)-bit magnitude set: ``-m[::-1] ∪ m``, 2**b - 1 levels in [-1, 1].
+
+Additive powers-of-two (the paper's Q^a(α, kn), section 3): a level is a sum of ``terms``
+power-of-two terms, ``Σ_i p_i`` with ``p_i ∈ {0, 2^-e : e ∈ E_i}``, the exponent sets E_i
+disjoint. The bits are split over the terms as evenly as possible, wider terms first
+(``b = 5, terms = 3`` gives widths 2, 2, 1); a term of width k_i takes 2**k_i - 1 exponents.
+
+The exponent rule. Exponents 1, 2, 3, ... are handed out in order of a position: the j-th
+exponent (j = 0 .. m_i - 1) of a term with m_i exponents sits at ``(j + 1/2) / m_i``, and on
+equal positions the earlier term comes first. For ``b = k·n`` this is the paper's round robin
+(p_i ∈ {0, 2^-i, 2^-(i+n), ...}); for b = 3 and 5 it gives the odd sets the authors released.
+With ``terms = 1`` the rule gives power-of-two levels, with ``terms = b`` the uniform grid.
+
+Normalization follows the release arithmetic exactly: the sums are rounded to float32 and
+multiplied, in float32, by the float32 reciprocal of their maximum. The released checkpoints
+were trained with these values, so b = 2..6 at the default ``terms`` match them bit for bit.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from numbers import Integral
+
+import torch
+
+SCHEMES = ("apot", "pot", "uniform")
+MIN_BITS, MAX_BITS = 2, 8
+
+
+def default_terms(bits: int) -> int:
+    """Number of additive terms the release uses: 2-bit terms, ``ceil(bits / 2)`` of them."""
+    return math.ceil(bits / 2)
+
+
+def term_widths(bits: int, terms: int) -> list[int]:
+    """Bits of each additive term, wider first; they sum to ``bits``."""
+    return [bits // terms + (1 if i < bits % terms else 0) for i in range(terms)]
+
+
+def term_exponents(bits: int, terms: int) -> list[list[int]]:
+    """Power-of-two exponents e (level 2^-e before normalization) of each additive term."""
+    counts = [2**k - 1 for k in term_widths(bits, terms)]
+    slots = sorted(
+        ((j + 0.5) / m, term) for term, m in enumerate(counts) for j in range(m)
+    )
+    exponents: list[list[int]] = [[] for _ in counts]
+    for exponent, (_, term) in enumerate(slots, start=1):
+        exponents[term].append(exponent)
+    return exponents
+
+
+def _check_int(name: str, value, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be from {low} to {high}, got {value}")
+    return int(value)
+
+
+def _normalize_release_style(sums: list[float]) -> torch.Tensor:
+    values = torch.tensor(sorted(set(sums)), dtype=torch.float32)
+    return values.mul(1.0 / values.max())
+
+
+@lru_cache(maxsize=None)
+def _magnitudes(bits: int, scheme: str, terms: int) -> torch.Tensor:
+    """Unchecked builder; ``bits`` may be 1 (the ternary weights' magnitude set {0, 1})."""
+    if scheme == "uniform":
+        return torch.arange(2**bits, dtype=torch.float64).div(2**bits - 1).float()
+    if scheme == "pot":
+        terms = 1
+    sums = [0.0]
+    for exps in term_exponents(bits, terms):
+        sums = [s + p for s in sums for p in [0.0] + [2.0**-e for e in exps]]
+    levels = _normalize_release_style(sums)
+    if levels.numel() != 2**bits or not bool((levels[1:] > levels[:-1]).all()):
+        smallest = sum(2**k - 1 for k in term_widths(bits, terms))
+        fix = "use at most 7 bits or the 'apot' scheme" if scheme == "pot" else "use more additive terms"
+        raise ValueError(f"{scheme} with bits={bits}, terms={terms} has levels that float32 cannot tell "
+                         f"apart (its smallest power of two is 2^-{smallest}); {fix}")
+    return levels
+
+
+def _validate(bits, scheme: str, terms, min_bits: int) -> tuple[int, str, int]:
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    bits = _check_int("bits", bits, min_bits, MAX_BITS)
+    if scheme != "apot":
+        if terms is not None:
+            raise ValueError(f"terms applies to the 'apot' scheme only, not {scheme!r}")
+        return bits, scheme, 1 if scheme == "pot" else bits
+    terms = default_terms(bits) if terms is None else _check_int("terms", terms, 1, bits)
+    return bits, scheme, terms
+
+
+def level_set(bits: int, scheme: str = "apot", terms: int | None = None) -> torch.Tensor:
+    """Unsigned b-bit levels at α = 1: sorted float32 tensor [2**bits] from 0 to 1.
+
+    bits: 2..8. scheme: 'apot', 'pot' or 'uniform'. terms: number of additive terms
+    (the paper's n; APoT only, 1..bits, default ``ceil(bits / 2)``).
+    PoT needs exponents down to 2^-(2**bits - 1): float32 holds them up to 7 bits.
+    """
+    bits, scheme, terms = _validate(bits, scheme, terms, MIN_BITS)
+    return _magnitudes(bits, scheme, terms).clone()
+
+
+def weight_level_set(bits: int, scheme: str = "apot", terms: int | None = None) -> torch.Tensor:
+    """Signed b-bit weight levels at α = 1: sorted float32 tensor [2**bits - 1] in [-1, 1].
+
+    The magnitudes are the (bits - 1)-bit set (sign bit apart); at 2 bits the set is
+    ternary {-1, 0, 1}. ``terms`` counts the magnitude set's additive terms
+    (default ``ceil((bits - 1) / 2)``).
+    """
+    bits, scheme, _ = _validate(bits, scheme, None, MIN_BITS)
+    magnitudes = _magnitude_set(bits - 1, scheme, terms)
+    return torch.cat([-magnitudes[1:].flip(0), magnitudes])
+
+
+def _magnitude_set(bits: int, scheme: str, terms: int | None) -> torch.Tensor:
+    bits, scheme, terms = _validate(bits, scheme, terms, 1)
+    return _magnitudes(bits, scheme, terms).clone()
+
+
+def weight_magnitudes(bits: int, scheme: str = "apot", terms: int | None = None) -> torch.Tensor:
+    """The (bits - 1)-bit unsigned set that weight magnitudes are projected to."""
+    _validate(bits, scheme, None, MIN_BITS)
+    return _magnitude_set(bits - 1, scheme, terms)
+
+
+def shift_add_terms(bits: int, scheme: str = "apot", terms: int | None = None) -> int:
+    """Power-of-two terms one multiplication by a level costs (shift-and-add operations).
+
+    Uniform levels are b-bit integers (up to ``bits`` shifted copies); PoT one shift;
+    APoT one shift per additive term.
+    """
+    bits, scheme, terms = _validate(bits, scheme, terms, MIN_BITS)
+    return terms

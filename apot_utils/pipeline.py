@@ -1,0 +1,53 @@
+"""The steps that ``validate`` runs, callable from notebooks: build, load, validate."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import checkpoints, data
+from .evaluate import ValidationResult, describe_device, pick_device, print_alphas, validate
+from .models import build_model
+
+
+def load_model(dataset: str, arch: str, bit: int, checkpoint: str | Path | None = "release",
+               scheme: str = "apot", device="cpu", log: Callable[[str], None] = print) -> nn.Module:
+    """Build the model and load ``checkpoint`` ('release', a path, or None for random weights)."""
+    log("=> Building model...")
+    model = build_model(dataset, arch, bit, scheme)
+    if checkpoint is not None:
+        path = checkpoints.release_path(dataset, arch, bit) if str(checkpoint) == "release" else Path(checkpoint)
+        kind = "full-precision" if bit == 32 else f"{bit}-bit quantized"
+        log(f"=> loading the {kind} model from checkpoint")
+        checkpoints.load_into(model, path, dataset, arch, bit)
+        if bit != 32:
+            print_alphas(model, log)
+    return model.to(device)
+
+
+def validate_cifar10(model: nn.Module, test: data.ImageArrays, device, batch_size: int = 100,
+                     print_freq: int = 10, log: Callable[[str], None] = print) -> ValidationResult:
+    """Validate on CIFAR-10 arrays in batches of ``batch_size`` (the release used 100)."""
+    return validate(model, data.batches(test, batch_size, device=device), data.num_batches(test, batch_size),
+                    device, "cifar", print_freq, log)
+
+
+def run_validation(dataset: str = "cifar10", arch: str = "resnet20", bit: int = 3, checkpoint="release",
+                   data_source=None, device: str = "auto", batch_size: int | None = None, limit: int | None = None,
+                   scheme: str = "apot", workers: int = 4, log: Callable[[str], None] = print) -> ValidationResult:
+    """What ``python -m apot_utils validate`` does; returns the result."""
+    dev = pick_device(device)
+    log(describe_device(dev))
+    model = load_model(dataset, arch, bit, checkpoint, scheme, dev, log)
+    log(f"=> loading {dataset} data...")
+    if dataset == "cifar10":
+        test = data.load_cifar10(data_source)
+        if limit:
+            test = test.subset(limit)
+        return validate_cifar10(model, test, dev, batch_size or 100, log=log)
+    if data_source is None:
+        raise FileNotFoundError("ImageNet needs --data <validation ImageFolder directory>")
+    loader = data.imagenet_val_loader(data_source, batch_size or 256, workers)
+    return validate(model, loader, len(loader), dev, "imagenet", log=log)

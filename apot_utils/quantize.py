@@ -1,0 +1,232 @@
+"""Projection to a level set and the APoT weight and activation quantizers.
+
+Shapes: quantizers take and return tensors of any shape; α (``alpha``) is a 0-d tensor in
+the units of the input (weights after normalization, activations as they are).
+
+Forward: ``u = x / α``; clip ``u`` to [-1, 1] (weights) or [0, 1] (activations); project it
+to the nearest level (weights: the magnitude, sign apart); multiply back by α.
+Backward (the paper's reparameterized clipping function, as in the release):
+- input: straight through. Weights pass the gradient everywhere (the release does not
+  clip weight gradients); activations pass it where 0 <= u <= 1.
+- α: ``Σ g · (q(u) - u)`` where u is inside the clipping range, ``Σ g · sign(u)`` where
+  it is clipped (0 below 0 for activations), times the optional ``grad_scale``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from .levels import level_set, weight_magnitudes
+
+_INT_VIEW = {torch.float32: (torch.int32, 23), torch.float64: (torch.int64, 52)}
+
+
+def argmin_project(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """The reference definition: ``levels[argmin_j |x - levels[j]|]`` over the full N×L table.
+
+    Memory O(N·L): use it to check :func:`project`, not in models.
+    """
+    levels = levels.to(dtype=x.dtype, device=x.device)
+    flat = x.reshape(-1, 1)
+    return levels[(flat - levels).abs().argmin(dim=1)].view_as(x)
+
+
+def _nearest_index(x: torch.Tensor, levels: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    return torch.cat([(x[i:i + rows, None] - levels).abs().argmin(dim=1)
+                      for i in range(0, x.numel(), rows)])
+
+
+@lru_cache(maxsize=64)
+def _lookup_table(values: tuple[float, ...], dtype: torch.dtype, device: torch.device):
+    """Bucket table for :func:`project`.
+
+    A non-negative float's bit pattern, read as an integer, grows with its value; its top bits
+    (exponent and the first m mantissa bits) name a bucket. The table is refined until every
+    bucket of [0, 1] holds at most one change of nearest level; for each bucket it stores the
+    nearest level at its start (``base``) and the smallest value in it whose nearest level is
+    the next one (``threshold``, found by bisection on the bit patterns with the argmin rule).
+    """
+    int_dtype, mantissa = _INT_VIEW[dtype]
+    levels = torch.tensor(values, dtype=dtype)
+    top = int(torch.tensor(1.0, dtype=dtype).view(int_dtype))
+    # Values below a quarter of the smallest positive level all go to 0: one bucket for them.
+    floor_bits = int((levels[1] / 4).view(int_dtype))
+    for m in range(4, mantissa):
+        shift = mantissa - m
+        keys = torch.arange(floor_bits >> shift, (top >> shift) + 1, dtype=torch.int64)
+        first = (keys << shift).to(int_dtype)
+        first[0] = 0
+        last = (((keys + 1) << shift) - 1).clamp(max=top).to(int_dtype)
+        lo_idx = _nearest_index(first.view(dtype), levels)
+        hi_idx = _nearest_index(last.view(dtype), levels)
+        if int((hi_idx - lo_idx).max()) <= 1:
+            break
+    else:
+        raise ValueError("level set too dense for a projection table")
+    flips = (hi_idx > lo_idx).nonzero().squeeze(1)
+    lo, hi = first[flips].long(), last[flips].long()      # invariant: nearest(hi) is the next level
+    while bool((hi > lo).any()):
+        mid = (lo + hi) // 2
+        upper = _nearest_index(mid.to(int_dtype).view(dtype), levels) > lo_idx[flips]
+        hi, lo = torch.where(upper, mid, hi), torch.where(upper, lo, mid + 1)
+    threshold = torch.full((keys.numel(),), float("inf"), dtype=dtype)
+    threshold[flips] = hi.to(int_dtype).view(dtype)
+    return (shift, int(keys[0]), int(keys[-1]), threshold.to(device),
+            lo_idx.to(torch.int32).to(device), levels.to(device))
+
+
+def project(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Nearest level for every element: ``levels[argmin_j |x - levels[j]|]``, bit for bit.
+
+    x: float32 or float64 tensor of any shape (values below 0 go to 0, above 1 to 1).
+    levels: 1-D, sorted ascending, from 0 to 1 (a set of :mod:`apot_utils.levels`); cast to
+    x's dtype. scale: optional 0-d tensor; the result is then ``levels[...] * scale``, the
+    same values as multiplying afterwards, in the same pass.
+
+    The result equals the argmin over the N×L distance table computed in x's precision, ties
+    going to the lower level as argmin's first index does, without building that table:
+    three lookups into a small per-set table (:func:`_lookup_table`), memory O(N),
+    independent of L. Large inputs run through a kernel fused by ``torch.compile`` where it
+    is available (same integer arithmetic, same result; ``APOT_COMPILE=0`` turns it off).
+    """
+    if x.dtype not in _INT_VIEW:
+        raise TypeError(f"project supports float32 and float64 inputs, got {x.dtype}")
+    if levels.dim() != 1 or levels.numel() < 2 or float(levels[0]) != 0 or float(levels[-1]) != 1:
+        raise ValueError("levels must be a sorted 1-D level set from 0 to 1")
+    shift, first_key, last_key, threshold, base, values = _lookup_table(
+        tuple(levels.to(x.dtype).tolist()), x.dtype, x.device)
+    if scale is not None:
+        values = values * scale.to(x.dtype)
+    kernel = _lookup
+    if x.numel() >= _COMPILE_MIN_NUMEL and _compiled_lookup(x.device.type) is not None:
+        kernel = _compiled_lookup(x.device.type)
+    return kernel(x.contiguous(), shift, first_key, last_key, threshold, base, values)
+
+
+_COMPILE_MIN_NUMEL = 1 << 16
+
+
+def _lookup(x, shift: int, first_key: int, last_key: int, threshold, base, values):
+    key = (x.view(_INT_VIEW[x.dtype][0]) >> shift).clamp_(first_key, last_key).sub_(first_key).view(-1)
+    upper = x.reshape(-1) >= threshold.index_select(0, key)
+    index = base.index_select(0, key)
+    del key
+    index += upper
+    del upper
+    return values.index_select(0, index).view_as(x)
+
+
+@lru_cache(maxsize=None)
+def _compiled_lookup(device_type: str):
+    """``_lookup`` fused into one kernel by torch.compile: the same integer and comparison
+    arithmetic, so the same result. None where it is turned off or cannot be built."""
+    if os.environ.get("APOT_COMPILE", "1") == "0":
+        return None
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" on CPUs
+    kernel = torch.compile(_lookup, dynamic=True)
+    probe = torch.linspace(-0.5, 1.5, 1 << 16, device=device_type)
+    table = _lookup_table(tuple(level_set(3).tolist()), torch.float32, probe.device)
+    try:
+        if torch.equal(kernel(probe, *table), _lookup(probe, *table)):
+            return kernel
+        warnings.warn("the compiled projection disagreed with the eager one; using eager kernels")
+    except Exception as error:  # no C++ compiler or Triton: say why once, stay eager
+        warnings.warn(f"torch.compile unavailable for the projection ({type(error).__name__}: {error}); "
+                      "using eager kernels")
+    return None
+
+
+class _ClippedProjection(torch.autograd.Function):
+    """α · project(clip(x / α)) with the straight-through / reparameterized gradients."""
+
+    @staticmethod
+    def forward(ctx, x, alpha, levels, signed: bool, grad_scale: float):
+        u = x / alpha
+        if signed:
+            clipped = u.clamp(-1, 1)
+            q = project(clipped.abs(), levels).mul_(clipped.sign())
+        else:
+            q = project(u, levels)   # project maps u < 0 to 0 and u > 1 to 1: the clip
+        ctx.save_for_backward(u, q)
+        ctx.signed, ctx.grad_scale = signed, grad_scale
+        return q * alpha
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        u, q = ctx.saved_tensors
+        if ctx.signed:
+            grad_x = grad_out
+            slope = torch.where(u.abs() > 1, u.sign(), q - u)
+        else:
+            inside = (u >= 0) & (u <= 1)
+            grad_x = grad_out * inside
+            slope = torch.where(inside, q - u, (u > 1).to(u.dtype))
+        grad_alpha = (grad_out * slope).sum().mul(ctx.grad_scale)
+        return grad_x, grad_alpha, None, None, None
+
+
+def quantize_weight(w_normalized: torch.Tensor, alpha: torch.Tensor, magnitudes: torch.Tensor,
+                    grad_scale: float = 1.0) -> torch.Tensor:
+    """Signed quantization of already normalized weights: α · sign(c) · project(|c|), c = clip(w/α, -1, 1)."""
+    return _ClippedProjection.apply(w_normalized, alpha, magnitudes, True, grad_scale)
+
+
+def quantize_activation(x: torch.Tensor, alpha: torch.Tensor, levels: torch.Tensor,
+                        grad_scale: float = 1.0) -> torch.Tensor:
+    """Unsigned quantization: α · project(clip(x/α, 0, 1)).
+
+    Without autograd (inference) the product with α is folded into the lookup: two passes
+    over x instead of five, the same values.
+    """
+    if torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad):
+        return _ClippedProjection.apply(x, alpha, levels, False, grad_scale)
+    return project(x / alpha, levels, scale=alpha.detach())
+
+
+def normalize_weight(w: torch.Tensor) -> torch.Tensor:
+    """``(w - mean) / std`` over the whole tensor (unbiased std), differentiable."""
+    return (w - w.mean()) / w.std()
+
+
+def quantize_8bit(w: torch.Tensor) -> torch.Tensor:
+    """8-bit first/last layer weights: ``round(w / max(w) · 127) / 127 · max(w)``, straight through."""
+    top = w.detach().max()
+    wq = w.div(top).mul(127).round().div(127).mul(top)
+    return (wq - w).detach() + w
+
+
+class WeightQuantizer(nn.Module):
+    """Normalizes and quantizes a weight tensor with a learnable clipping threshold α.
+
+    bits: 2..8 (sign included; 2 bits = ternary {-α, 0, α}). scheme: 'apot', 'pot' or 'uniform'.
+    terms: additive terms of the (bits - 1)-bit magnitude set (APoT only).
+    """
+
+    def __init__(self, bits: int, scheme: str = "apot", terms: int | None = None,
+                 alpha: float = 3.0, grad_scale: float = 1.0):
+        super().__init__()
+        self.register_buffer("levels", weight_magnitudes(bits, scheme, terms), persistent=False)
+        self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+        self.grad_scale = grad_scale
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return quantize_weight(normalize_weight(w), self.alpha, self.levels, self.grad_scale)
+
+
+class ActivationQuantizer(nn.Module):
+    """Quantizes non-negative activations to the b-bit set with a learnable clipping threshold α."""
+
+    def __init__(self, bits: int, scheme: str = "apot", terms: int | None = None,
+                 alpha: float = 8.0, grad_scale: float = 1.0):
+        super().__init__()
+        self.register_buffer("levels", level_set(bits, scheme, terms), persistent=False)
+        self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+        self.grad_scale = grad_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return quantize_activation(x, self.alpha, self.levels, self.grad_scale)

@@ -1,0 +1,136 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from apot_utils import quantize
+from apot_utils.layers import QuantConv2d
+from apot_utils.levels import level_set, weight_magnitudes
+from apot_utils.quantize import argmin_project, project, quantize_activation, quantize_weight
+
+RELEASED = [level_set(b) for b in range(2, 7)] + [weight_magnitudes(b) for b in range(3, 7)]
+
+
+def near_midpoints(levels, dtype, ulps=6):
+    """Every midpoint of neighbouring levels and the `ulps` floats on each side of it."""
+    lv = levels.to(dtype)
+    mids = (lv[1:] + lv[:-1]) / 2
+    out, up, down = [mids, lv], mids.clone(), mids.clone()
+    for _ in range(ulps):
+        up = torch.nextafter(up, torch.full_like(up, 2))
+        down = torch.nextafter(down, torch.full_like(down, -2))
+        out += [up, down]
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("index", range(len(RELEASED)))
+@pytest.mark.parametrize("compiled", [False, True])
+def test_projection_equals_argmin(index, dtype, compiled, monkeypatch):
+    if not compiled:
+        monkeypatch.setattr(quantize, "_COMPILE_MIN_NUMEL", 1 << 62)
+    elif quantize._compiled_lookup("cpu") is None:
+        pytest.skip("torch.compile is not available here")
+    levels = RELEASED[index]
+    g = torch.Generator().manual_seed(index)
+    x = torch.cat([torch.rand(1 << 17, generator=g, dtype=dtype) * 1.4 - 0.2, near_midpoints(levels, dtype)])
+    assert torch.equal(project(x, levels), argmin_project(x, levels))
+    alpha = torch.tensor(1.7, dtype=dtype)
+    assert torch.equal(project(x, levels, scale=alpha), argmin_project(x, levels) * alpha)
+
+
+@pytest.mark.parametrize("bits, scheme", [(7, "pot"), (8, "apot"), (8, "uniform")])
+def test_projection_dense_sets(bits, scheme):
+    levels = level_set(bits, scheme)
+    x = torch.cat([torch.rand(20000), near_midpoints(levels, torch.float32)])
+    assert torch.equal(project(x, levels), argmin_project(x, levels))
+
+
+PEAK_SCRIPT = """
+import resource, sys, torch
+from apot_utils.levels import level_set
+from apot_utils.quantize import project, argmin_project
+fn = {"project": project, "argmin": argmin_project}[sys.argv[1]]
+x = torch.rand(1 << 24)
+levels = level_set(int(sys.argv[2]))
+fn(x[:1024], levels)                                   # tables and code paths warmed up
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = fn(x, levels)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / (x.numel() * 4))
+"""
+
+
+def extra_peak_ratio(fn: str, bits: int) -> float:
+    """Peak resident memory the call adds, in units of the input's size (fresh process)."""
+    env = {**os.environ, "APOT_COMPILE": "0"}
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, fn, str(bits)], capture_output=True, text=True,
+                         check=True, env=env)
+    return float(out.stdout.split()[-1])
+
+
+def test_projection_memory_independent_of_levels():
+    ratios = {bits: extra_peak_ratio("project", bits) for bits in (2, 5, 8)}
+    assert all(r <= 3.0 for r in ratios.values()), ratios        # the output included
+    assert max(ratios.values()) - min(ratios.values()) < 0.25, ratios
+    assert extra_peak_ratio("argmin", 3) > 8                      # N×L: what project avoids
+
+
+def test_activation_gradients_match_formula():
+    levels = level_set(3)
+    x = torch.tensor([-0.5, 0.0, 0.3, 1.1, 2.0, 3.5, 0.77], requires_grad=True)
+    alpha = torch.tensor(2.0, requires_grad=True)
+    g = torch.tensor([1.0, -2.0, 0.5, 3.0, -1.0, 2.0, 0.25])
+    out = quantize_activation(x, alpha, levels, grad_scale=0.5)
+    out.backward(g)
+    u = x.detach() / 2.0
+    q = argmin_project(u.clamp(0, 1), levels)
+    assert torch.equal(out.detach(), q * 2.0)
+    inside = (u >= 0) & (u <= 1)
+    assert torch.equal(x.grad, g * inside)
+    slope = torch.where(u > 1, torch.ones_like(u), torch.where(u < 0, torch.zeros_like(u), q - u))
+    assert torch.allclose(alpha.grad, 0.5 * (g * slope).sum())
+
+
+def test_weight_gradients_match_formula():
+    mags = weight_magnitudes(4)
+    w = torch.tensor([-4.0, -1.2, -0.3, 0.0, 0.2, 0.9, 1.5, 5.0], requires_grad=True)
+    alpha = torch.tensor(1.5, requires_grad=True)
+    g = torch.arange(1.0, 9.0)
+    quantize_weight(w, alpha, mags).backward(g)
+    u = w.detach() / 1.5
+    c = u.clamp(-1, 1)
+    q = argmin_project(c.abs(), mags) * c.sign()
+    assert torch.equal(w.grad, g)                       # straight through, not clipped
+    slope = torch.where(u.abs() > 1, u.sign(), q - u)
+    assert torch.allclose(alpha.grad, (g * slope).sum())
+
+
+def test_ternary_weights():
+    w = torch.randn(1000)
+    out = quantize_weight(w, torch.tensor(1.0), weight_magnitudes(2))
+    assert set(out.unique().tolist()) <= {-1.0, 0.0, 1.0}
+
+
+def test_eval_weight_cache_follows_changes():
+    torch.manual_seed(0)
+    conv = QuantConv2d(4, 8, 3, padding=1, bit=3)
+    x = torch.rand(2, 4, 8, 8)
+    conv.eval()
+    with torch.no_grad():
+        first = conv(x)
+        assert conv._cached_weight is not None
+        assert torch.equal(conv(x), first)
+        cached = conv._cached_weight
+        conv.weight.mul_(1.5)                         # weights change in place
+        changed = conv(x)
+        assert conv._cached_weight is not cached
+        conv.weight_alpha.fill_(0.7)                  # α changes
+        assert torch.equal(conv(x), conv.train()(x)) and conv._cached_weight is None
+        conv.eval()
+        conv.load_state_dict({k: v.clone() for k, v in QuantConv2d(4, 8, 3, padding=1, bit=3).state_dict().items()})
+        reloaded = conv(x)
+        uncached = conv.train()(x)
+    assert not torch.equal(first, changed)
+    assert torch.equal(reloaded, uncached)

@@ -1,0 +1,53 @@
+"""Full-test-set validations of the released models (CPU: about half a minute each)."""
+import subprocess
+import sys
+
+import pytest
+
+from apot_utils import data
+from apot_utils.pipeline import load_model, validate_cifar10
+
+
+@pytest.fixture(scope="module")
+def jpeg_test_set():
+    from conftest import reference_file
+    return data.load_npz(reference_file("cifar10/test_jpeg.npz"))
+
+
+@pytest.fixture(scope="module")
+def accuracies(jpeg_test_set):
+    from conftest import reference_file
+    out = {}
+    for bit in (32, 4, 3, 2):
+        model = load_model("cifar10", "resnet20", bit, reference_file(f"checkpoints/cifar10/res20_{bit}bit.pth.tar"))
+        out[bit] = validate_cifar10(model, jpeg_test_set, "cpu", print_freq=1000).top1
+    return out
+
+
+@pytest.mark.parametrize("bit", [4, 3, 2])
+def test_quantized_within_2_5_points_of_full_precision(accuracies, bit):
+    assert len(accuracies) == 4
+    assert accuracies[32] > 75            # the JPEG copy: about 10 points below the published 92.96
+    assert abs(accuracies[bit] - accuracies[32]) <= 2.5, accuracies
+
+
+def test_cli_validate_first_batch(ref):
+    path = ref("cifar10/test_first100_lossless.npz")
+    out = subprocess.run([sys.executable, "-m", "apot_utils", "validate", "--bit", "3", "--data", str(path),
+                          "--device", "cpu"], capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert lines[0].startswith("=> running on the CPU")
+    assert lines[1:3] == ["=> Building model...", "=> loading the 3-bit quantized model from checkpoint"]
+    assert sum(line.startswith("weight alpha: ") for line in lines) == 20
+    assert "=> loading cifar10 data..." in lines
+    assert lines[-1] == " * Prec 96.000% "
+    assert lines.count(" * Prec 96.000% ") == 1
+
+
+def test_cli_errors_are_clear(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "apot_utils", "validate", "--bit", "5", "--data", str(tmp_path / "x.npz")],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "released no resnet20 5-bit" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "apot_utils", "validate", "--bit", "7", "--arch", "resnet18"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "--arch for cifar10 must be one of" in run.stderr
