@@ -123,7 +123,7 @@ def test_eval_weight_cache_follows_changes():
         assert conv._cached_weight is not None
         assert torch.equal(conv(x), first)
         cached = conv._cached_weight
-        conv.weight.mul_(1.5)                         # weights change in place
+        conv.weight.add_(torch.randn_like(conv.weight))   # weights change in place
         changed = conv(x)
         assert conv._cached_weight is not cached
         conv.weight_alpha.fill_(0.7)                  # α changes
