@@ -53,7 +53,23 @@ def load_npz(path: str | Path) -> ImageArrays:
         x, y = f["x"], f["y"]
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3 or len(x) != len(y):
         raise ValueError(f"{path}: x must be uint8 [N,32,32,3] and y [N], got {x.dtype} {x.shape}, {y.shape}")
-    return ImageArrays(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), str(path))
+    return ImageArrays(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), display_path(path))
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` with the reference-data folder written as ``$APOT_DATA_DIR``."""
+    root = data_dir()
+    if root is not None and Path(path).resolve().is_relative_to(root.resolve()):
+        return "$APOT_DATA_DIR/" + str(Path(path).resolve().relative_to(root.resolve()))
+    return str(path)
+
+
+def reference_file(relative: str) -> Path:
+    """A file of the reference data copy (``$APOT_DATA_DIR/<relative>``), or a clear error."""
+    root = data_dir()
+    if root is None or not (root / relative).is_file():
+        raise FileNotFoundError(f"{relative} not found: set APOT_DATA_DIR to the folder of the reference data copy")
+    return root / relative
 
 
 def load_torchvision(train: bool, root: Path = DATA_ROOT) -> ImageArrays:
@@ -82,7 +98,7 @@ def load_jpeg_zip(path: str | Path, split: str) -> ImageArrays:
             label = CIFAR10_CLASSES.index(name.split("/")[1])
             xs.append(np.asarray(Image.open(io.BytesIO(archive.read(name))).convert("RGB")))
             ys.append(label)
-    return ImageArrays(torch.from_numpy(np.stack(xs)), torch.tensor(ys), f"{path} ({split}, JPEG copy)")
+    return ImageArrays(torch.from_numpy(np.stack(xs)), torch.tensor(ys), f"{display_path(path)} ({split}, JPEG copy)")
 
 
 def load_cifar10(source: str | Path | None = None, train: bool = False) -> ImageArrays:
@@ -100,7 +116,7 @@ def load_cifar10(source: str | Path | None = None, train: bool = False) -> Image
                 raise FileNotFoundError(
                     f"CIFAR-10 could not be downloaded ({error}) and no offline copy was given: "
                     "pass --data PATH.npz|PATH.zip or set APOT_DATA_DIR") from None
-            print(f"=> torchvision download failed ({type(error).__name__}); using {mirror} "
+            print(f"=> torchvision download failed ({type(error).__name__}); using {display_path(mirror)} "
                   "(a JPEG copy: accuracies about 10 points below the published ones)")
             return load_npz(mirror)
     if str(source) == "torchvision":

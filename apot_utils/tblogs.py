@@ -1,0 +1,34 @@
+"""The authors' TensorBoard logs of their ImageNet runs, read with TensorBoard's own reader."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .checkpoints import data_dir
+
+LOG_URL = "https://github.com/yhhhli/APoT_Quantization/tree/master/ImageNet/events"
+
+
+def read_scalars(path: str | Path) -> dict[str, tuple[list[int], list[float]]]:
+    """tag -> (steps, values) of every scalar in one event file."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: ([e.step for e in acc.Scalars(tag)], [e.value for e in acc.Scalars(tag)])
+            for tag in acc.Tags()["scalars"]}
+
+
+def release_logs(root: str | Path | None = None) -> dict[tuple[str, int], dict]:
+    """(arch, bit) -> scalars for the released runs in ``root`` (default ``$APOT_DATA_DIR/logs/imagenet``),
+    files named ``res{18,34}_{bit}bit.tfevents``."""
+    root = Path(root) if root else (data_dir() / "logs" / "imagenet" if data_dir() else None)
+    if root is None or not root.is_dir():
+        raise FileNotFoundError(f"no TensorBoard logs at {root}: download them from {LOG_URL} "
+                                "or set APOT_DATA_DIR")
+    logs = {}
+    for depth in (18, 34):
+        for bit in (2, 3, 4, 5):
+            path = root / f"res{depth}_{bit}bit.tfevents"
+            if path.is_file():
+                logs[(f"resnet{depth}", bit)] = read_scalars(path)
+    return logs
