@@ -1,4 +1,4 @@
-"""Command line: ``python -m apot_utils validate|train ...`` (``--help`` for each)."""
+"""Command line: ``python -m apot_utils validate ...`` (``--help`` for the options)."""
 from __future__ import annotations
 
 import argparse
@@ -27,21 +27,13 @@ def main(argv=None) -> int:
     v.add_argument("--checkpoint", default="release", help="'release' (the authors' file) or a path")
     v.add_argument("--limit", type=int, default=None, help="validate the first N images only")
     v.add_argument("--workers", type=int, default=4, help="ImageNet data-loading processes")
-    t = commands.add_parser("train", help="quantization-aware training")
-    _common(t)
-    from .train import add_train_arguments
-    add_train_arguments(t)
     args = parser.parse_args(argv)
     if args.arch not in ARCHS[args.dataset]:
         parser.error(f"--arch for {args.dataset} must be one of {sorted(ARCHS[args.dataset])}")
     try:
-        if args.command == "validate":
-            from .pipeline import run_validation
-            run_validation(args.dataset, args.arch, args.bit, args.checkpoint, args.data, args.device,
-                           args.batch_size, args.limit, args.scheme, args.workers)
-        else:
-            from .train import run_training
-            run_training(args)
+        from .pipeline import run_validation
+        run_validation(args.dataset, args.arch, args.bit, args.checkpoint, args.data, args.device,
+                       args.batch_size, args.limit, args.scheme, args.workers)
     except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
