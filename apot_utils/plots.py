@@ -97,3 +97,31 @@ def curves(series: dict[str, tuple[list[float], list[float]]], title: str, xlabe
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig or ax.figure
+
+
+def release_curves(logs: dict, tag: str, title: str, ylabel: str):
+    """One panel per architecture: scalar ``tag`` of the released runs per epoch, a line per bitwidth.
+    logs: (arch, bit) -> scalars, as :func:`apot_utils.tblogs.release_logs` returns."""
+    archs = sorted({arch for arch, _ in logs})
+    fig, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 4), sharey=True)
+    for ax, arch in zip(np.atleast_1d(axes), archs):
+        series = {f"{bit}-bit": ([step / 1000 for step in logs[(arch, bit)][tag][0]], logs[(arch, bit)][tag][1])
+                  for a, bit in sorted(logs) if a == arch}   # the logs count 1000 steps an epoch
+        curves(series, f"{arch}: {title}", "epoch", ylabel, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def best_vs_bits(best: dict[str, dict[int, float]]):
+    """best: arch -> {bit: best validation top-1 (%)}, one line per architecture."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (arch, values), marker in zip(sorted(best.items()), "os^v"):
+        bits = sorted(values)
+        ax.plot(bits, [values[b] for b in bits], marker + "-", label=f"{arch} (released logs, best epoch)")
+    ax.set_xticks(sorted({b for v in best.values() for b in v}))
+    ax.set_xlabel("bitwidth (weights and activations)")
+    ax.set_ylabel("ImageNet top-1 (%)")
+    ax.set_title("Final top-1 against bitwidth")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig

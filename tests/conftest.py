@@ -1,20 +1,19 @@
 import os
-from pathlib import Path
 
 import pytest
 
+from apot_utils.data import reference_file as _locate
 
-def reference_file(relative: str) -> Path:
+
+def reference_file(relative: str):
     """A file of the reference data under $APOT_DATA_DIR: skipped without it, a failure
     under APOT_REQUIRE_DATA=1 (CI)."""
-    root = os.environ.get("APOT_DATA_DIR")
-    path = Path(root) / relative if root else None
-    if path is not None and path.is_file():
-        return path
-    reason = f"reference data file {relative} not found (set APOT_DATA_DIR to the apot-data folder)"
-    if os.environ.get("APOT_REQUIRE_DATA") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
+    try:
+        return _locate(relative)
+    except FileNotFoundError as missing:
+        if os.environ.get("APOT_REQUIRE_DATA") == "1":
+            pytest.fail(str(missing))
+        pytest.skip(str(missing))
 
 
 @pytest.fixture
