@@ -18,6 +18,7 @@ import hashlib
 import os
 import pickle
 import tempfile
+import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -115,6 +116,10 @@ def download_verified(url: str, dest: Path, sha256: str) -> Path:
         if sha256_of(Path(tmp)) != sha256:
             raise CheckpointError(f"download of {url} does not match sha256 {sha256}")
         os.replace(tmp, dest)
+    except urllib.error.URLError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise CheckpointError(f"could not download {url} ({error.reason}); offline, set APOT_DATA_DIR to a "
+                              "copy of the reference data or pass --checkpoint PATH") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
