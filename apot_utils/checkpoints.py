@@ -9,8 +9,8 @@ Formats understood:
 - the release's CIFAR-10 files: ``{'epoch', 'state_dict', 'best_prec', 'optimizer'}`` with
   ``module.`` prefixes and ``<layer>.weight_quant.wgt_alpha``;
 - the release's ImageNet layout: ``module.`` prefixes, ``<layer>.weight_alpha``;
-- this project's files (:func:`save_checkpoint`): ``state_dict`` plus a ``meta`` dict
-  (dataset, arch, bit, scheme, level rule, epoch, best accuracy).
+- a plain state dict, or ``{'state_dict': ..., 'meta': {'dataset', 'arch', 'bit', ...}}``
+  (``meta``, when present, is checked against the requested model).
 """
 from __future__ import annotations
 
@@ -31,7 +31,6 @@ from tqdm.auto import tqdm
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = PROJECT_ROOT / "data" / "checkpoints"
-LEVEL_RULE = "apot-interleaved-v1"
 _RELEASE_URL = "https://github.com/yhhhli/APoT_Quantization/raw/master/CIFAR10/result/res20_{bit}bit/model_best.pth.tar"
 
 
@@ -194,22 +193,3 @@ def load_into(model: nn.Module, path: str | Path, dataset: str, arch: str, bit: 
     check_state_dict(model, state_dict, str(path))
     model.load_state_dict(state_dict)
     return {k: v for k, v in content.items() if k not in ("state_dict", "optimizer")}
-
-
-def save_checkpoint(path: str | Path, model: nn.Module, meta: dict, **extra) -> Path:
-    """Write ``{'state_dict', 'meta', **extra}`` atomically (temporary file, then rename).
-
-    meta: dataset, arch, bit, scheme, epoch, best accuracy...; the level rule is added.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"state_dict": model.state_dict(), "meta": {**meta, "level_rule": LEVEL_RULE}, **extra}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

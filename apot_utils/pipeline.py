@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import torch
 from torch import nn
 
 from . import checkpoints, data

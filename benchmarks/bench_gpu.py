@@ -24,7 +24,7 @@ def resnet18_rows(batch: int = 256):
                              (5, "apot_utils"), (4, "reference")]:
         model = build_model("imagenet", "resnet18", bit).cuda().eval()
 
-        def forward():
+        def forward(model=model):
             with torch.inference_mode():
                 model(x)
         if formulation == "reference":
