@@ -125,3 +125,189 @@ def best_vs_bits(best: dict[str, dict[int, float]]):
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
+
+
+SCHEME_NAMES = {"uniform": "uniform", "pot": "power-of-two (PoT)", "apot": "additive PoT (APoT)"}
+SCHEME_COLORS = {"uniform": "tab:blue", "pot": "tab:orange", "apot": "tab:green"}
+
+
+def level_number_lines(bits=range(2, 7), schemes=("uniform", "pot", "apot")):
+    """The unsigned b-bit level sets at α = 1, one panel per scheme, one number line per bitwidth."""
+    from .levels import level_set
+
+    fig, axes = plt.subplots(1, len(schemes), figsize=(5 * len(schemes), 0.55 * len(bits) + 1.4), sharey=True)
+    for ax, scheme in zip(np.atleast_1d(axes), schemes):
+        for row, b in enumerate(bits):
+            levels = level_set(b, scheme).numpy()
+            ax.hlines(row, 0, 1, color="0.85", lw=1)
+            ax.plot(levels, np.full_like(levels, row), "|", ms=12, mew=1.2, color=SCHEME_COLORS.get(scheme))
+        ax.set_title(SCHEME_NAMES.get(scheme, scheme))
+        ax.set_xlabel("level (units of α)")
+        ax.set_xlim(-0.03, 1.03)
+    axes = np.atleast_1d(axes)
+    axes[0].set_yticks(range(len(bits)), [f"b = {b} ({2**b} levels)" for b in bits])
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def levels_on_weights(w: torch.Tensor, bits: int, alphas: dict[str, float], source: str):
+    """Histogram of normalized weights w [N] (σ units) with each scheme's signed b-bit levels at
+    its α (σ); one panel per scheme of ``alphas``."""
+    from .levels import weight_level_set
+
+    fig, axes = plt.subplots(1, len(alphas), figsize=(5 * len(alphas), 3.6), sharey=True)
+    for ax, (scheme, alpha) in zip(np.atleast_1d(axes), alphas.items()):
+        ax.hist(w.numpy(), bins=160, range=(-alpha * 1.3, alpha * 1.3), density=True, color="0.65", label="weights")
+        ax.vlines(weight_level_set(bits, scheme).numpy() * alpha, 0, 1, transform=ax.get_xaxis_transform(),
+                  color=SCHEME_COLORS.get(scheme), lw=1, label=f"{bits}-bit levels, α = {alpha:.2f} σ")
+        ax.set_title(SCHEME_NAMES.get(scheme, scheme))
+        ax.set_xlabel("normalized weight (σ)")
+        ax.legend(fontsize=8, loc="upper right")
+    np.atleast_1d(axes)[0].set_ylabel("density")
+    fig.suptitle(f"Weights of {source}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def error_vs_bits(rows: list[dict]):
+    """Best-α quantization error (σ², log scale) per bitwidth, a line per scheme; rows as
+    :func:`apot_utils.analysis.error_table` returns them."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for scheme in dict.fromkeys(r["scheme"] for r in rows):
+        mine = [r for r in rows if r["scheme"] == scheme]
+        ax.plot([r["bits"] for r in mine], [r["mse"] for r in mine], "o-", color=SCHEME_COLORS.get(scheme),
+                label=SCHEME_NAMES.get(scheme, scheme))
+    ax.set_yscale("log")
+    ax.set_xticks(sorted({r["bits"] for r in rows}))
+    ax.set_xlabel("weight bitwidth b (sign included)")
+    ax.set_ylabel("mean squared error (σ², best α)")
+    ax.set_title("Weight quantization error")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def normalization(w: torch.Tensor, name: str):
+    """A layer's weights [any shape] before and after ``normalize_weight``."""
+    from .quantize import normalize_weight
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, values, title, unit in ((axes[0], w, "as trained", "weight value"),
+                                    (axes[1], normalize_weight(w), "normalized: (w − mean) / std", "σ")):
+        values = values.detach().flatten()
+        ax.hist(values.numpy(), bins=100, color="0.55")
+        ax.set_title(f"{name}: {title}\nmean {values.mean():.2e}, std {values.std():.3g}", fontsize=9)
+        ax.set_xlabel(unit)
+        ax.set_ylabel("count")
+    fig.tight_layout()
+    return fig
+
+
+def quantizer_curves(curves: dict[str, dict[str, torch.Tensor]], alpha: float, unit: str):
+    """Rows: label -> :func:`apot_utils.analysis.quantizer_curves` output. Columns: the forward
+    staircase, the input gradient and the α gradient, against the input (``unit``)."""
+    fig, axes = plt.subplots(len(curves), 3, figsize=(14, 3.2 * len(curves)), sharex=True, squeeze=False)
+    for row, (label, c) in zip(axes, curves.items()):
+        x = c["x"].numpy()
+        row[0].plot(x, x, ":", color="0.6", label="identity")
+        row[0].plot(x, c["q"].numpy(), label="q(x)")
+        row[1].plot(x, c["dq_dx"].numpy(), color="tab:purple")
+        row[2].plot(x, c["dq_dalpha"].numpy(), color="tab:red")
+        for ax, title in zip(row, ("forward q(x)", "∂q/∂x (straight through)", "∂q/∂α")):
+            ax.set_title(f"{label}: {title}", fontsize=9)
+            ax.axvline(alpha, color="0.75", lw=0.8)
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=8)
+        row[0].set_ylabel(f"output ({unit})")
+    for ax in axes[-1]:
+        ax.set_xlabel(f"input x ({unit}; grey line: α = {alpha:g})")
+    fig.tight_layout()
+    return fig
+
+
+def alpha_trajectories(trajectories: dict[str, dict[str, list[float]]], best: dict[str, float]):
+    """label -> :func:`apot_utils.analysis.fit_alpha` trajectory; ``best``: label -> grid-search α.
+    Left: α (σ) per step, dashed at the grid optimum; right: the error (σ²) per step."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for (label, t), color in zip(trajectories.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        axes[0].plot(t["alpha"], color=color, label=f"{label}: learned")
+        axes[0].axhline(best[label], color=color, ls="--", lw=1, label=f"{label}: grid-search optimum")
+        axes[1].plot(t["mse"], color=color, label=label)
+    axes[0].set_ylabel("α (σ)")
+    axes[1].set_ylabel("quantization error (σ²)")
+    axes[1].set_yscale("log")
+    for ax, title in zip(axes, ("Clipping threshold during gradient descent", "Error during gradient descent")):
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def activation_histogram(x: torch.Tensor, q: torch.Tensor, levels: torch.Tensor, alpha: float, name: str):
+    """A layer's input activations x and their quantized values q (same shape), with the levels
+    α·levels: left the raw inputs, right how many values land on each level."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    x, q = x.flatten(), q.flatten()
+    axes[0].hist(x.numpy(), bins=120, range=(0, max(float(x.max()), alpha) * 1.02), color="0.6", log=True)
+    axes[0].vlines((levels * alpha).numpy(), 0, 1, transform=axes[0].get_xaxis_transform(), color="tab:green",
+                   lw=0.9, label=f"levels (α = {alpha:.2f})")
+    axes[0].set_title(f"{name}: input activations ({x.numel():,} values)", fontsize=9)
+    axes[0].legend(fontsize=8)
+    values = (levels * alpha).to(q.dtype)
+    counts = (q[:, None] == values[None, :]).sum(0)
+    axes[1].bar(np.arange(len(values)), 100.0 * counts.numpy() / q.numel(), color="tab:green")
+    axes[1].set_xticks(np.arange(len(values)), [f"{v:.2f}" for v in values.tolist()], rotation=90, fontsize=7)
+    axes[1].set_title(f"{name}: share of values on each level", fontsize=9)
+    axes[1].set_ylabel("share of activations (%)")
+    axes[0].set_xlabel("activation value")
+    axes[0].set_ylabel("count (log)")
+    axes[1].set_xlabel("quantization level (activation units)")
+    fig.tight_layout()
+    return fig
+
+
+def draw_level_explorer(fig, w: torch.Tensor, magnitudes: torch.Tensor, alpha: float, error: float,
+                        alphas: torch.Tensor, errors: torch.Tensor, title: str):
+    """The bitwidth widget's picture, drawn on an existing Figure ``fig`` (cleared first).
+
+    w: normalized weights [N] (σ); magnitudes: the weight magnitude set at α = 1; alpha: the
+    chosen α (σ) and ``error`` its error (σ²); alphas, errors: the error curve [A] over α.
+    Panels: the weight histogram with the signed levels (their lines carry gid 'levels'), the
+    quantization function, the error against α.
+    """
+    from .quantize import quantize_weight
+
+    levels = torch.cat([-magnitudes[1:].flip(0), magnitudes])
+    fig.clear()
+    ax_hist, ax_fn, ax_err = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.3, 1, 1]})
+    span = max(alpha * 1.3, 3.0)
+    ax_hist.hist(w.numpy(), bins=160, range=(-span, span), density=True, color="0.65")
+    ax_hist.vlines((levels * alpha).numpy(), 0, 1, transform=ax_hist.get_xaxis_transform(), color="tab:green",
+                   lw=0.9, gid="levels")
+    ax_hist.set_title(f"{title}: {len(levels)} levels on the weights", fontsize=10)
+    ax_hist.set_xlabel("normalized weight (σ)")
+    ax_hist.set_ylabel("density")
+    x = torch.linspace(-span, span, 1201, dtype=torch.float64)
+    with torch.no_grad():
+        q = quantize_weight(x, torch.tensor(alpha, dtype=torch.float64), magnitudes)
+    ax_fn.plot(x.numpy(), x.numpy(), ":", color="0.6", label="identity")
+    ax_fn.plot(x.numpy(), q.numpy(), color="tab:green", label="q(w)")
+    ax_fn.set_title("quantization function", fontsize=10)
+    ax_fn.set_xlabel("normalized weight w (σ)")
+    ax_fn.set_ylabel("quantized weight (σ)")
+    ax_fn.legend(fontsize=8, loc="upper left")
+    ax_err.plot(alphas.numpy(), errors.numpy(), color="0.3")
+    ax_err.plot([alpha], [error], "o", color="tab:red", label=f"α = {alpha:.2f} σ")
+    ax_err.set_yscale("log")
+    ax_err.set_title("error against α", fontsize=10)
+    ax_err.set_xlabel("clipping threshold α (σ)")
+    ax_err.set_ylabel("mean squared error (σ²)")
+    ax_err.legend(fontsize=8)
+    for ax in (ax_hist, ax_fn, ax_err):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
