@@ -193,3 +193,30 @@ def load_into(model: nn.Module, path: str | Path, dataset: str, arch: str, bit: 
     check_state_dict(model, state_dict, str(path))
     model.load_state_dict(state_dict)
     return {k: v for k, v in content.items() if k not in ("state_dict", "optimizer")}
+
+
+LEVEL_RULE = "apot-position-v1"   # apot_utils.levels' exponent rule; recorded in every checkpoint this project writes
+
+
+def save_checkpoint(content: dict, path: str | Path) -> Path:
+    """Write ``content`` (``state_dict``, ``meta`` and whatever else) to ``path`` atomically: a
+    temporary file in the same folder, flushed to disk, then renamed over ``path``. An
+    interrupted save leaves the previous file as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(content, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def checkpoint_meta(path: str | Path) -> dict:
+    """The ``meta`` of a checkpoint (dataset, arch, bit, scheme, ...), empty when it has none."""
+    return dict(read_checkpoint(path).get("meta", {}))

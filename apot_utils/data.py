@@ -38,6 +38,12 @@ class ImageArrays:
     def subset(self, n: int) -> "ImageArrays":
         return ImageArrays(self.x[:n], self.y[:n], f"{self.source}, first {n}")
 
+    def sample(self, n: int, seed: int = 0) -> "ImageArrays":
+        """n images drawn without replacement by a seeded shuffle (in their original order), so that
+        a small training subset of a class-sorted file still holds every class."""
+        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        return ImageArrays(self.x[idx], self.y[idx], f"{self.source}, {len(idx)} sampled (seed {seed})")
+
     def to(self, device) -> "ImageArrays":
         return ImageArrays(self.x.to(device), self.y.to(device), self.source)
 
@@ -149,27 +155,57 @@ def augment(batch: torch.Tensor, generator: torch.Generator | None = None) -> to
     return padded[torch.arange(b, device=device)[:, None, None], rows, cols]
 
 
-def batches(data: ImageArrays, batch_size: int, shuffle: bool = False, train_augment: bool = False,
+def epoch_order(n: int, epoch: int, seed: int = 0, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """This rank's share of epoch ``epoch``'s shuffled order of n items: one permutation, the same on
+    every rank (seeded by seed and epoch), dealt out round-robin; the tail that does not divide
+    evenly is dropped so that every rank takes the same number of steps."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return order[: n - n % world][rank::world]
+
+
+def batches(data: ImageArrays, batch_size: int, order: torch.Tensor | None = None, train_augment: bool = False,
             generator: torch.Generator | None = None, device=None):
     """Yield (normalized float images [B, 3, 32, 32], labels [B]) on ``device``.
 
-    The arrays stay where they are (CPU, or already on the GPU for a device-resident
-    pipeline); each batch is moved, augmented and normalized there.
+    order: the indices to visit (default all, in order), e.g. from :func:`epoch_order`.
+    train_augment: random crop and flip (:func:`augment`, drawing from ``generator``, which must
+    live on the arrays' device). The arrays stay where they are (CPU, or already on the GPU for a
+    device-resident pipeline); each batch is moved, augmented and normalized there.
     """
-    n = len(data)
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    order = torch.arange(len(data)) if order is None else order
+    n = len(order)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size].to(data.x.device)
         x, y = data.x[idx], data.y[idx]
         if device is not None:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if train_augment:
-            x = augment(x)
+            x = augment(x, generator)
         yield normalize(x), y
 
 
 def num_batches(data: ImageArrays, batch_size: int) -> int:
     return (len(data) + batch_size - 1) // batch_size
+
+
+def imagenet_train_loader(root: str | Path, batch_size: int, workers: int = 4, rank: int = 0, world: int = 1,
+                          seed: int = 0):
+    """ImageNet training ImageFolder as the release read it: Resize((256, 256)), RandomCrop(224),
+    horizontal flip, normalize; ``batch_size`` per process, a DistributedSampler across ``world``
+    processes (call ``loader.sampler.set_epoch(epoch)`` each epoch)."""
+    import torchvision.transforms as T
+    from torch.utils.data.distributed import DistributedSampler
+    from torchvision.datasets import ImageFolder
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"ImageNet training folder {root} does not exist (expected <root>/<class>/<image>)")
+    transform = T.Compose([T.Resize((256, 256)), T.RandomCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    dataset = ImageFolder(str(root), transform)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                       pin_memory=torch.cuda.is_available(), drop_last=True)
 
 
 def imagenet_val_loader(root: str | Path, batch_size: int = 256, workers: int = 4):

@@ -11,9 +11,19 @@ from .evaluate import ValidationResult, describe_device, pick_device, print_alph
 from .models import build_model
 
 
-def load_model(dataset: str, arch: str, bit: int, checkpoint: str | Path | None = "release",
-               scheme: str = "apot", device="cpu", log: Callable[[str], None] = print) -> nn.Module:
-    """Build the model and load ``checkpoint`` ('release', a path, or None for random weights)."""
+def load_model(dataset: str, arch: str, bit: int | None, checkpoint: str | Path | None = "release",
+               scheme: str | None = None, device="cpu", log: Callable[[str], None] = print) -> nn.Module:
+    """Build the model and load ``checkpoint`` ('release', a path, or None for random weights).
+
+    bit / scheme None: taken from the checkpoint's metadata (checkpoints that training writes
+    carry it); a released checkpoint needs ``bit``.
+    """
+    meta = checkpoints.checkpoint_meta(checkpoint) if checkpoint not in (None, "release") else {}
+    if bit is None:
+        if "bit" not in meta:
+            raise checkpoints.CheckpointError("give the bitwidth (--bit): the checkpoint does not record it")
+        bit = meta["bit"]
+    scheme = scheme or meta.get("scheme", "apot")
     log("=> Building model...")
     model = build_model(dataset, arch, bit, scheme)
     if checkpoint is not None:
@@ -33,9 +43,9 @@ def validate_cifar10(model: nn.Module, test: data.ImageArrays, device, batch_siz
                     device, "cifar", print_freq, log)
 
 
-def run_validation(dataset: str = "cifar10", arch: str = "resnet20", bit: int = 3, checkpoint="release",
+def run_validation(dataset: str = "cifar10", arch: str = "resnet20", bit: int | None = 3, checkpoint="release",
                    data_source=None, device: str = "auto", batch_size: int | None = None, limit: int | None = None,
-                   scheme: str = "apot", workers: int = 4, log: Callable[[str], None] = print) -> ValidationResult:
+                   scheme: str | None = None, workers: int = 4, log: Callable[[str], None] = print) -> ValidationResult:
     """What ``python -m apot_utils validate`` does; returns the result."""
     dev = pick_device(device)
     log(describe_device(dev))

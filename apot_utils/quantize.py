@@ -9,7 +9,9 @@ Backward (the paper's reparameterized clipping function, as in the release):
 - input: straight through. Weights pass the gradient everywhere (the release does not
   clip weight gradients); activations pass it where 0 <= u <= 1.
 - α: ``Σ g · (q(u) - u)`` where u is inside the clipping range, ``Σ g · sign(u)`` where
-  it is clipped (0 below 0 for activations), times the optional ``grad_scale``.
+  it is clipped (0 below 0 for activations), times the optional ``grad_scale``. The release's
+  *calibrated* gradient for 2-bit (ternary) weights drops the inside term: ``Σ g · sign(u)``
+  over the clipped weights only (``calibrated=True``).
 """
 from __future__ import annotations
 
@@ -145,7 +147,7 @@ class _ClippedProjection(torch.autograd.Function):
     """α · project(clip(x / α)) with the straight-through / reparameterized gradients."""
 
     @staticmethod
-    def forward(ctx, x, alpha, levels, signed: bool, grad_scale: float):
+    def forward(ctx, x, alpha, levels, signed: bool, grad_scale: float, calibrated: bool = False):
         u = x / alpha
         if signed:
             clipped = u.clamp(-1, 1)
@@ -153,7 +155,7 @@ class _ClippedProjection(torch.autograd.Function):
         else:
             q = project(u, levels)   # project maps u < 0 to 0 and u > 1 to 1: the clip
         ctx.save_for_backward(u, q)
-        ctx.signed, ctx.grad_scale = signed, grad_scale
+        ctx.signed, ctx.grad_scale, ctx.calibrated = signed, grad_scale, calibrated
         return q * alpha
 
     @staticmethod
@@ -161,19 +163,20 @@ class _ClippedProjection(torch.autograd.Function):
         u, q = ctx.saved_tensors
         if ctx.signed:
             grad_x = grad_out
-            slope = torch.where(u.abs() > 1, u.sign(), q - u)
+            slope = torch.where(u.abs() > 1, u.sign(), torch.zeros_like(u) if ctx.calibrated else q - u)
         else:
             inside = (u >= 0) & (u <= 1)
             grad_x = grad_out * inside
             slope = torch.where(inside, q - u, (u > 1).to(u.dtype))
         grad_alpha = (grad_out * slope).sum().mul(ctx.grad_scale)
-        return grad_x, grad_alpha, None, None, None
+        return grad_x, grad_alpha, None, None, None, None
 
 
 def quantize_weight(w_normalized: torch.Tensor, alpha: torch.Tensor, magnitudes: torch.Tensor,
-                    grad_scale: float = 1.0) -> torch.Tensor:
-    """Signed quantization of already normalized weights: α · sign(c) · project(|c|), c = clip(w/α, -1, 1)."""
-    return _ClippedProjection.apply(w_normalized, alpha, magnitudes, True, grad_scale)
+                    grad_scale: float = 1.0, calibrated: bool = False) -> torch.Tensor:
+    """Signed quantization of already normalized weights: α · sign(c) · project(|c|), c = clip(w/α, -1, 1).
+    ``calibrated``: the α gradient counts clipped weights only (the release's 2-bit rule)."""
+    return _ClippedProjection.apply(w_normalized, alpha, magnitudes, True, grad_scale, calibrated)
 
 
 def quantize_activation(x: torch.Tensor, alpha: torch.Tensor, levels: torch.Tensor,

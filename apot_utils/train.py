@@ -1,0 +1,335 @@
+"""Quantization-aware training with the release's recipes: ``python -m apot_utils train``.
+
+One process (CPU or one GPU) when launched plainly; one process per GPU (or CPU worker, gloo)
+under ``torchrun``, wrapped in DistributedDataParallel. The batch size is the global one, split
+over the processes. Every epoch writes ``checkpoint.pth.tar`` (and ``model_best.pth.tar`` when
+the validation accuracy improves) atomically, with the metadata ``validate`` needs, and
+TensorBoard scalars under the run folder: ``loss_train``, ``acc1_train``, ``acc5_train``, ``lr``
+every ``log_every`` steps, ``loss_val``, ``acc1_val``, ``acc5_val`` every epoch (the tags of the
+authors' ImageNet logs) and ``alpha/weight/<layer>``, ``alpha/act/<layer>``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoints, data
+from .evaluate import AverageMeter, ValidationResult, describe_device, pick_device, validate
+from .layers import quantized_layers
+from .models import build_model
+
+
+@dataclass
+class Recipe:
+    """Optimizer and schedule. lr values are initial; every group is multiplied by ``gamma`` at each
+    epoch of ``milestones`` (the release's step decay, applied to the α groups too)."""
+    epochs: int
+    batch_size: int                      # global, over all processes
+    lr: float
+    weight_decay: float
+    milestones: tuple[int, ...]
+    act_alpha_lr: float
+    act_alpha_weight_decay: float
+    weight_alpha_lr: float
+    weight_alpha_weight_decay: float
+    momentum: float = 0.9
+    gamma: float = 0.1
+    alpha_grad_scale: float = 1.0        # multiplies both α gradients of every quantized layer
+    calibrated_2bit: bool = False        # the release's calibrated weight-α gradient at 2 bits
+
+
+CIFAR_WEIGHT_DECAY = {32: 5e-4, 4: 1e-4, 3: 1e-4, 2: 3e-5}   # the release's train_res20.sh
+
+
+def default_recipe(dataset: str, bit: int) -> Recipe:
+    """The released recipes. CIFAR-10 (``CIFAR10/main.py``, ``train_res20.sh``): 300 epochs, batch 128,
+    lr 0.1 for full precision and 0.04 quantized, decay at 150 and 225, weight decay by bitwidth,
+    activation α lr 0.1 / wd 1e-4, weight α lr 0.02 / wd 1e-4. ImageNet (``ImageNet/main.py``):
+    120 epochs, batch 1024, lr 0.01, wd 1e-4, decay at 30, 60, 80, 100, activation α lr 0.03 /
+    wd 2e-5, weight α lr 0.01 / wd 1e-4, the calibrated 2-bit weight-α gradient."""
+    if dataset == "cifar10":
+        return Recipe(epochs=300, batch_size=128, lr=0.1 if bit == 32 else 0.04,
+                      weight_decay=CIFAR_WEIGHT_DECAY.get(bit, 1e-4), milestones=(150, 225),
+                      act_alpha_lr=0.1, act_alpha_weight_decay=1e-4, weight_alpha_lr=0.02, weight_alpha_weight_decay=1e-4)
+    if dataset == "imagenet":
+        return Recipe(epochs=120, batch_size=1024, lr=0.01, weight_decay=1e-4, milestones=(30, 60, 80, 100),
+                      act_alpha_lr=0.03, act_alpha_weight_decay=2e-5, weight_alpha_lr=0.01, weight_alpha_weight_decay=1e-4,
+                      calibrated_2bit=True)
+    raise ValueError(f"no recipe for dataset {dataset!r}")
+
+
+def shortened(recipe: Recipe, epochs: int) -> Recipe:
+    """The same recipe over ``epochs`` epochs, the decay milestones scaled in proportion."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    scaled = tuple(sorted({max(1, round(m * epochs / recipe.epochs)) for m in recipe.milestones if m * epochs / recipe.epochs < epochs}))
+    return dataclasses.replace(recipe, epochs=epochs, milestones=scaled)
+
+
+def parameter_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
+    """SGD groups as the release made them: activation α, weight α, everything else."""
+    groups = {"act_alpha": [], "weight_alpha": [], "other": []}
+    for name, p in model.named_parameters():
+        key = name.rsplit(".", 1)[-1]
+        groups[key if key in ("act_alpha", "weight_alpha") else "other"].append(p)
+    out = [{"params": groups["other"], "name": "weights"}]
+    if groups["act_alpha"]:
+        out.append({"params": groups["act_alpha"], "name": "act_alpha", "lr": recipe.act_alpha_lr,
+                    "weight_decay": recipe.act_alpha_weight_decay})
+    if groups["weight_alpha"]:
+        out.append({"params": groups["weight_alpha"], "name": "weight_alpha", "lr": recipe.weight_alpha_lr,
+                    "weight_decay": recipe.weight_alpha_weight_decay})
+    return out
+
+
+@dataclass
+class Distributed:
+    """This process's place: rank, world size, and whether it speaks for the run (rank 0)."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, device_type: str) -> "Distributed":
+        """Under torchrun (``WORLD_SIZE`` > 1): join the process group (NCCL on CUDA, gloo on the CPU)."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls()
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def parameter_digest(model: nn.Module) -> str:
+    """sha256 (first 16 hex digits) of every parameter's bytes, in order: equal digests, equal
+    parameters. Buffers are left out: under DDP each process's BatchNorm running statistics see
+    only its own last batch (rank 0's are the ones saved)."""
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class TrainConfig:
+    """What ``train`` runs. ``init``: checkpoint to start from ('release' = the authors' file for
+    ``init_bit``, or a path; the bitwidth it holds is read from its metadata when it has some;
+    parameters it lacks, such as the α of a full-precision model, keep their defaults). ``resume``: continue the run in ``out`` from its last checkpoint.
+    ``subset``: N training images drawn by a seeded shuffle, ``val_subset``: the first N test
+    images (quick runs); ``max_steps``: stop
+    each epoch after N steps; ``data_on_device``: the CIFAR-10 arrays live on the GPU."""
+    dataset: str = "cifar10"
+    arch: str = "resnet20"
+    bit: int = 4
+    scheme: str = "apot"
+    out: str | Path = "runs/run"
+    recipe: Recipe | None = None
+    init: str | Path | None = None
+    init_bit: int = 32
+    resume: bool = False
+    data_source: str | Path | None = None
+    val_source: str | Path | None = None
+    subset: int | None = None
+    val_subset: int | None = None
+    max_steps: int | None = None
+    device: str = "auto"
+    data_on_device: bool = False
+    workers: int = 4
+    seed: int = 0
+    log_every: int = 20
+    progress: bool = True
+
+
+def _load_cifar(cfg: TrainConfig, device) -> tuple[data.ImageArrays, data.ImageArrays]:
+    train = data.load_cifar10(cfg.data_source, train=True)
+    test = data.load_cifar10(cfg.val_source)
+    if cfg.subset:
+        train = train.sample(cfg.subset, cfg.seed)
+    if cfg.val_subset:
+        test = test.subset(cfg.val_subset)
+    if cfg.data_on_device:
+        train, test = train.to(device), test.to(device)
+    return train, test
+
+
+def _build(cfg: TrainConfig, recipe: Recipe, device, log) -> nn.Module:
+    model = build_model(cfg.dataset, cfg.arch, cfg.bit, cfg.scheme)
+    if cfg.init is not None and not cfg.resume:
+        path = checkpoints.release_path(cfg.dataset, cfg.arch, cfg.init_bit) if str(cfg.init) == "release" else Path(cfg.init)
+        init_bit = checkpoints.checkpoint_meta(path).get("bit", cfg.init_bit)
+        source = build_model(cfg.dataset, cfg.arch, init_bit, cfg.scheme)
+        checkpoints.load_into(source, path, cfg.dataset, cfg.arch, init_bit)
+        missing, _ = model.load_state_dict(source.state_dict(), strict=False)
+        log(f"=> initialized from {data.display_path(path)}"
+            + (f" (new: {', '.join(sorted({k.rsplit('.', 1)[-1] for k in missing}))} at their defaults)" if missing else ""))
+    for _, layer in quantized_layers(model):
+        layer.grad_scale = recipe.alpha_grad_scale
+        layer.calibrated_grad = recipe.calibrated_2bit and cfg.bit == 2
+    return model.to(device)
+
+
+def _meta(cfg: TrainConfig, recipe: Recipe, epoch: int, best: float) -> dict:
+    return {"dataset": cfg.dataset, "arch": cfg.arch, "bit": cfg.bit, "scheme": cfg.scheme,
+            "level_rule": checkpoints.LEVEL_RULE, "epoch": epoch, "best_acc1": best,
+            "recipe": dataclasses.asdict(recipe)}
+
+
+def train_one_epoch(model: nn.Module, batches, steps: int, optimizer, device, epoch: int, step0: int, writer,
+                    log_every: int, progress: bool, alphas_of: nn.Module) -> dict[str, float]:
+    """One pass over ``batches`` ((images, labels) pairs, ``steps`` of them). Returns the epoch's means."""
+    from tqdm.auto import tqdm
+
+    model.train()
+    loss_m, top1_m, top5_m = AverageMeter(), AverageMeter(), AverageMeter()
+    bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", disable=not progress, leave=False)
+    start = time.perf_counter()
+    for i, (images, labels) in enumerate(batches):
+        if i == steps:
+            break
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        output = model(images)
+        loss = F.cross_entropy(output, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            ranked = output.topk(5, dim=1).indices.eq(labels[:, None])
+        n = labels.numel()
+        loss_m.update(loss.item(), n)
+        top1_m.update(100.0 * ranked[:, 0].float().mean().item(), n)
+        top5_m.update(100.0 * ranked.any(1).float().mean().item(), n)
+        step = step0 + i + 1
+        if writer is not None and (step % log_every == 0 or i == steps - 1):
+            writer.add_scalar("loss_train", loss_m.val, step)
+            writer.add_scalar("acc1_train", top1_m.val, step)
+            writer.add_scalar("acc5_train", top5_m.val, step)
+            writer.add_scalar("lr", optimizer.param_groups[0]["lr"], step)
+            for name, layer in quantized_layers(alphas_of):
+                writer.add_scalar(f"alpha/weight/{name}", layer.weight_alpha.item(), step)
+                writer.add_scalar(f"alpha/act/{name}", layer.act_alpha.item(), step)
+        bar.update()
+        bar.set_postfix(loss=f"{loss_m.avg:.3f}", acc1=f"{top1_m.avg:.1f}")
+    bar.close()
+    return {"loss": loss_m.avg, "acc1": top1_m.avg, "acc5": top5_m.avg, "seconds": time.perf_counter() - start}
+
+
+@dataclass
+class TrainResult:
+    """best_acc1 (%), the last validation, per-epoch seconds, and the run folder."""
+    best_acc1: float
+    last: ValidationResult
+    epoch_seconds: list[float]
+    out: Path
+    digest: str
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
+    """Train (or fine-tune) one model as ``cfg`` says; see the module docstring for what it writes."""
+    device = pick_device(cfg.device)
+    where = Distributed.from_env(device.type)
+    if device.type == "cuda" and where.world > 1:
+        device = torch.device("cuda", where.local_rank)
+        torch.cuda.set_device(device)
+    say = log if where.main else (lambda line: None)
+    recipe = cfg.recipe or default_recipe(cfg.dataset, cfg.bit)
+    if recipe.batch_size % where.world:
+        raise ValueError(f"batch size {recipe.batch_size} does not split over {where.world} processes")
+    out = Path(cfg.out)
+    last_path, best_path = out / "checkpoint.pth.tar", out / "model_best.pth.tar"
+    if last_path.exists() and not cfg.resume:
+        raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or another --out")
+    if cfg.resume and not last_path.exists():
+        raise FileNotFoundError(f"nothing to resume: {last_path} does not exist")
+    say(describe_device(device) + (f", {where.world} processes" if where.world > 1 else ""))
+    torch.manual_seed(cfg.seed)
+
+    model = _build(cfg, recipe, device, say)
+    optimizer = torch.optim.SGD(parameter_groups(model, recipe), lr=recipe.lr, momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma)
+    start_epoch, best = 0, 0.0
+    if cfg.resume:
+        saved = checkpoints.read_checkpoint(last_path)
+        checkpoints.load_into(model, last_path, cfg.dataset, cfg.arch, cfg.bit)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        start_epoch, best = saved["meta"]["epoch"], saved["meta"]["best_acc1"]
+        say(f"=> resuming {last_path} at epoch {start_epoch} (best so far {best:.2f} %)")
+    net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if where.world > 1 else model
+
+    per_process = recipe.batch_size // where.world
+    if cfg.dataset == "cifar10":
+        say("=> loading cifar10 data...")
+        train_set, test_set = _load_cifar(cfg, device)
+        steps = len(data.epoch_order(len(train_set), 0, cfg.seed, where.rank, where.world)) // per_process
+        val_batches = lambda: data.batches(test_set, 100, device=device)   # noqa: E731
+        val_total, style = data.num_batches(test_set, 100), "cifar"
+    else:
+        if cfg.data_source is None or cfg.val_source is None:
+            raise FileNotFoundError("ImageNet training needs --data <train ImageFolder> and --val-data <val ImageFolder>")
+        loader = data.imagenet_train_loader(cfg.data_source, per_process, cfg.workers, where.rank, where.world, cfg.seed)
+        val_loader = data.imagenet_val_loader(cfg.val_source, 256, cfg.workers)
+        steps, val_batches, val_total, style = len(loader), (lambda: val_loader), len(val_loader), "imagenet"
+    if cfg.max_steps:
+        steps = min(steps, cfg.max_steps)
+    if steps == 0:
+        raise ValueError(f"no full batch of {per_process} images per process in the training data")
+    say(f"=> {cfg.bit}-bit {cfg.arch}, epochs {start_epoch}..{recipe.epochs - 1}, {steps} steps an epoch, "
+        f"batch {recipe.batch_size} ({per_process} per process), lr {recipe.lr}, weight decay {recipe.weight_decay}")
+
+    writer = None
+    if where.main:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_epoch * steps + 1 if cfg.resume else None)
+    epoch_seconds, result = [], None
+    try:
+        for epoch in range(start_epoch, recipe.epochs):
+            if cfg.dataset == "cifar10":
+                order = data.epoch_order(len(train_set), epoch, cfg.seed, where.rank, where.world)
+                generator = torch.Generator(device=train_set.x.device).manual_seed(cfg.seed * 7919 + epoch * 997 + where.rank)
+                batches = data.batches(train_set, per_process, order, train_augment=True, generator=generator, device=device)
+            else:
+                loader.sampler.set_epoch(epoch)
+                batches = loader
+            stats = train_one_epoch(net, batches, steps, optimizer, device, epoch, epoch * steps, writer,
+                                    cfg.log_every, cfg.progress and where.main, model)
+            scheduler.step()
+            epoch_seconds.append(stats["seconds"])
+            result = validate(model, val_batches(), val_total, device, style, print_freq=10**9, log=say)
+            best = max(best, result.top1)
+            say(f"=> epoch {epoch}: train loss {stats['loss']:.4f}, train top-1 {stats['acc1']:.2f} %, "
+                f"val top-1 {result.top1:.2f} % (best {best:.2f} %), {stats['seconds']:.1f} s")
+            if where.main:
+                step = (epoch + 1) * steps
+                for tag, value in (("loss_val", result.loss), ("acc1_val", result.top1), ("acc5_val", result.top5)):
+                    writer.add_scalar(tag, value, step)
+                writer.flush()
+                content = {"state_dict": model.state_dict(), "meta": _meta(cfg, recipe, epoch + 1, best),
+                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+                checkpoints.save_checkpoint(content, last_path)
+                if result.top1 >= best:
+                    checkpoints.save_checkpoint({"state_dict": content["state_dict"], "meta": content["meta"]}, best_path)
+    finally:
+        if writer is not None:
+            writer.close()
+    if result is None:
+        raise ValueError(f"nothing to do: the run in {out} already finished its {recipe.epochs} epochs")
+    digest = parameter_digest(model)
+    log(f"=> rank {where.rank} parameter digest {digest}")
+    return TrainResult(best, result, epoch_seconds, out, digest)
+

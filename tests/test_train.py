@@ -1,0 +1,140 @@
+"""Quantization-aware training: a CPU smoke run, resume after an interruption, two processes under torchrun."""
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from apot_utils import checkpoints, data, train
+from apot_utils.pipeline import load_model
+from apot_utils.tblogs import read_scalars
+
+
+@pytest.fixture(scope="module")
+def sources():
+    from conftest import reference_file
+    return reference_file("cifar10/jpeg_files.zip"), reference_file("cifar10/test_first100_lossless.npz")
+
+
+def _config(sources, out, **kw):
+    recipe = train.shortened(train.default_recipe("cifar10", 4), kw.pop("epochs", 3))
+    recipe = train.dataclasses.replace(recipe, batch_size=64, lr=0.1, milestones=())
+    return train.TrainConfig(bit=4, out=out, recipe=recipe, data_source=sources[0], val_source=sources[1],
+                             subset=256, device="cpu", log_every=1, progress=False, **kw)
+
+
+def test_recipe_defaults_follow_the_release():
+    r = train.default_recipe("cifar10", 2)
+    assert (r.epochs, r.batch_size, r.lr, r.weight_decay, r.milestones) == (300, 128, 0.04, 3e-5, (150, 225))
+    assert train.default_recipe("cifar10", 32).weight_decay == 5e-4 and train.default_recipe("cifar10", 32).lr == 0.1
+    assert train.shortened(r, 4).milestones == (2, 3)
+    i = train.default_recipe("imagenet", 4)
+    assert (i.batch_size, i.lr, i.weight_decay, i.milestones) == (1024, 0.01, 1e-4, (30, 60, 80, 100))
+    model = train.build_model("cifar10", "resnet20", 4)
+    groups = {g["name"]: g for g in train.parameter_groups(model, r)}
+    assert len(groups["act_alpha"]["params"]) == len(groups["weight_alpha"]["params"]) == 20
+    assert (groups["act_alpha"]["lr"], groups["act_alpha"]["weight_decay"]) == (0.1, 1e-4)
+    assert (groups["weight_alpha"]["lr"], groups["weight_alpha"]["weight_decay"]) == (0.02, 1e-4)
+    assert sum(p.numel() for g in groups.values() for p in g["params"]) == sum(p.numel() for p in model.parameters())
+
+
+def _subset_loss(model, images, labels):
+    """Cross-entropy on fixed, un-augmented images, BatchNorm on batch statistics (train mode)."""
+    with torch.no_grad():
+        return torch.nn.functional.cross_entropy(model.train()(images), labels).item()
+
+
+def test_smoke_run_learns_and_its_checkpoint_validates(sources, tmp_path):
+    subset = data.load_jpeg_zip(sources[0], "train").sample(256, seed=0)
+    images, labels = next(data.batches(subset, 256))
+    torch.manual_seed(0)                                             # the trainer's seed: the same initial model
+    before = _subset_loss(train.build_model("cifar10", "resnet20", 4), images, labels)
+    result = train.train(_config(sources, tmp_path / "run", epochs=3), log=lambda line: None)
+    trained = load_model("cifar10", "resnet20", None, tmp_path / "run" / "checkpoint.pth.tar", log=lambda line: None)
+    after = _subset_loss(trained, images, labels)
+    assert after < before - 0.05, (before, after)
+    scalars = read_scalars(glob.glob(str(tmp_path / "run" / "tensorboard" / "events*"))[0])
+    assert len(scalars["loss_train"][1]) == 12                       # 256 images / 64 = 4 steps, 3 epochs
+    act = [scalars[t][1] for t in scalars if t.startswith("alpha/act/")]
+    weight = [scalars[t][1] for t in scalars if t.startswith("alpha/weight/")]
+    assert len(act) == len(weight) == 20
+    assert all(a[-1] != 8.0 for a in act) and all(w[-1] != 3.0 for w in weight)      # every α learned something
+    meta = checkpoints.checkpoint_meta(tmp_path / "run" / "checkpoint.pth.tar")
+    assert (meta["bit"], meta["arch"], meta["scheme"], meta["epoch"], meta["level_rule"]) == (4, "resnet20", "apot", 3, "apot-position-v1")
+    # validate reads the bitwidth from the checkpoint and gets the trainer's last number
+    out = subprocess.run([sys.executable, "-m", "apot_utils", "validate", "--checkpoint", str(tmp_path / "run" / "checkpoint.pth.tar"),
+                          "--data", str(sources[1]), "--device", "cpu"], capture_output=True, text=True, check=True).stdout
+    assert "=> loading the 4-bit quantized model from checkpoint" in out
+    assert out.splitlines()[-1] == f" * Prec {result.last.top1:.3f}% "
+
+
+def test_resume_continues_an_interrupted_run(sources, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_validate = train.validate
+
+    def validate_then_crash(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed during epoch 1's validation")
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "validate", validate_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(_config(sources, tmp_path / "run", epochs=2), log=lambda line: None)
+    assert checkpoints.checkpoint_meta(tmp_path / "run" / "checkpoint.pth.tar")["epoch"] == 1
+    with pytest.raises(FileExistsError, match="--resume"):
+        train.train(_config(sources, tmp_path / "run", epochs=2), log=lambda line: None)
+    monkeypatch.setattr(train, "validate", real_validate)
+    lines = []
+    train.train(_config(sources, tmp_path / "run", epochs=2, resume=True), log=lines.append)
+    assert any(line.startswith("=> resuming") and "at epoch 1" in line for line in lines)
+    assert [line for line in lines if line.startswith("=> epoch")][0].startswith("=> epoch 1:")
+    saved = checkpoints.read_checkpoint(tmp_path / "run" / "checkpoint.pth.tar")
+    assert saved["meta"]["epoch"] == 2 and saved["scheduler"]["last_epoch"] == 2
+
+
+def test_torchrun_two_processes_keep_identical_parameters(sources, tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "apot_utils", "train", "--bit", "3", "--device", "cpu", "--data", str(sources[0]),
+               "--val-data", str(sources[1]), "--subset", "256", "--batch-size", "64", "--epochs", "1",
+               "--max-steps", "3", "--no-progress", "--out", str(tmp_path / "ddp")]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    digests = sorted(line.split()[-1] for line in run.stdout.splitlines() if "parameter digest" in line)
+    ranks = sorted(line.split()[2] for line in run.stdout.splitlines() if "parameter digest" in line)
+    assert ranks == ["0", "1"], run.stdout
+    assert digests[0] == digests[1]
+    assert "batch 64 (32 per process)" in run.stdout and "3 steps an epoch" in run.stdout
+    assert checkpoints.checkpoint_meta(tmp_path / "ddp" / "checkpoint.pth.tar")["bit"] == 3
+
+
+def test_imagenet_recipe_runs_on_an_imagefolder(tmp_path):
+    folder = data.make_synthetic_imagefolder(tmp_path / "images", classes=2, per_class=4, size=64)
+    recipe = train.dataclasses.replace(train.shortened(train.default_recipe("imagenet", 2), 1), batch_size=4)
+    cfg = train.TrainConfig(dataset="imagenet", arch="resnet18", bit=2, out=tmp_path / "run", recipe=recipe,
+                            data_source=folder, val_source=folder, max_steps=1, device="cpu", workers=0, progress=False)
+    lines = []
+    train.train(cfg, log=lines.append)
+    assert any("1 steps an epoch, batch 4" in line for line in lines)
+    model = load_model("imagenet", "resnet18", None, tmp_path / "run" / "checkpoint.pth.tar", log=lambda line: None)
+    assert model.layer1[0].conv1.bit == 2
+    assert train.default_recipe("imagenet", 2).calibrated_2bit
+
+
+def test_calibrated_gradient_counts_clipped_weights_only():
+    from apot_utils.levels import weight_magnitudes
+    from apot_utils.quantize import quantize_weight
+
+    w = torch.tensor([-2.0, -0.4, 0.1, 0.7, 1.5])
+    grads = {}
+    for calibrated in (False, True):
+        alpha = torch.tensor(1.0, requires_grad=True)
+        quantize_weight(w, alpha, weight_magnitudes(2), calibrated=calibrated).sum().backward()
+        grads[calibrated] = alpha.grad.item()
+    assert grads[True] == pytest.approx(-1.0 + 1.0)                  # sign(u) of the two clipped weights
+    u = w.clamp(-1, 1)
+    q = torch.where(u.abs() > 0.5, u.sign(), torch.zeros_like(u))         # ternary levels, no ties here
+    assert grads[False] == pytest.approx(float((q - u)[w.abs() <= 1].sum() + w[w.abs() > 1].sign().sum()))
