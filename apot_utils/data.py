@@ -110,21 +110,21 @@ def load_jpeg_zip(path: str | Path, split: str) -> ImageArrays:
 def load_cifar10(source: str | Path | None = None, train: bool = False) -> ImageArrays:
     """CIFAR-10 from ``source``: an ``.npz`` path, a JPEG ``.zip`` path, or 'torchvision'.
 
-    With no source: torchvision when it downloads, else ``$APOT_DATA_DIR/cifar10/test_jpeg.npz``
-    (test set only); a clear error when neither is there.
+    With no source: torchvision when it downloads, else the JPEG copy under ``$APOT_DATA_DIR/cifar10/``
+    (``test_jpeg.npz``, or the training split of ``jpeg_files.zip``); a clear error when neither is there.
     """
     if source is None:
         try:
             return load_torchvision(train)
         except Exception as error:  # offline: fall back to the mirror, saying why
-            mirror = data_dir() / "cifar10" / "test_jpeg.npz" if data_dir() else None
-            if train or mirror is None or not mirror.is_file():
+            mirror = data_dir() / "cifar10" / ("jpeg_files.zip" if train else "test_jpeg.npz") if data_dir() else None
+            if mirror is None or not mirror.is_file():
                 raise FileNotFoundError(
                     f"CIFAR-10 could not be downloaded ({error}) and no offline copy was given: "
                     "pass --data PATH.npz|PATH.zip or set APOT_DATA_DIR") from None
             print(f"=> torchvision download failed ({type(error).__name__}); using {display_path(mirror)} "
                   "(a JPEG copy: accuracies about 10 points below the published ones)")
-            return load_npz(mirror)
+            return load_jpeg_zip(mirror, "train") if train else load_npz(mirror)
     if str(source) == "torchvision":
         return load_torchvision(train)
     if str(source).endswith(".zip"):

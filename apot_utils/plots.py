@@ -311,3 +311,33 @@ def draw_level_explorer(fig, w: torch.Tensor, magnitudes: torch.Tensor, alpha: f
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def training_curves(scalars: dict[str, tuple[list[int], list[float]]], title: str):
+    """A run's TensorBoard scalars (:func:`apot_utils.tblogs.read_scalars`): training loss and top-1
+    per logged step, validation top-1 per epoch."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    curves({"training (batch)": scalars["loss_train"]}, f"{title}: loss", "step", "cross-entropy", ax=axes[0])
+    curves({"training (batch)": scalars["acc1_train"], "validation": scalars["acc1_val"]},
+           f"{title}: top-1", "step", "top-1 accuracy (%)", ax=axes[1])
+    axes[1].lines[-1].set(marker="o", ls="none")
+    fig.tight_layout()
+    return fig
+
+
+def alpha_trajectories_by_layer(scalars: dict[str, tuple[list[int], list[float]]]):
+    """The ``alpha/weight/<layer>`` and ``alpha/act/<layer>`` scalars of a run: one line per layer,
+    colored from the first layer (light) to the last (dark)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, kind, unit in ((axes[0], "weight", "σ"), (axes[1], "act", "activation units")):
+        tags = [t for t in scalars if t.startswith(f"alpha/{kind}/")]
+        colors = plt.cm.viridis(np.linspace(0.9, 0.1, len(tags)))
+        for tag, color in zip(tags, colors):
+            ax.plot(*scalars[tag], color=color, lw=1)
+        ax.set_title(f"{'weight' if kind == 'weight' else 'activation'} α of {len(tags)} layers "
+                     f"({tags[0].split('/')[-1]} light … {tags[-1].split('/')[-1]} dark)", fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"α ({unit})")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

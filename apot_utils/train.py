@@ -188,6 +188,13 @@ def _meta(cfg: TrainConfig, recipe: Recipe, epoch: int, best: float) -> dict:
             "recipe": dataclasses.asdict(recipe)}
 
 
+def log_alphas(writer, model: nn.Module, step: int) -> None:
+    """Every quantized layer's α as ``alpha/weight/<layer>`` and ``alpha/act/<layer>`` at ``step``."""
+    for name, layer in quantized_layers(model):
+        writer.add_scalar(f"alpha/weight/{name}", layer.weight_alpha.item(), step)
+        writer.add_scalar(f"alpha/act/{name}", layer.act_alpha.item(), step)
+
+
 def train_one_epoch(model: nn.Module, batches, steps: int, optimizer, device, epoch: int, step0: int, writer,
                     log_every: int, progress: bool, alphas_of: nn.Module) -> dict[str, float]:
     """One pass over ``batches`` ((images, labels) pairs, ``steps`` of them). Returns the epoch's means."""
@@ -218,9 +225,7 @@ def train_one_epoch(model: nn.Module, batches, steps: int, optimizer, device, ep
             writer.add_scalar("acc1_train", top1_m.val, step)
             writer.add_scalar("acc5_train", top5_m.val, step)
             writer.add_scalar("lr", optimizer.param_groups[0]["lr"], step)
-            for name, layer in quantized_layers(alphas_of):
-                writer.add_scalar(f"alpha/weight/{name}", layer.weight_alpha.item(), step)
-                writer.add_scalar(f"alpha/act/{name}", layer.act_alpha.item(), step)
+            log_alphas(writer, alphas_of, step)
         bar.update()
         bar.set_postfix(loss=f"{loss_m.avg:.3f}", acc1=f"{top1_m.avg:.1f}")
     bar.close()
@@ -296,6 +301,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     if where.main:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_epoch * steps + 1 if cfg.resume else None)
+        if start_epoch == 0:
+            log_alphas(writer, model, 0)       # the starting thresholds
     epoch_seconds, result = [], None
     try:
         for epoch in range(start_epoch, recipe.epochs):
