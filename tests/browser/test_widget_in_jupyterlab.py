@@ -4,8 +4,8 @@ Starts JupyterLab from this environment (loopback, a free port, a random token, 
 and runtime folders) over a temporary copy of notebooks/01_level_sets.ipynb (so that nothing the
 browser does is saved into the repository), opens it, runs all cells from the Run menu,
 then moves the bitwidth slider with the keyboard and picks another scheme from the dropdown,
-as a reader would, and checks that the widget's level count and picture change with them and
-that no cell printed an error. Screenshots go to tests/browser/screenshots/ (git-ignored).
+as a reader would, then the additive-terms and α sliders, and checks that the widget's level count,
+summary and picture change with each and that no cell printed an error. Screenshots go to tests/browser/screenshots/ (git-ignored).
 
 Needs Debian's chromium (``/usr/bin/chromium``, or ``$APOT_CHROMIUM``) and the ``playwright``
 Python package; without them the test skips, and under ``APOT_REQUIRE_BROWSER=1`` (CI) fails.
@@ -153,7 +153,7 @@ def test_bitwidth_widget_responds_in_jupyterlab(jupyterlab, chromium):
                 picture = widget.locator("img.widget-image")
                 expect(picture).to_be_visible()
                 assert summary.inner_text() == "15"                    # 4 bits: 2^4 − 1 signed levels
-                first_picture = picture.get_attribute("src")
+                first_picture, first_pixels = picture.get_attribute("src"), picture.screenshot()
                 widget.screenshot(path=SCREENSHOTS / "01_widget_before.png")
 
                 bits = widget.locator(".widget-slider", has=page.get_by_text("bitwidth b")).first
@@ -161,7 +161,8 @@ def test_bitwidth_widget_responds_in_jupyterlab(jupyterlab, chromium):
                 page.keyboard.press("ArrowRight")                      # b = 5
                 expect(summary).to_have_text("31", timeout=30_000)
                 expect(picture).not_to_have_attribute("src", first_picture, timeout=30_000)
-                five_bits_picture = picture.get_attribute("src")
+                five_bits_picture, five_bits_pixels = picture.get_attribute("src"), picture.screenshot()
+                assert five_bits_pixels != first_pixels                # a new picture (a new blob URL alone would not say)
                 expect(widget.locator(".widget-readout").first).to_have_text("5")
 
                 widget.locator("select").select_option(label="power-of-two (PoT)")
@@ -170,6 +171,24 @@ def test_bitwidth_widget_responds_in_jupyterlab(jupyterlab, chromium):
                 expect(summary).to_have_text("31")
                 terms = widget.locator(".widget-slider", has=page.get_by_text("additive terms k"))
                 expect(terms.locator(".noUi-target[disabled]")).to_have_count(1)     # k applies to APoT only
+                pot_picture = picture.get_attribute("src")
+                assert picture.screenshot() != five_bits_pixels
+
+                widget.locator("select").select_option(label="additive PoT (APoT)")
+                expect(widget.locator(".widget-html")).to_contain_text("5-bit additive PoT (APoT), k = 2", timeout=30_000)
+                terms.locator(".noUi-handle").focus()
+                page.keyboard.press("ArrowLeft")                       # k = 1: the power-of-two levels again
+                expect(widget.locator(".widget-html")).to_contain_text("k = 1", timeout=30_000)
+                expect(summary).to_have_text("31")
+                pot_picture = picture.get_attribute("src")
+                alpha = widget.locator(".widget-slider", has=page.get_by_text("α (σ)"))
+                alpha_text = alpha.locator(".widget-readout").inner_text()
+                alpha.locator(".noUi-handle").focus()
+                page.keyboard.press("ArrowRight")                      # one step of 0.05 σ
+                expect(alpha.locator(".widget-readout")).not_to_have_text(alpha_text)
+                new_alpha = alpha.locator(".widget-readout").inner_text()
+                expect(widget.locator(".widget-html")).to_contain_text(f"α = {new_alpha} σ", timeout=30_000)
+                expect(picture).not_to_have_attribute("src", pot_picture, timeout=30_000)
                 widget.screenshot(path=SCREENSHOTS / "01_widget_after.png")
                 page.screenshot(path=SCREENSHOTS / "01_jupyterlab_after.png")
 
