@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     for name in ("lr", "weight-decay", "momentum", "act-alpha-lr", "act-alpha-weight-decay", "weight-alpha-lr",
                  "weight-alpha-weight-decay", "alpha-grad-scale"):
         t.add_argument(f"--{name}", type=float, default=None, help="override the recipe's value")
+    t.add_argument("--clip-weight-grad", action=argparse.BooleanOptionalAction, default=None,
+                   help="stop weight gradients beyond ±α above 2 bits (default: the recipe's; ImageNet yes, CIFAR-10 no)")
     t.add_argument("--subset", type=int, default=None, help="train on N images drawn by a seeded shuffle")
     t.add_argument("--val-subset", type=int, default=None, help="validate on the first N images only")
     t.add_argument("--max-steps", type=int, default=None, help="at most N steps an epoch")
@@ -76,7 +78,8 @@ def _train_config(args):
     if args.epochs is not None:
         recipe = shortened(recipe, args.epochs)
     overrides = {k: getattr(args, k) for k in ("lr", "weight_decay", "momentum", "act_alpha_lr", "act_alpha_weight_decay",
-                                               "weight_alpha_lr", "weight_alpha_weight_decay", "alpha_grad_scale")
+                                               "weight_alpha_lr", "weight_alpha_weight_decay", "alpha_grad_scale",
+                                               "clip_weight_grad")
                  if getattr(args, k) is not None}
     if args.batch_size is not None:
         overrides["batch_size"] = args.batch_size

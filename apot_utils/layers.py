@@ -44,15 +44,15 @@ class QuantConv2d(_EvalWeightCache, nn.Conv2d):
     Input: [N, C_in, H, W], non-negative (it follows a ReLU). bit: 2..8, or 32 for a plain
     full-precision convolution (no α). scheme: 'apot', 'pot' or 'uniform'. Learnable clipping
     thresholds ``weight_alpha`` (normalized-weight units) and ``act_alpha`` (activation units).
-    ``grad_scale`` multiplies both α gradients; ``calibrated_grad`` switches the weight α to the
-    release's calibrated gradient (clipped weights only; its ImageNet 2-bit recipe).
+    ``grad_scale`` multiplies both α gradients; ``clip_weight_grad`` stops the weight gradient
+    beyond ±α (the ImageNet release above 2 bits; its 2-bit "calibrated" gradient passes it).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=False, bit: int = 4, scheme: str = "apot",
                  weight_alpha: float = 3.0, act_alpha: float = 8.0, grad_scale: float = 1.0):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
-        self.bit, self.scheme, self.grad_scale, self.calibrated_grad = bit, scheme, grad_scale, False
+        self.bit, self.scheme, self.grad_scale, self.clip_weight_grad = bit, scheme, grad_scale, False
         if bit != FULL_PRECISION:
             self.register_buffer("weight_levels", weight_magnitudes(bit, scheme), persistent=False)
             self.register_buffer("act_levels", level_set(bit, scheme), persistent=False)
@@ -67,7 +67,7 @@ class QuantConv2d(_EvalWeightCache, nn.Conv2d):
         if not self.quantized:
             return self.weight
         return quantize_weight(normalize_weight(self.weight), self.weight_alpha, self.weight_levels,
-                               self.grad_scale, self.calibrated_grad)
+                               self.grad_scale, self.clip_weight_grad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quantized:

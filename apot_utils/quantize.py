@@ -6,12 +6,11 @@ the units of the input (weights after normalization, activations as they are).
 Forward: ``u = x / α``; clip ``u`` to [-1, 1] (weights) or [0, 1] (activations); project it
 to the nearest level (weights: the magnitude, sign apart); multiply back by α.
 Backward (the paper's reparameterized clipping function, as in the release):
-- input: straight through. Weights pass the gradient everywhere (the release does not
-  clip weight gradients); activations pass it where 0 <= u <= 1.
+- input: straight through. Weights pass the gradient everywhere (the CIFAR-10 release does not
+  clip weight gradients; ``clip_grad=True`` zeroes it where |u| > 1, as the ImageNet release
+  does above 2 bits); activations pass it where 0 <= u <= 1.
 - α: ``Σ g · (q(u) - u)`` where u is inside the clipping range, ``Σ g · sign(u)`` where
-  it is clipped (0 below 0 for activations), times the optional ``grad_scale``. The release's
-  *calibrated* gradient for 2-bit (ternary) weights drops the inside term: ``Σ g · sign(u)``
-  over the clipped weights only (``calibrated=True``).
+  it is clipped (0 below 0 for activations), times the optional ``grad_scale``.
 """
 from __future__ import annotations
 
@@ -147,7 +146,7 @@ class _ClippedProjection(torch.autograd.Function):
     """α · project(clip(x / α)) with the straight-through / reparameterized gradients."""
 
     @staticmethod
-    def forward(ctx, x, alpha, levels, signed: bool, grad_scale: float, calibrated: bool = False):
+    def forward(ctx, x, alpha, levels, signed: bool, grad_scale: float, clip_grad: bool = False):
         u = x / alpha
         if signed:
             clipped = u.clamp(-1, 1)
@@ -155,15 +154,15 @@ class _ClippedProjection(torch.autograd.Function):
         else:
             q = project(u, levels)   # project maps u < 0 to 0 and u > 1 to 1: the clip
         ctx.save_for_backward(u, q)
-        ctx.signed, ctx.grad_scale, ctx.calibrated = signed, grad_scale, calibrated
+        ctx.signed, ctx.grad_scale, ctx.clip_grad = signed, grad_scale, clip_grad
         return q * alpha
 
     @staticmethod
     def backward(ctx, grad_out):
         u, q = ctx.saved_tensors
         if ctx.signed:
-            grad_x = grad_out
-            slope = torch.where(u.abs() > 1, u.sign(), torch.zeros_like(u) if ctx.calibrated else q - u)
+            grad_x = grad_out * (u.abs() <= 1) if ctx.clip_grad else grad_out
+            slope = torch.where(u.abs() > 1, u.sign(), q - u)
         else:
             inside = (u >= 0) & (u <= 1)
             grad_x = grad_out * inside
@@ -173,10 +172,10 @@ class _ClippedProjection(torch.autograd.Function):
 
 
 def quantize_weight(w_normalized: torch.Tensor, alpha: torch.Tensor, magnitudes: torch.Tensor,
-                    grad_scale: float = 1.0, calibrated: bool = False) -> torch.Tensor:
+                    grad_scale: float = 1.0, clip_grad: bool = False) -> torch.Tensor:
     """Signed quantization of already normalized weights: α · sign(c) · project(|c|), c = clip(w/α, -1, 1).
-    ``calibrated``: the α gradient counts clipped weights only (the release's 2-bit rule)."""
-    return _ClippedProjection.apply(w_normalized, alpha, magnitudes, True, grad_scale, calibrated)
+    ``clip_grad``: no gradient to weights beyond ±α (default: straight through everywhere)."""
+    return _ClippedProjection.apply(w_normalized, alpha, magnitudes, True, grad_scale, clip_grad)
 
 
 def quantize_activation(x: torch.Tensor, alpha: torch.Tensor, levels: torch.Tensor,

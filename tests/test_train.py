@@ -121,20 +121,23 @@ def test_imagenet_recipe_runs_on_an_imagefolder(tmp_path):
     assert any("1 steps an epoch, batch 4" in line for line in lines)
     model = load_model("imagenet", "resnet18", None, tmp_path / "run" / "checkpoint.pth.tar", log=lambda line: None)
     assert model.layer1[0].conv1.bit == 2
-    assert train.default_recipe("imagenet", 2).calibrated_2bit
 
 
-def test_calibrated_gradient_counts_clipped_weights_only():
+def test_imagenet_recipe_stops_weight_gradients_beyond_alpha_except_at_2_bits():
     from apot_utils.levels import weight_magnitudes
     from apot_utils.quantize import quantize_weight
 
     w = torch.tensor([-2.0, -0.4, 0.1, 0.7, 1.5])
     grads = {}
-    for calibrated in (False, True):
-        alpha = torch.tensor(1.0, requires_grad=True)
-        quantize_weight(w, alpha, weight_magnitudes(2), calibrated=calibrated).sum().backward()
-        grads[calibrated] = alpha.grad.item()
-    assert grads[True] == pytest.approx(-1.0 + 1.0)                  # sign(u) of the two clipped weights
-    u = w.clamp(-1, 1)
-    q = torch.where(u.abs() > 0.5, u.sign(), torch.zeros_like(u))         # ternary levels, no ties here
-    assert grads[False] == pytest.approx(float((q - u)[w.abs() <= 1].sum() + w[w.abs() > 1].sign().sum()))
+    for clip in (False, True):
+        x = w.clone().requires_grad_(True)
+        quantize_weight(x, torch.tensor(1.0), weight_magnitudes(4), clip_grad=clip).sum().backward()
+        grads[clip] = x.grad
+    assert torch.equal(grads[False], torch.ones(5))
+    assert torch.equal(grads[True], (w.abs() <= 1).float())
+    for bit, clipped in ((4, True), (2, False)):
+        cfg = train.TrainConfig(dataset="imagenet", arch="resnet18", bit=bit)
+        model = train._build(cfg, train.default_recipe("imagenet", bit), "cpu", lambda line: None)
+        assert {layer.clip_weight_grad for _, layer in train.quantized_layers(model)} == {clipped}
+    cifar = train._build(train.TrainConfig(bit=4), train.default_recipe("cifar10", 4), "cpu", lambda line: None)
+    assert not any(layer.clip_weight_grad for _, layer in train.quantized_layers(cifar))
