@@ -32,6 +32,9 @@ class LevelExplorer:
 
     def __init__(self, weights: torch.Tensor, source: str, bits: int = 4, scheme: str = "apot", alpha: float = 2.5,
                  max_points: int = 60_000, seed: int = 0):
+        weight_magnitudes(bits, scheme)            # a clear ValueError for an unknown bitwidth or scheme
+        if not float(EXPLORER_ALPHAS[0]) <= alpha <= float(EXPLORER_ALPHAS[-1]):
+            raise ValueError(f"alpha must be from {float(EXPLORER_ALPHAS[0])} to {float(EXPLORER_ALPHAS[-1])} σ, got {alpha}")
         weights = weights.flatten().double()
         if weights.numel() > max_points:   # a fixed random subset keeps every redraw well under a second
             pick = torch.randperm(weights.numel(), generator=torch.Generator().manual_seed(seed))[:max_points]

@@ -51,3 +51,13 @@ def test_static_fallback_is_the_current_picture(explorer):
     assert "application/vnd.jupyter.widget-view+json" in bundle
     assert base64.b64decode(bundle["image/png"]) == explorer.image.value
     assert bytes(explorer.image.value).startswith(b"\x89PNG")
+
+
+def test_bad_settings_are_refused_clearly():
+    weights = torch.randn(100)
+    with pytest.raises(ValueError, match="bits must be from 2 to 8"):
+        level_explorer(weights, "sample", bits=12)
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        level_explorer(weights, "sample", scheme="log")
+    with pytest.raises(ValueError, match="alpha must be from"):
+        level_explorer(weights, "sample", alpha=20.0)
