@@ -18,7 +18,8 @@ def load_model(dataset: str, arch: str, bit: int | None, checkpoint: str | Path 
     bit / scheme None: taken from the checkpoint's metadata (checkpoints that training writes
     carry it); a released checkpoint needs ``bit``.
     """
-    meta = checkpoints.checkpoint_meta(checkpoint) if checkpoint not in (None, "release") else {}
+    needs_meta = (bit is None or scheme is None) and checkpoint not in (None, "release")
+    meta = checkpoints.checkpoint_meta(checkpoint) if needs_meta else {}
     if bit is None:
         if "bit" not in meta:
             raise checkpoints.CheckpointError("give the bitwidth (--bit): the checkpoint does not record it")

@@ -195,7 +195,7 @@ def normalization(w: torch.Tensor, name: str):
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax, values, title, unit in ((axes[0], w, "as trained", "weight value"),
-                                    (axes[1], normalize_weight(w), "normalized: (w − mean) / std", "σ")):
+                                    (axes[1], normalize_weight(w), "normalized: (w − mean) / std", "normalized weight (σ)")):
         values = values.detach().flatten()
         ax.hist(values.numpy(), bins=100, color="0.55")
         ax.set_title(f"{name}: {title}\nmean {values.mean():.2e}, std {values.std():.3g}", fontsize=9)
@@ -321,6 +321,7 @@ def training_curves(scalars: dict[str, tuple[list[int], list[float]]], title: st
     curves({"training (batch)": scalars["acc1_train"], "validation": scalars["acc1_val"]},
            f"{title}: top-1", "step", "top-1 accuracy (%)", ax=axes[1])
     axes[1].lines[-1].set(marker="o", ls="none")
+    axes[1].legend(fontsize=8)                 # again, so that the legend shows the marker
     fig.tight_layout()
     return fig
 

@@ -27,6 +27,7 @@ from . import checkpoints, data
 from .evaluate import AverageMeter, ValidationResult, describe_device, pick_device, validate
 from .layers import quantized_layers
 from .models import build_model
+from .pipeline import load_model
 
 
 @dataclass
@@ -127,12 +128,15 @@ def parameter_digest(model: nn.Module) -> str:
 
 @dataclass
 class TrainConfig:
-    """What ``train`` runs. ``init``: checkpoint to start from ('release' = the authors' file for
-    ``init_bit``, or a path; the bitwidth it holds is read from its metadata when it has some;
-    parameters it lacks, such as the α of a full-precision model, keep their defaults). ``resume``: continue the run in ``out`` from its last checkpoint.
-    ``subset``: N training images drawn by a seeded shuffle, ``val_subset``: the first N test
-    images (quick runs); ``max_steps``: stop
-    each epoch after N steps; ``data_on_device``: the CIFAR-10 arrays live on the GPU."""
+    """What ``train`` runs.
+
+    init: checkpoint to start from ('release' = the authors' file for ``init_bit``, or a path whose
+    metadata, when it has some, gives its bitwidth); parameters it lacks, such as the α of a
+    full-precision model, keep their defaults. resume: continue the run in ``out`` from its last
+    checkpoint. subset: N training images drawn by a seeded shuffle; val_subset: the first N test
+    images; max_steps: at most N steps an epoch (quick runs). data_on_device: the CIFAR-10 arrays
+    live on the GPU.
+    """
     dataset: str = "cifar10"
     arch: str = "resnet20"
     bit: int = 4
@@ -172,8 +176,7 @@ def _build(cfg: TrainConfig, recipe: Recipe, device, log) -> nn.Module:
     if cfg.init is not None and not cfg.resume:
         path = checkpoints.release_path(cfg.dataset, cfg.arch, cfg.init_bit) if str(cfg.init) == "release" else Path(cfg.init)
         init_bit = checkpoints.checkpoint_meta(path).get("bit", cfg.init_bit)
-        source = build_model(cfg.dataset, cfg.arch, init_bit, cfg.scheme)
-        checkpoints.load_into(source, path, cfg.dataset, cfg.arch, init_bit)
+        source = load_model(cfg.dataset, cfg.arch, init_bit, path, cfg.scheme, log=lambda line: None)
         missing, _ = model.load_state_dict(source.state_dict(), strict=False)
         log(f"=> initialized from {data.display_path(path)}"
             + (f" (new: {', '.join(sorted({k.rsplit('.', 1)[-1] for k in missing}))} at their defaults)" if missing else ""))
