@@ -1,4 +1,4 @@
-"""Command line: ``python -m apot_utils validate|train ...`` (``--help`` for the options)."""
+"""Command line: python -m apot_utils validate|train|quantize ... (--help for the options)."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,35 @@ from .levels import SCHEMES
 from .models import ARCHS, BITS
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    """argparse type: an integer of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def _workers(requested: int | None) -> int:
+    """Data-loading processes: as asked, or the CPUs this process may use (at most 8)."""
+    import os
+
+    return requested if requested is not None else min(8, len(os.sched_getaffinity(0)))
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=sorted(ARCHS), default="cifar10")
     p.add_argument("--arch", default="resnet20", help="cifar10: resnet20/32/44/56; imagenet: resnet18/34")
@@ -17,7 +46,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheme", choices=SCHEMES, default=None, help="default apot (validate: the checkpoint's own)")
     p.add_argument("--data", default=None, help="cifar10: .npz / JPEG .zip / 'torchvision'; imagenet: ImageFolder dir")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=_positive, default=None, help="images a batch (at least 1)")
 
 
 def main(argv=None) -> int:
@@ -26,8 +55,8 @@ def main(argv=None) -> int:
     v = commands.add_parser("validate", help="validate a checkpoint, printing the release's log")
     _common(v)
     v.add_argument("--checkpoint", default="release", help="'release' (the authors' file) or a path")
-    v.add_argument("--limit", type=int, default=None, help="validate the first N images only")
-    v.add_argument("--workers", type=int, default=4, help="ImageNet data-loading processes")
+    v.add_argument("--limit", type=_positive, default=None, help="validate the first N images only (N >= 1)")
+    v.add_argument("--workers", type=_non_negative, default=None, help="ImageNet data-loading processes (default: the CPUs this process may use, at most 8)")
     t = commands.add_parser("train", help="quantization-aware training with the release's recipe (torchrun for several processes)")
     _common(t)
     t.add_argument("--init", default=None, help="start from 'release' (the authors' checkpoint of --init-bit) or a path")
@@ -35,34 +64,52 @@ def main(argv=None) -> int:
     t.add_argument("--out", default=None, help="run folder (default runs/<arch>_<bit>bit)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--val-data", default=None, help="cifar10: test .npz / .zip (default as validate); imagenet: val ImageFolder")
-    t.add_argument("--epochs", type=int, default=None, help="a shorter (or longer) schedule; decay epochs scale with it")
-    t.add_argument("--milestones", type=int, nargs="*", default=None, help="epochs at which every lr is multiplied by 0.1")
+    t.add_argument("--epochs", type=_positive, default=None, help="a shorter (or longer) schedule; decay epochs scale with it")
+    t.add_argument("--milestones", type=_positive, nargs="*", default=None, help="epochs at which every lr is multiplied by 0.1")
     for name in ("lr", "weight-decay", "momentum", "act-alpha-lr", "act-alpha-weight-decay", "weight-alpha-lr",
                  "weight-alpha-weight-decay", "alpha-grad-scale"):
         t.add_argument(f"--{name}", type=float, default=None, help="override the recipe's value")
     t.add_argument("--clip-weight-grad", action=argparse.BooleanOptionalAction, default=None,
                    help="stop weight gradients beyond ±α above 2 bits (default: the recipe's; ImageNet yes, CIFAR-10 no)")
-    t.add_argument("--subset", type=int, default=None, help="train on N images drawn by a seeded shuffle")
-    t.add_argument("--val-subset", type=int, default=None, help="validate on the first N images only")
-    t.add_argument("--max-steps", type=int, default=None, help="at most N steps an epoch")
+    t.add_argument("--subset", type=_positive, default=None, help="train on N images drawn by a seeded shuffle")
+    t.add_argument("--val-subset", type=_positive, default=None, help="validate on the first N images only")
+    t.add_argument("--max-steps", type=_positive, default=None, help="at most N steps an epoch")
     t.add_argument("--data-on-device", action="store_true", help="CIFAR-10: keep the data set on the GPU, augment there")
-    t.add_argument("--workers", type=int, default=4, help="ImageNet data-loading processes per training process")
+    t.add_argument("--workers", type=_non_negative, default=None, help="ImageNet data-loading processes per training process (default: the CPUs this process may use, at most 8)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--log-every", type=int, default=20, help="TensorBoard scalars every N steps")
+    t.add_argument("--log-every", type=_positive, default=20, help="TensorBoard scalars every N steps")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm running statistics fixed while training")
+    q = commands.add_parser("quantize", help="post-training quantization of a full-precision checkpoint (no training)")
+    _common(q)
+    q.add_argument("--init", default="release", help="the full-precision checkpoint: 'release' or a path")
+    q.add_argument("--calib", type=_positive, default=512, help="training images that calibrate α (default 512)")
+    q.add_argument("--act-rule", choices=("mse", "percentile"), default="mse", help="how activation α is chosen")
+    q.add_argument("--percentile", type=float, default=99.99, help="with --act-rule percentile: which percentile")
+    q.add_argument("--bn-recalibrate", action="store_true", help="re-estimate BatchNorm statistics on the calibration images")
+    q.add_argument("--seed", type=int, default=0, help="which calibration images are drawn")
+    q.add_argument("--out", required=True, help="the checkpoint to write (refused if it exists)")
     args = parser.parse_args(argv)
     if args.arch not in ARCHS[args.dataset]:
         parser.error(f"--arch for {args.dataset} must be one of {sorted(ARCHS[args.dataset])}")
     try:
-        if args.command == "validate":
+        if args.command == "quantize":
+            from .ptq import Calibration, quantize_checkpoint
+            if args.bit in (None, 32):
+                parser.error("quantize needs --bit 2..8")
+            calibration = Calibration(args.act_rule, args.percentile, args.bn_recalibrate, seed=args.seed)
+            quantize_checkpoint(args.dataset, args.arch, args.bit, args.init, args.out, args.calib,
+                                args.scheme or "apot", calibration, args.data)
+        elif args.command == "validate":
             from .pipeline import run_validation
             bit = 4 if args.bit is None and args.checkpoint == "release" else args.bit
             run_validation(args.dataset, args.arch, bit, args.checkpoint, args.data, args.device,
-                           args.batch_size, args.limit, args.scheme, args.workers)
+                           args.batch_size, args.limit, args.scheme, _workers(args.workers))
         else:
             from .train import train
             train(_train_config(args))
-    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as error:
+    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError, RuntimeError, FloatingPointError,
+            OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
@@ -89,8 +136,8 @@ def _train_config(args):
                        out=args.out or f"runs/{args.arch}_{bit}bit", recipe=dataclasses.replace(recipe, **overrides),
                        init=args.init, init_bit=args.init_bit, resume=args.resume, data_source=args.data,
                        val_source=args.val_data, subset=args.subset, val_subset=args.val_subset, max_steps=args.max_steps,
-                       device=args.device, data_on_device=args.data_on_device, workers=args.workers, seed=args.seed,
-                       log_every=args.log_every, progress=not args.no_progress)
+                       device=args.device, data_on_device=args.data_on_device, workers=_workers(args.workers), seed=args.seed,
+                       log_every=args.log_every, progress=not args.no_progress, freeze_bn=args.freeze_bn)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import tempfile
 import urllib.error
 import urllib.request
@@ -101,8 +102,19 @@ def release_path(dataset: str, arch: str, bit: int, download: bool = True) -> Pa
     return download_verified(entry.url, CACHE_DIR / entry.filename, entry.sha256)
 
 
+def _new_folders(folder: Path) -> list[Path]:
+    """The folders that ``folder.mkdir(parents=True)`` would create, deepest first."""
+    created = []
+    while not folder.exists():
+        created.append(folder)
+        folder = folder.parent
+    return created
+
+
 def download_verified(url: str, dest: Path, sha256: str) -> Path:
-    """Download ``url`` to ``dest``: into a temporary file beside it, checked, then renamed."""
+    """Download ``url`` to ``dest``: into a temporary file beside it, checked, then renamed.
+    A failed download leaves nothing behind, not even the folders it created."""
+    created = _new_folders(dest.parent)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
     try:
@@ -115,12 +127,14 @@ def download_verified(url: str, dest: Path, sha256: str) -> Path:
         if sha256_of(Path(tmp)) != sha256:
             raise CheckpointError(f"download of {url} does not match sha256 {sha256}")
         os.replace(tmp, dest)
-    except urllib.error.URLError as error:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
-        raise CheckpointError(f"could not download {url} ({error.reason}); offline, set APOT_DATA_DIR to a "
-                              "copy of the reference data or pass --checkpoint PATH") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        for folder in created:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        if isinstance(error, urllib.error.URLError):
+            raise CheckpointError(f"could not download {url} ({error.reason}); offline, set APOT_DATA_DIR to a "
+                                  "copy of the reference data or pass --checkpoint PATH") from None
         raise
     return dest
 
@@ -128,15 +142,27 @@ def download_verified(url: str, dest: Path, sha256: str) -> Path:
 def read_checkpoint(path: str | Path) -> dict:
     """``torch.load(path, weights_only=True)`` with clear errors for bad files."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted copy or download?")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head not in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip nor a pickle); "
+                              "only trusted checkpoints in the documented formats are loaded")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise CheckpointError(f"{path} needs arbitrary code to load and was refused "
-                              f"(weights_only=True): {str(error).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {error}") from None
+        needed = re.search(r"GLOBAL ([\w.]+)", str(error))
+        what = f" (it needs {needed.group(1)})" if needed else ""
+        raise CheckpointError(f"{path} holds Python objects other than tensors and plain containers{what} and was "
+                              "refused; only trusted checkpoints in the documented formats are loaded") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] or type(error).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt): {reason}") from None
     if isinstance(content, dict) and "state_dict" not in content and all(
             isinstance(v, torch.Tensor) for v in content.values()):
         content = {"state_dict": content}
@@ -177,6 +203,15 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], sour
         raise CheckpointError(f"{source} has other shapes than the model (another architecture?): {wrong[:3]}")
 
 
+def check_alphas(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` naming the first clipping threshold that is not a finite positive number."""
+    for key, value in state_dict.items():
+        if key.endswith("alpha") and not bool((torch.isfinite(value) & (value > 0)).all()):
+            layer, kind = key.rsplit(".", 1)
+            raise CheckpointError(f"{source}: {kind} of layer {layer} is {value.tolist()}; a clipping threshold "
+                                  "must be a finite positive number")
+
+
 def load_into(model: nn.Module, path: str | Path, dataset: str, arch: str, bit: int) -> dict:
     """Check the checkpoint at ``path`` against (dataset, arch, bit) and the model, then load it.
 
@@ -189,8 +224,16 @@ def load_into(model: nn.Module, path: str | Path, dataset: str, arch: str, bit: 
         if name in meta and meta[name] != wanted:
             raise CheckpointError(f"{path} is a {meta.get('bit')}-bit {meta.get('arch')} {meta.get('dataset')} "
                                   f"checkpoint, not {bit}-bit {arch} {dataset}")
+    scheme = getattr(model, "scheme", None)
+    if bit != 32 and scheme is not None and meta.get("scheme", "apot") != scheme:
+        theirs = meta.get("scheme", "apot")
+        raise CheckpointError(f"{path} holds a {theirs} model, not {scheme}: pass --scheme {theirs}")
+    if "level_rule" in meta and meta["level_rule"] != LEVEL_RULE:
+        raise CheckpointError(f"{path} was made with level-set rule {meta['level_rule']!r}; this version builds "
+                              f"{LEVEL_RULE!r}, so its levels would differ")
     state_dict = to_model_keys(content["state_dict"])
     check_state_dict(model, state_dict, str(path))
+    check_alphas(state_dict, str(path))
     model.load_state_dict(state_dict)
     return {k: v for k, v in content.items() if k not in ("state_dict", "optimizer")}
 

@@ -41,24 +41,46 @@ class ImageArrays:
     def sample(self, n: int, seed: int = 0) -> "ImageArrays":
         """n images drawn without replacement by a seeded shuffle (in their original order), so that
         a small training subset of a class-sorted file still holds every class."""
-        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        idx = _sample_indices(len(self), n, seed)
         return ImageArrays(self.x[idx], self.y[idx], f"{self.source}, {len(idx)} sampled (seed {seed})")
 
     def to(self, device) -> "ImageArrays":
         return ImageArrays(self.x.to(device), self.y.to(device), self.source)
 
 
-def load_npz(path: str | Path) -> ImageArrays:
-    """An offline mirror: ``x`` uint8 [N, 32, 32, 3] (HWC, RGB), ``y`` [N]."""
+def load_npz(path: str | Path, num_classes: int = 10) -> ImageArrays:
+    """An offline mirror: ``x`` uint8 [N, 32, 32, 3] (HWC, RGB), ``y`` integer labels [N] in 0..num_classes-1.
+
+    Anything else is refused with a ValueError that names the file and what is wrong.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"CIFAR-10 file {path} is a directory, not an .npz file")
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR-10 file {path} does not exist")
-    with np.load(path) as f:
-        if "x" not in f or "y" not in f:
-            raise ValueError(f"{path} must hold arrays 'x' (uint8 [N,32,32,3]) and 'y' [N]")
-        x, y = f["x"], f["y"]
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3 or len(x) != len(y):
-        raise ValueError(f"{path}: x must be uint8 [N,32,32,3] and y [N], got {x.dtype} {x.shape}, {y.shape}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "x" not in f or "y" not in f:
+                raise ValueError(f"{path} must hold arrays 'x' (uint8 [N,32,32,3]) and 'y' [N]")
+            x, y = f["x"], f["y"]
+    except (OSError, zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(f"{path} is not an .npz file of arrays ({str(error).splitlines()[0][:80]}); "
+                         "only .npz files of plain arrays are read") from None
+    except ValueError as error:
+        if str(path) in str(error):
+            raise
+        raise ValueError(f"{path} holds objects, not plain arrays, and was not read; only .npz files of plain "
+                         "arrays are read") from None
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3) or y.ndim != 1 or len(x) != len(y):
+        raise ValueError(f"{path}: x must be uint8 [N,32,32,3] and y [N], got x {x.dtype} {x.shape}, y {y.shape}")
+    if len(y) == 0:
+        raise ValueError(f"{path} holds no images")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{path}: labels must be integers, got {y.dtype} (e.g. {y[:3].tolist()})")
+    bad = (y < 0) | (y >= num_classes)
+    if bad.any():
+        raise ValueError(f"{path}: labels must be 0..{num_classes - 1}; {int(bad.sum())} are not, e.g. "
+                         f"{sorted(set(y[bad].tolist()))[:5]}")
     return ImageArrays(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), display_path(path))
 
 
@@ -80,39 +102,79 @@ def reference_file(relative: str) -> Path:
 
 def load_torchvision(train: bool, root: Path = DATA_ROOT) -> ImageArrays:
     """The official CIFAR-10 through torchvision (downloads into ``data/`` when online)."""
+    import urllib.error
+
     import torchvision
 
-    ds = torchvision.datasets.CIFAR10(root=str(root), train=train, download=True)
+    try:
+        ds = torchvision.datasets.CIFAR10(root=str(root), train=train, download=True)
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", None) or str(error).splitlines()[0]
+        raise FileNotFoundError(f"CIFAR-10 could not be downloaded through torchvision ({reason}); offline, "
+                                "set APOT_DATA_DIR to a copy of the reference data or pass --data PATH.npz|PATH.zip") from None
     return ImageArrays(torch.from_numpy(ds.data), torch.tensor(ds.targets, dtype=torch.int64),
                        f"torchvision CIFAR-10 {'train' if train else 'test'} set")
 
 
-def load_jpeg_zip(path: str | Path, split: str) -> ImageArrays:
+def _sample_indices(n_total: int, n: int, seed: int) -> torch.Tensor:
+    """n of n_total indices drawn without replacement by a seeded shuffle, in ascending order."""
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
+def load_jpeg_zip(path: str | Path, split: str, sample: int | None = None, seed: int = 0) -> ImageArrays:
     """The JPEG copy's ImageFolder zip (``<split>/<class>/NNNN.jpg``), decoded with Pillow.
 
     Test images come back in the official order within each class; classes in index order.
+    sample: decode only that many files, drawn as :meth:`ImageArrays.sample` would draw them.
     """
     from PIL import Image
     from tqdm.auto import tqdm
 
     xs, ys = [], []
+    if Path(path).is_dir():
+        raise ValueError(f"{path} is a directory, not the JPEG copy's .zip")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"CIFAR-10 file {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a zip archive (expected the JPEG copy's <split>/<class>/NNNN.jpg files)")
     with zipfile.ZipFile(path) as archive:
         names = sorted(n for n in archive.namelist() if n.startswith(f"{split}/") and n.endswith(".jpg"))
         if not names:
             raise ValueError(f"{path} has no {split}/<class>/*.jpg files")
-        for name in tqdm(names, desc=f"decoding {split} JPEGs", unit="img"):
+        if sample is not None:
+            names = [names[i] for i in _sample_indices(len(names), sample, seed)]
+        for name in tqdm(names, desc=f"decoding {split} JPEGs", unit="img", mininterval=2):
             label = CIFAR10_CLASSES.index(name.split("/")[1])
             xs.append(np.asarray(Image.open(io.BytesIO(archive.read(name))).convert("RGB")))
             ys.append(label)
-    return ImageArrays(torch.from_numpy(np.stack(xs)), torch.tensor(ys), f"{display_path(path)} ({split}, JPEG copy)")
+    what = f"{split}, JPEG copy" + (f", {len(names)} sampled (seed {seed})" if sample is not None else "")
+    return ImageArrays(torch.from_numpy(np.stack(xs)), torch.tensor(ys), f"{display_path(path)} ({what})")
 
 
-def load_cifar10(source: str | Path | None = None, train: bool = False) -> ImageArrays:
+def load_cifar10(source: str | Path | None = None, train: bool = False, sample: int | None = None,
+                 seed: int = 0) -> ImageArrays:
     """CIFAR-10 from ``source``: an ``.npz`` path, a JPEG ``.zip`` path, or 'torchvision'.
 
     With no source: torchvision when it downloads, else the JPEG copy under ``$APOT_DATA_DIR/cifar10/``
     (``test_jpeg.npz``, or the training split of ``jpeg_files.zip``); a clear error when neither is there.
+    sample: that many images drawn by a seeded shuffle (:meth:`ImageArrays.sample`; from a zip only
+    those are decoded).
     """
+    if sample is not None and sample < 1:
+        raise ValueError(f"sample must be at least 1, got {sample}")
+    if sample is not None and (str(source).endswith(".zip") or (source is None and train and not _torchvision_cached(train))):
+        zip_path = Path(source) if source is not None else (data_dir() / "cifar10" / "jpeg_files.zip" if data_dir() else None)
+        if zip_path is not None and zip_path.is_file():
+            return load_jpeg_zip(zip_path, "train" if train else "test", sample, seed)
+    arrays = _load_cifar10(source, train)
+    return arrays if sample is None else arrays.sample(sample, seed)
+
+
+def _torchvision_cached(train: bool, root: Path = DATA_ROOT) -> bool:
+    return (root / "cifar-10-batches-py" / ("data_batch_1" if train else "test_batch")).is_file()
+
+
+def _load_cifar10(source, train: bool) -> ImageArrays:
     if source is None:
         try:
             return load_torchvision(train)

@@ -77,11 +77,13 @@ def validate(model: nn.Module, batches: Iterable, total: int, device: torch.devi
     style 'cifar' prints ``Test: [i/N] Time Loss Prec`` and `` * Prec x%``; 'imagenet' prints
     ``Acc@1``/``Acc@5`` as the ImageNet script did.
     """
+    from .layers import frozen_weights
+
     model.eval()
     batch_time, losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter(), AverageMeter()
     predictions, targets = [], []
     start = end = time.perf_counter()
-    with torch.inference_mode():
+    with frozen_weights(model), torch.inference_mode():
         for i, (images, labels) in enumerate(batches):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             output = model(images)

@@ -1,51 +1,60 @@
 """Quantized layers: ``QuantConv2d`` (APoT/PoT/uniform weights and activations) and the
 8-bit first convolution and last linear layer.
 
-In ``eval()`` mode with gradients off, each layer quantizes its weight once and reuses it
-until the weight or α changes (tracked by their version counters and storage), the layer
-goes back to ``train()``, or it moves device. The cached tensor is exactly what the
-uncached path computes.
+Every forward quantizes the weight afresh, except inside :func:`frozen_weights`, which
+quantizes each layer's weight once for a validation loop and forgets it on leaving: no cache
+outlives the loop, so nothing can go stale when the model is changed (``.data`` writes
+included) and nothing extra is saved with the module.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .levels import level_set, weight_magnitudes
+from .levels import projection_order, weight_projection_order
 from .quantize import normalize_weight, quantize_8bit, quantize_activation, quantize_weight
 
 FULL_PRECISION = 32
 
 
-class _EvalWeightCache:
-    """Mixin: ``self._weight_for_forward()`` caches ``self._quantized_weight()`` in eval mode."""
-
-    def _cache_key(self):
-        return tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in self.parameters(recurse=False))
+class _QuantizedWeight:
+    """Mixin: ``self._weight_for_forward()`` is ``self._quantized_weight()``, or the copy that
+    :func:`frozen_weights` made of it."""
+    _frozen_weight = None
 
     def _weight_for_forward(self) -> torch.Tensor:
-        if self.training or torch.is_grad_enabled():
-            return self._quantized_weight()
-        key = self._cache_key()
-        if getattr(self, "_cached_key", None) != key:
-            self._cached_weight = self._quantized_weight()
-            self._cached_key = key
-        return self._cached_weight
-
-    def train(self, mode: bool = True):
-        self._cached_key = self._cached_weight = None
-        return super().train(mode)
+        return self._quantized_weight() if self._frozen_weight is None else self._frozen_weight
 
 
-class QuantConv2d(_EvalWeightCache, nn.Conv2d):
+@contextmanager
+def frozen_weights(model: nn.Module):
+    """Inside the block, every quantized layer of ``model`` uses the weight it had on entry,
+    quantized once (inference without gradients: validation). Modules are unchanged on exit."""
+    layers = [m for m in model.modules() if isinstance(m, _QuantizedWeight)]
+    try:
+        with torch.no_grad():
+            for m in layers:   # a plain attribute, never a registered parameter or buffer
+                m.__dict__["_frozen_weight"] = m._quantized_weight().detach()
+        yield model
+    finally:
+        for m in layers:
+            m.__dict__.pop("_frozen_weight", None)
+
+
+class QuantConv2d(_QuantizedWeight, nn.Conv2d):
     """Conv2d with b-bit weights and b-bit input activations.
 
     Input: [N, C_in, H, W], non-negative (it follows a ReLU). bit: 2..8, or 32 for a plain
     full-precision convolution (no α). scheme: 'apot', 'pot' or 'uniform'. Learnable clipping
     thresholds ``weight_alpha`` (normalized-weight units) and ``act_alpha`` (activation units).
     ``grad_scale`` multiplies both α gradients; ``clip_weight_grad`` stops the weight gradient
-    beyond ±α (the ImageNet release above 2 bits; its 2-bit "calibrated" gradient passes it).
+    beyond ±α (the ImageNet release above 2 bits; its 2-bit "calibrated" gradient passes it);
+    ``weight_stats_grad`` differentiates through the normalization's mean and std (the ImageNet
+    release; the CIFAR-10 release treats them as constants). Levels are projected onto in
+    :func:`apot_utils.levels.projection_order`, so midpoint ties go where the release sent them.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
@@ -53,9 +62,10 @@ class QuantConv2d(_EvalWeightCache, nn.Conv2d):
                  weight_alpha: float = 3.0, act_alpha: float = 8.0, grad_scale: float = 1.0):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
         self.bit, self.scheme, self.grad_scale, self.clip_weight_grad = bit, scheme, grad_scale, False
+        self.weight_stats_grad = True
         if bit != FULL_PRECISION:
-            self.register_buffer("weight_levels", weight_magnitudes(bit, scheme), persistent=False)
-            self.register_buffer("act_levels", level_set(bit, scheme), persistent=False)
+            self.register_buffer("weight_levels", weight_projection_order(bit, scheme), persistent=False)
+            self.register_buffer("act_levels", projection_order(bit, scheme), persistent=False)
             self.weight_alpha = nn.Parameter(torch.tensor(weight_alpha))
             self.act_alpha = nn.Parameter(torch.tensor(act_alpha))
 
@@ -66,7 +76,7 @@ class QuantConv2d(_EvalWeightCache, nn.Conv2d):
     def _quantized_weight(self) -> torch.Tensor:
         if not self.quantized:
             return self.weight
-        return quantize_weight(normalize_weight(self.weight), self.weight_alpha, self.weight_levels,
+        return quantize_weight(normalize_weight(self.weight, self.weight_stats_grad), self.weight_alpha, self.weight_levels,
                                self.grad_scale, self.clip_weight_grad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -79,7 +89,7 @@ class QuantConv2d(_EvalWeightCache, nn.Conv2d):
         return super().extra_repr() + f", bit={self.bit}, scheme={self.scheme}"
 
 
-class FirstConv8bit(_EvalWeightCache, nn.Conv2d):
+class FirstConv8bit(_QuantizedWeight, nn.Conv2d):
     """First convolution with 8-bit weights (``round(w / max w · 127)``), full-precision input."""
 
     def _quantized_weight(self) -> torch.Tensor:
@@ -90,7 +100,7 @@ class FirstConv8bit(_EvalWeightCache, nn.Conv2d):
                         self.dilation, self.groups)
 
 
-class LastLinear8bit(_EvalWeightCache, nn.Linear):
+class LastLinear8bit(_QuantizedWeight, nn.Linear):
     """Classifier with 8-bit weights, as the first layer; input [N, in_features]."""
 
     def _quantized_weight(self) -> torch.Tensor:

@@ -18,6 +18,17 @@ With ``terms = 1`` the rule gives power-of-two levels, with ``terms = b`` the un
 Normalization follows the release arithmetic exactly: the sums are rounded to float32 and
 multiplied, in float32, by the float32 reciprocal of their maximum. The released checkpoints
 were trained with these values, so b = 2..6 at the default ``terms`` match them bit for bit.
+
+Order and ties. ``level_set`` and ``weight_magnitudes`` return sorted sets. The quantizers project
+onto :func:`projection_order` instead: the same values, in the order in which the release's
+construction ``torch.Tensor(list(set(values)))`` listed them (at 2 bits ``[0, 1, 0.5, 0.25]``).
+The release took ``argmin |x − q|`` over that list, so a value exactly on a midpoint goes to
+whichever of its two levels comes first there; :func:`apot_utils.quantize.project` follows the
+order it is given. Sets the authors did not release (other schemes or terms, 7–8 bits) stay
+sorted: ties go to the lower level.
+
+Which (b, n) exist: float32 must tell every level apart; :func:`available_terms` lists the
+numbers of terms n that work at each b (at 8 bits n = 1 and n = 2 do not, nor PoT).
 """
 from __future__ import annotations
 
@@ -61,28 +72,55 @@ def _check_int(name: str, value, low: int, high: int) -> int:
     return int(value)
 
 
-def _normalize_release_style(sums: list[float]) -> torch.Tensor:
-    values = torch.tensor(sorted(set(sums)), dtype=torch.float32)
-    return values.mul(1.0 / values.max())
+def _normalize_release_style(values: list[float]) -> torch.Tensor:
+    """float32 tensor of ``values`` (in the given order) times the float32 reciprocal of their maximum."""
+    tensor = torch.tensor(values, dtype=torch.float32)
+    return tensor.mul(1.0 / tensor.max())
+
+
+def _apot_sums(bits: int, terms: int) -> list[float]:
+    """Every sum of one element per term, in the release's loop order (first term outermost)."""
+    sums = [0.0]
+    for exps in term_exponents(bits, terms):
+        sums = [s + p for s in sums for p in [0.0] + [2.0**-e for e in exps]]
+    return sums
+
+
+def _distinct_in_float32(bits: int, scheme: str, terms: int) -> bool:
+    if scheme == "uniform":
+        return True
+    levels = _normalize_release_style(sorted(set(_apot_sums(bits, 1 if scheme == "pot" else terms))))
+    return levels.numel() == 2**bits and bool((levels[1:] > levels[:-1]).all())
+
+
+def available_terms(bits: int) -> list[int]:
+    """The numbers of additive terms n for which a b-bit APoT set exists in float32."""
+    return [n for n in range(1, bits + 1) if _distinct_in_float32(bits, "apot", n)]
 
 
 @lru_cache(maxsize=None)
 def _magnitudes(bits: int, scheme: str, terms: int) -> torch.Tensor:
-    """Unchecked builder; ``bits`` may be 1 (the ternary weights' magnitude set {0, 1})."""
+    """Unchecked builder of the sorted set; ``bits`` may be 1 (the ternary weights' magnitudes {0, 1})."""
     if scheme == "uniform":
         return torch.arange(2**bits, dtype=torch.float64).div(2**bits - 1).float()
-    if scheme == "pot":
-        terms = 1
-    sums = [0.0]
-    for exps in term_exponents(bits, terms):
-        sums = [s + p for s in sums for p in [0.0] + [2.0**-e for e in exps]]
-    levels = _normalize_release_style(sums)
-    if levels.numel() != 2**bits or not bool((levels[1:] > levels[:-1]).all()):
-        smallest = sum(2**k - 1 for k in term_widths(bits, terms))
-        fix = "use at most 7 bits or the 'apot' scheme" if scheme == "pot" else "use more additive terms"
-        raise ValueError(f"{scheme} with bits={bits}, terms={terms} has levels that float32 cannot tell "
-                         f"apart (its smallest power of two is 2^-{smallest}); {fix}")
-    return levels
+    if not _distinct_in_float32(bits, scheme, terms):
+        if scheme == "pot":
+            raise ValueError(f"pot with bits={bits} has levels that float32 cannot tell apart (its smallest power "
+                             f"of two is 2^-{2**bits - 1}); use at most 7 bits or the 'apot' scheme")
+        raise ValueError(f"apot with bits={bits}, terms={terms} has levels that float32 cannot tell apart; "
+                         f"at {bits} bits terms must be one of {available_terms(bits)}")
+    return _normalize_release_style(sorted(set(_apot_sums(bits, 1 if scheme == "pot" else terms))))
+
+
+def _is_released(bits: int, scheme: str, terms: int) -> bool:
+    return scheme == "apot" and 2 <= bits <= 6 and terms == default_terms(bits)
+
+
+@lru_cache(maxsize=None)
+def _release_listing(bits: int, scheme: str, terms: int) -> torch.Tensor:
+    if not _is_released(bits, scheme, terms):
+        return _magnitudes(bits, scheme, terms)
+    return _normalize_release_style(list(set(_apot_sums(bits, terms))))
 
 
 def _validate(bits, scheme: str, terms, min_bits: int) -> tuple[int, str, int]:
@@ -129,6 +167,23 @@ def weight_magnitudes(bits: int, scheme: str = "apot", terms: int | None = None)
     """The (bits - 1)-bit unsigned set that weight magnitudes are projected to."""
     _validate(bits, scheme, None, MIN_BITS)
     return _magnitude_set(bits - 1, scheme, terms)
+
+
+def projection_order(bits: int, scheme: str = "apot", terms: int | None = None) -> torch.Tensor:
+    """The unsigned b-bit set in the order the quantizers project onto (ties to the earlier level).
+
+    For the sets the authors released (APoT, default terms, 2..6 bits) this is the order of the
+    release's ``list(set(values))``; for every other set, ascending. ``bits`` may be 1 here (the
+    ternary weights' magnitudes {0, 1}, which the release rounded half to even: ties to 0).
+    """
+    bits, scheme, terms = _validate(bits, scheme, terms, 1)
+    return _release_listing(bits, scheme, terms).clone()
+
+
+def weight_projection_order(bits: int, scheme: str = "apot", terms: int | None = None) -> torch.Tensor:
+    """:func:`projection_order` of the (bits - 1)-bit weight magnitude set."""
+    _validate(bits, scheme, None, MIN_BITS)
+    return projection_order(bits - 1, scheme, terms)
 
 
 def shift_add_terms(bits: int, scheme: str = "apot", terms: int | None = None) -> int:

@@ -47,17 +47,21 @@ def validate_cifar10(model: nn.Module, test: data.ImageArrays, device, batch_siz
 def run_validation(dataset: str = "cifar10", arch: str = "resnet20", bit: int | None = 3, checkpoint="release",
                    data_source=None, device: str = "auto", batch_size: int | None = None, limit: int | None = None,
                    scheme: str | None = None, workers: int = 4, log: Callable[[str], None] = print) -> ValidationResult:
-    """What ``python -m apot_utils validate`` does; returns the result."""
+    """What ``python -m apot_utils validate`` does; returns the result.
+    batch_size (default 100 for CIFAR-10, 256 for ImageNet) and limit (the first N images) must be at least 1."""
+    for name, value in (("batch_size", batch_size), ("limit", limit)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
     dev = pick_device(device)
     log(describe_device(dev))
     model = load_model(dataset, arch, bit, checkpoint, scheme, dev, log)
     log(f"=> loading {dataset} data...")
     if dataset == "cifar10":
         test = data.load_cifar10(data_source)
-        if limit:
+        if limit is not None:
             test = test.subset(limit)
-        return validate_cifar10(model, test, dev, batch_size or 100, log=log)
+        return validate_cifar10(model, test, dev, 100 if batch_size is None else batch_size, log=log)
     if data_source is None:
         raise FileNotFoundError("ImageNet needs --data <validation ImageFolder directory>")
-    loader = data.imagenet_val_loader(data_source, batch_size or 256, workers)
+    loader = data.imagenet_val_loader(data_source, 256 if batch_size is None else batch_size, workers)
     return validate(model, loader, len(loader), dev, "imagenet", log=log)

@@ -22,7 +22,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from .levels import level_set, weight_magnitudes
+from .levels import level_set, projection_order, weight_projection_order
 
 _INT_VIEW = {torch.float32: (torch.int32, 23), torch.float64: (torch.int64, 52)}
 
@@ -44,16 +44,25 @@ def _nearest_index(x: torch.Tensor, levels: torch.Tensor, rows: int = 4096) -> t
 
 @lru_cache(maxsize=64)
 def _lookup_table(values: tuple[float, ...], dtype: torch.dtype, device: torch.device):
-    """Bucket table for :func:`project`.
+    """Bucket table for :func:`project`; ``values``: the levels in their tie order.
 
     A non-negative float's bit pattern, read as an integer, grows with its value; its top bits
     (exponent and the first m mantissa bits) name a bucket. The table is refined until every
     bucket of [0, 1] holds at most one change of nearest level; for each bucket it stores the
-    nearest level at its start (``base``) and the smallest value in it whose nearest level is
-    the next one (``threshold``, found by bisection on the bit patterns with the argmin rule).
+    nearest level at its start (``base``, an index into the sorted levels) and the smallest value
+    in it whose nearest level is the next one (``threshold``, found by bisection on the bit
+    patterns with the argmin rule over ``values`` in their given order; NaN where the bucket
+    holds no change, so that no comparison, not even with +inf, steps past the top level).
     """
     int_dtype, mantissa = _INT_VIEW[dtype]
-    levels = torch.tensor(values, dtype=dtype)
+    given = torch.tensor(values, dtype=dtype)
+    levels, order = given.sort()
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+
+    def nearest(x):          # index into the sorted levels of argmin over the given order
+        return rank[_nearest_index(x, given)]
+
     top = int(torch.tensor(1.0, dtype=dtype).view(int_dtype))
     # Values below a quarter of the smallest positive level all go to 0: one bucket for them.
     floor_bits = int((levels[1] / 4).view(int_dtype))
@@ -63,8 +72,8 @@ def _lookup_table(values: tuple[float, ...], dtype: torch.dtype, device: torch.d
         first = (keys << shift).to(int_dtype)
         first[0] = 0
         last = (((keys + 1) << shift) - 1).clamp(max=top).to(int_dtype)
-        lo_idx = _nearest_index(first.view(dtype), levels)
-        hi_idx = _nearest_index(last.view(dtype), levels)
+        lo_idx = nearest(first.view(dtype))
+        hi_idx = nearest(last.view(dtype))
         if int((hi_idx - lo_idx).max()) <= 1:
             break
     else:
@@ -73,9 +82,9 @@ def _lookup_table(values: tuple[float, ...], dtype: torch.dtype, device: torch.d
     lo, hi = first[flips].long(), last[flips].long()      # invariant: nearest(hi) is the next level
     while bool((hi > lo).any()):
         mid = (lo + hi) // 2
-        upper = _nearest_index(mid.to(int_dtype).view(dtype), levels) > lo_idx[flips]
+        upper = nearest(mid.to(int_dtype).view(dtype)) > lo_idx[flips]
         hi, lo = torch.where(upper, mid, hi), torch.where(upper, lo, mid + 1)
-    threshold = torch.full((keys.numel(),), float("inf"), dtype=dtype)
+    threshold = torch.full((keys.numel(),), float("nan"), dtype=dtype)
     threshold[flips] = hi.to(int_dtype).view(dtype)
     return (shift, int(keys[0]), int(keys[-1]), threshold.to(device),
             lo_idx.to(torch.int32).to(device), levels.to(device))
@@ -84,29 +93,31 @@ def _lookup_table(values: tuple[float, ...], dtype: torch.dtype, device: torch.d
 def project(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
     """Nearest level for every element: ``levels[argmin_j |x - levels[j]|]``, bit for bit.
 
-    x: float32 or float64 tensor of any shape (values below 0 go to 0, above 1 to 1).
-    levels: 1-D, sorted ascending, from 0 to 1 (a set of :mod:`apot_utils.levels`); cast to
-    x's dtype. scale: optional 0-d tensor; the result is then ``levels[...] * scale``, the
-    same values as multiplying afterwards, in the same pass.
+    x: float32 or float64 tensor of any shape. Values below 0 (and -inf) go to 0, above 1 (and
+    +inf) to 1; NaN stays NaN. levels: 1-D, distinct, from 0 to 1 (a set of
+    :mod:`apot_utils.levels`), cast to x's dtype; **their order is the tie order**: a value
+    exactly between two levels goes to the one listed first, as argmin's first index does
+    (sorted levels: ties to the lower one; :func:`apot_utils.levels.projection_order`: the
+    release's choice). scale: optional 0-d tensor; the result is then ``levels[...] * scale``,
+    the same values as multiplying afterwards, in the same pass.
 
-    The result equals the argmin over the N×L distance table computed in x's precision, ties
-    going to the lower level as argmin's first index does, without building that table:
-    three lookups into a small per-set table (:func:`_lookup_table`), memory O(N),
-    independent of L. Large inputs run through a kernel fused by ``torch.compile`` where it
-    is available (same integer arithmetic, same result; ``APOT_COMPILE=0`` turns it off).
+    The result equals the argmin over the N×L distance table computed in x's precision, without
+    building that table: three lookups into a small per-set table (:func:`_lookup_table`),
+    memory O(N), independent of L. Large inputs run through a kernel fused by ``torch.compile``
+    where it is available (same integer arithmetic, same result; ``APOT_COMPILE=0`` turns it off).
     """
     if x.dtype not in _INT_VIEW:
         raise TypeError(f"project supports float32 and float64 inputs, got {x.dtype}")
-    if levels.dim() != 1 or levels.numel() < 2 or float(levels[0]) != 0 or float(levels[-1]) != 1:
-        raise ValueError("levels must be a sorted 1-D level set from 0 to 1")
-    shift, first_key, last_key, threshold, base, values = _lookup_table(
-        tuple(levels.to(x.dtype).tolist()), x.dtype, x.device)
+    values = tuple(levels.to(x.dtype).tolist()) if levels.dim() == 1 else ()
+    if len(values) < 2 or min(values) != 0 or max(values) != 1 or len(set(values)) != len(values):
+        raise ValueError("levels must be a 1-D set of distinct levels from 0 to 1")
+    shift, first_key, last_key, threshold, base, table_values = _lookup_table(values, x.dtype, x.device)
     if scale is not None:
-        values = values * scale.to(x.dtype)
+        table_values = table_values * scale.to(x.dtype)
     kernel = _lookup
     if x.numel() >= _COMPILE_MIN_NUMEL and _compiled_lookup(x.device.type) is not None:
         kernel = _compiled_lookup(x.device.type)
-    return kernel(x.contiguous(), shift, first_key, last_key, threshold, base, values)
+    return kernel(x.contiguous(), shift, first_key, last_key, threshold, base, table_values)
 
 
 _COMPILE_MIN_NUMEL = 1 << 16
@@ -119,7 +130,7 @@ def _lookup(x, shift: int, first_key: int, last_key: int, threshold, base, value
     del key
     index += upper
     del upper
-    return values.index_select(0, index).view_as(x)
+    return values.index_select(0, index).view_as(x).masked_fill_(x.isnan(), float("nan"))   # NaN stays NaN
 
 
 @lru_cache(maxsize=None)
@@ -190,9 +201,15 @@ def quantize_activation(x: torch.Tensor, alpha: torch.Tensor, levels: torch.Tens
     return project(x / alpha, levels, scale=alpha.detach())
 
 
-def normalize_weight(w: torch.Tensor) -> torch.Tensor:
-    """``(w - mean) / std`` over the whole tensor (unbiased std), differentiable."""
-    return (w - w.mean()) / w.std()
+def normalize_weight(w: torch.Tensor, stats_grad: bool = True) -> torch.Tensor:
+    """``(w - mean) / std`` over the whole tensor (unbiased std).
+
+    stats_grad: differentiate through the mean and std (the ImageNet release); False treats them
+    as constants, as the CIFAR-10 release's ``weight.data.mean()`` / ``weight.data.std()`` do.
+    The forward values are the same either way.
+    """
+    mean, std = (w.mean(), w.std()) if stats_grad else (w.detach().mean(), w.detach().std())
+    return (w - mean) / std
 
 
 def quantize_8bit(w: torch.Tensor) -> torch.Tensor:
@@ -212,7 +229,7 @@ class WeightQuantizer(nn.Module):
     def __init__(self, bits: int, scheme: str = "apot", terms: int | None = None,
                  alpha: float = 3.0, grad_scale: float = 1.0):
         super().__init__()
-        self.register_buffer("levels", weight_magnitudes(bits, scheme, terms), persistent=False)
+        self.register_buffer("levels", weight_projection_order(bits, scheme, terms), persistent=False)
         self.alpha = nn.Parameter(torch.tensor(float(alpha)))
         self.grad_scale = grad_scale
 
@@ -226,7 +243,7 @@ class ActivationQuantizer(nn.Module):
     def __init__(self, bits: int, scheme: str = "apot", terms: int | None = None,
                  alpha: float = 8.0, grad_scale: float = 1.0):
         super().__init__()
-        self.register_buffer("levels", level_set(bits, scheme, terms), persistent=False)
+        self.register_buffer("levels", projection_order(bits, scheme, terms), persistent=False)
         self.alpha = nn.Parameter(torch.tensor(float(alpha)))
         self.grad_scale = grad_scale
 

@@ -47,6 +47,7 @@ class Recipe:
     gamma: float = 0.1
     alpha_grad_scale: float = 1.0        # multiplies both α gradients of every quantized layer
     clip_weight_grad: bool = False       # no weight gradient beyond ±α above 2 bits (ImageNet release)
+    weight_stats_grad: bool = False      # gradient through the weight normalization's mean/std (ImageNet release)
 
 
 CIFAR_WEIGHT_DECAY = {32: 5e-4, 4: 1e-4, 3: 1e-4, 2: 3e-5}   # the release's train_res20.sh
@@ -66,7 +67,7 @@ def default_recipe(dataset: str, bit: int) -> Recipe:
     if dataset == "imagenet":
         return Recipe(epochs=120, batch_size=1024, lr=0.01, weight_decay=1e-4, milestones=(30, 60, 80, 100),
                       act_alpha_lr=0.03, act_alpha_weight_decay=2e-5, weight_alpha_lr=0.01, weight_alpha_weight_decay=1e-4,
-                      clip_weight_grad=True)
+                      clip_weight_grad=True, weight_stats_grad=True)
     raise ValueError(f"no recipe for dataset {dataset!r}")
 
 
@@ -135,7 +136,8 @@ class TrainConfig:
     full-precision model, keep their defaults. resume: continue the run in ``out`` from its last
     checkpoint. subset: N training images drawn by a seeded shuffle; val_subset: the first N test
     images; max_steps: at most N steps an epoch (quick runs). data_on_device: the CIFAR-10 arrays
-    live on the GPU.
+    live on the GPU. freeze_bn: BatchNorm keeps its running statistics (eval mode) while the rest
+    trains, so that training images from another source (the JPEG copy) do not replace them.
     """
     dataset: str = "cifar10"
     arch: str = "resnet20"
@@ -157,18 +159,36 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 20
     progress: bool = True
+    freeze_bn: bool = False
 
 
 def _load_cifar(cfg: TrainConfig, device) -> tuple[data.ImageArrays, data.ImageArrays]:
     train = data.load_cifar10(cfg.data_source, train=True)
     test = data.load_cifar10(cfg.val_source)
-    if cfg.subset:
+    if cfg.subset is not None:
         train = train.sample(cfg.subset, cfg.seed)
-    if cfg.val_subset:
+    if cfg.val_subset is not None:
         test = test.subset(cfg.val_subset)
     if cfg.data_on_device:
         train, test = train.to(device), test.to(device)
     return train, test
+
+
+def _check_counts(cfg: TrainConfig, recipe: Recipe) -> None:
+    """Every count must be a positive integer: 0 or a negative number is an error, never 'all'."""
+    for name, value in (("subset", cfg.subset), ("val_subset", cfg.val_subset), ("max_steps", cfg.max_steps),
+                        ("batch_size", recipe.batch_size), ("epochs", recipe.epochs), ("log_every", cfg.log_every)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Delete the temporary files an interrupted :func:`checkpoints.save_checkpoint` left in the run
+    folder (``.checkpoint.pth.tar.*.tmp``, ``.model_best.pth.tar.*.tmp``); returns what it removed."""
+    stale = [p for name in ("checkpoint.pth.tar", "model_best.pth.tar") for p in Path(out).glob(f".{name}.*.tmp")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def _build(cfg: TrainConfig, recipe: Recipe, device, log) -> nn.Module:
@@ -183,6 +203,7 @@ def _build(cfg: TrainConfig, recipe: Recipe, device, log) -> nn.Module:
     for _, layer in quantized_layers(model):
         layer.grad_scale = recipe.alpha_grad_scale
         layer.clip_weight_grad = recipe.clip_weight_grad and cfg.bit > 2
+        layer.weight_stats_grad = recipe.weight_stats_grad
     return model.to(device)
 
 
@@ -200,11 +221,16 @@ def log_alphas(writer, model: nn.Module, step: int) -> None:
 
 
 def train_one_epoch(model: nn.Module, batches, steps: int, optimizer, device, epoch: int, step0: int, writer,
-                    log_every: int, progress: bool, alphas_of: nn.Module) -> dict[str, float]:
-    """One pass over ``batches`` ((images, labels) pairs, ``steps`` of them). Returns the epoch's means."""
+                    log_every: int, progress: bool, alphas_of: nn.Module, freeze_bn: bool = False) -> dict[str, float]:
+    """One pass over ``batches`` ((images, labels) pairs, ``steps`` of them). Returns the epoch's means.
+    freeze_bn: BatchNorm layers stay in eval mode (running statistics fixed)."""
     from tqdm.auto import tqdm
 
     model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     loss_m, top1_m, top5_m = AverageMeter(), AverageMeter(), AverageMeter()
     bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", disable=not progress, leave=False)
     start = time.perf_counter()
@@ -214,6 +240,9 @@ def train_one_epoch(model: nn.Module, batches, steps: int, optimizer, device, ep
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         output = model(images)
         loss = F.cross_entropy(output, labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the training loss is {loss.item()} at epoch {epoch}, step {step0 + i + 1}: "
+                                     "the run diverged (try a lower --lr); the last checkpoint is from before it")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -255,6 +284,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         torch.cuda.set_device(device)
     say = log if where.main else (lambda line: None)
     recipe = cfg.recipe or default_recipe(cfg.dataset, cfg.bit)
+    _check_counts(cfg, recipe)
     if recipe.batch_size % where.world:
         raise ValueError(f"batch size {recipe.batch_size} does not split over {where.world} processes")
     out = Path(cfg.out)
@@ -263,6 +293,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or another --out")
     if cfg.resume and not last_path.exists():
         raise FileNotFoundError(f"nothing to resume: {last_path} does not exist")
+    if cfg.resume:
+        done = checkpoints.read_checkpoint(last_path)["meta"]["epoch"]
+        if done >= recipe.epochs:
+            raise ValueError(f"nothing to do: the run in {out} already finished its {recipe.epochs} epochs")
+    if where.main:
+        remove_stale_temporaries(out)
     say(describe_device(device) + (f", {where.world} processes" if where.world > 1 else ""))
     torch.manual_seed(cfg.seed)
 
@@ -294,7 +330,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         loader = data.imagenet_train_loader(cfg.data_source, per_process, cfg.workers, where.rank, where.world, cfg.seed)
         val_loader = data.imagenet_val_loader(cfg.val_source, 256, cfg.workers)
         steps, val_batches, val_total, style = len(loader), (lambda: val_loader), len(val_loader), "imagenet"
-    if cfg.max_steps:
+    if cfg.max_steps is not None:
         steps = min(steps, cfg.max_steps)
     if steps == 0:
         raise ValueError(f"no full batch of {per_process} images per process in the training data")
@@ -318,7 +354,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
                 loader.sampler.set_epoch(epoch)
                 batches = loader
             stats = train_one_epoch(net, batches, steps, optimizer, device, epoch, epoch * steps, writer,
-                                    cfg.log_every, cfg.progress and where.main, model)
+                                    cfg.log_every, cfg.progress and where.main, model, cfg.freeze_bn)
             scheduler.step()
             epoch_seconds.append(stats["seconds"])
             result = validate(model, val_batches(), val_total, device, style, print_freq=10**9, log=say)
@@ -338,8 +374,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     finally:
         if writer is not None:
             writer.close()
-    if result is None:
-        raise ValueError(f"nothing to do: the run in {out} already finished its {recipe.epochs} epochs")
     digest = parameter_digest(model)
     log(f"=> rank {where.rank} parameter digest {digest}")
     return TrainResult(best, result, epoch_seconds, out, digest)

@@ -115,24 +115,47 @@ def test_ternary_weights():
     assert set(out.unique().tolist()) <= {-1.0, 0.0, 1.0}
 
 
-def test_eval_weight_cache_follows_changes():
-    torch.manual_seed(0)
-    conv = QuantConv2d(4, 8, 3, padding=1, bit=3)
-    x = torch.rand(2, 4, 8, 8)
-    conv.eval()
+def _fresh_output(conv, x):
+    """The layer's output computed from scratch: a new layer with the same state."""
+    twin = QuantConv2d(4, 8, 3, padding=1, bit=3)
+    twin.load_state_dict(conv.state_dict())
+    twin.weight_levels = conv.weight_levels.clone()
     with torch.no_grad():
-        first = conv(x)
-        assert conv._cached_weight is not None
-        assert torch.equal(conv(x), first)
-        cached = conv._cached_weight
-        conv.weight.add_(torch.randn_like(conv.weight))   # weights change in place
-        changed = conv(x)
-        assert conv._cached_weight is not cached
-        conv.weight_alpha.fill_(0.7)                  # α changes
-        assert torch.equal(conv(x), conv.train()(x)) and conv._cached_weight is None
-        conv.eval()
-        conv.load_state_dict({k: v.clone() for k, v in QuantConv2d(4, 8, 3, padding=1, bit=3).state_dict().items()})
-        reloaded = conv(x)
-        uncached = conv.train()(x)
-    assert not torch.equal(first, changed)
-    assert torch.equal(reloaded, uncached)
+        return twin.eval()(x)
+
+
+@pytest.mark.parametrize("change", ["weight.data.add_", "sgd step on p.data", "alpha.data.fill_", "levels buffer"])
+def test_no_stale_weight_after_data_writes(change):
+    torch.manual_seed(0)
+    conv = QuantConv2d(4, 8, 3, padding=1, bit=3).eval()
+    x = torch.rand(2, 4, 8, 8)
+    with torch.no_grad():
+        before = conv(x)
+        if change == "weight.data.add_":
+            conv.weight.data.add_(torch.randn_like(conv.weight))
+        elif change == "sgd step on p.data":
+            for p in conv.parameters():
+                p.data -= 0.5 * torch.randn_like(p)
+        elif change == "alpha.data.fill_":
+            conv.weight_alpha.data.fill_(1.0)
+        else:
+            conv.weight_levels = torch.tensor([0.0, 1.0])
+        after = conv(x)
+    assert not torch.equal(before, after)
+    assert torch.equal(after, _fresh_output(conv, x))
+
+
+def test_frozen_weights_only_inside_the_block(tmp_path):
+    from apot_utils.layers import frozen_weights
+
+    torch.manual_seed(0)
+    conv = QuantConv2d(4, 8, 3, padding=1, bit=3).eval()
+    x = torch.rand(2, 4, 8, 8)
+    with torch.no_grad():
+        plain = conv(x)
+        with frozen_weights(conv):
+            assert conv._frozen_weight is not None
+            assert torch.equal(conv(x), plain)
+        assert conv._frozen_weight is None
+    torch.save(conv, tmp_path / "module.pt")
+    assert "_frozen_weight" not in torch.load(tmp_path / "module.pt", weights_only=False).__dict__

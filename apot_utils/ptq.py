@@ -1,0 +1,224 @@
+"""Post-training quantization: a quantized model from a full-precision one, without training.
+
+``post_training_quantize`` copies a full-precision model's weights into a b-bit model and chooses
+every clipping threshold from data instead of learning it:
+
+- weight α, per layer: the α (σ) that minimizes the mean squared error of the layer's normalized
+  weights against their quantized values, searched on a grid (:data:`WEIGHT_ALPHA_GRID`);
+- activation α, layer by layer in module order, on the inputs each layer receives for the
+  calibration images *with every earlier layer already quantized*: the α minimizing the mean
+  squared quantization error of those inputs ('mse'), or a high percentile of them ('percentile');
+- BatchNorm running statistics carried over to the quantized network (:func:`_transfer_batchnorm`).
+  This step is not optional: the quantizer normalizes each layer's weights and never multiplies σ
+  back (the release's design: BatchNorm absorbs the scale), so a quantized convolution's output is
+  about 1/σ times the full-precision one (σ ≈ 0.01–0.1) and the full-precision statistics no longer
+  fit. ``bn_recalibrate`` instead re-estimates them plainly on the calibration images, which also
+  imports those images' own statistics (on the JPEG copy of the training set: several points lost).
+
+Calibration images come from the *training* set: choosing α on test images would leak them
+into the accuracy reported on those same images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .layers import QuantConv2d, quantized_layers
+from .models import build_model
+from .quantize import normalize_weight, quantize_activation, quantize_weight
+
+WEIGHT_ALPHA_GRID = torch.arange(0.5, 8.0001, 0.01, dtype=torch.float64)   # σ
+ACT_ALPHA_FRACTIONS = torch.linspace(0.02, 1.0, 99, dtype=torch.float64)  # of the largest input seen
+ACT_RULES = ("mse", "percentile")
+MAX_ACT_SAMPLES = 1 << 20      # activations per layer the α search looks at (a seeded sample)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How α is chosen. act_rule: 'mse' or 'percentile' (then ``percentile``, in %, of the
+    layer's inputs); bn_recalibrate: re-estimate BatchNorm statistics on the calibration images."""
+    act_rule: str = "mse"
+    percentile: float = 99.99
+    bn_recalibrate: bool = False
+    batch_size: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.act_rule not in ACT_RULES:
+            raise ValueError(f"act_rule must be one of {ACT_RULES}, got {self.act_rule!r}")
+        if not 0 < self.percentile <= 100:
+            raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
+def weight_alpha(layer: QuantConv2d, grid: torch.Tensor = WEIGHT_ALPHA_GRID) -> float:
+    """The α (σ) on ``grid`` with the least squared error of the layer's quantized normalized weights."""
+    w = normalize_weight(layer.weight.detach().double()).flatten()
+    with torch.no_grad():
+        errors = torch.stack([(quantize_weight(w, a, layer.weight_levels) - w).square().mean() for a in grid])
+    return float(grid[int(errors.argmin())])
+
+
+def activation_alpha(x: torch.Tensor, levels: torch.Tensor, calibration: Calibration) -> float:
+    """α for non-negative inputs x (any shape) and the unsigned set ``levels``, by the calibration's rule."""
+    x = x.detach().flatten().double()
+    if x.numel() > MAX_ACT_SAMPLES:
+        pick = torch.randperm(x.numel(), generator=torch.Generator().manual_seed(calibration.seed))[:MAX_ACT_SAMPLES]
+        x = x[pick]
+    top = float(x.max())
+    if not top > 0:
+        raise ValueError("a layer received only zeros (or non-finite values) on the calibration images")
+    if calibration.act_rule == "percentile":
+        return float(torch.quantile(x, calibration.percentile / 100))
+    with torch.no_grad():
+        errors = torch.stack([(quantize_activation(x, torch.tensor(a, dtype=x.dtype), levels) - x).square().mean()
+                              for a in (ACT_ALPHA_FRACTIONS * top).tolist()])
+    return float(ACT_ALPHA_FRACTIONS[int(errors.argmin())] * top)
+
+
+class _Captured(Exception):
+    """Raised by a capture hook to stop the forward pass once the wanted tensor is seen."""
+
+
+def _inputs_of(model: nn.Module, module: nn.Module, batches: list[torch.Tensor]) -> torch.Tensor:
+    """What ``module`` receives for every calibration batch (the forward stops there), concatenated."""
+    seen = []
+
+    def capture(m, args):
+        seen.append(args[0].detach())
+        raise _Captured
+
+    handle = module.register_forward_pre_hook(capture)
+    try:
+        with torch.no_grad():
+            for images in batches:
+                try:
+                    model(images)
+                except _Captured:
+                    pass
+    finally:
+        handle.remove()
+    return torch.cat(seen)
+
+
+def _channel_moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (biased) variance of y [N, C, H, W], in float64."""
+    y = y.double().transpose(0, 1).flatten(1)
+    return y.mean(1), y.var(1, unbiased=False)
+
+
+def _transfer_batchnorm(norm: nn.BatchNorm2d, fp_running: tuple[torch.Tensor, torch.Tensor],
+                        fp_calib: tuple[torch.Tensor, torch.Tensor], q_calib: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Running statistics for the quantized network's BatchNorm ``norm``.
+
+    The full-precision model normalizes its input y with running statistics (m, v) of its training
+    images. On the calibration images its y has moments (m̂, v̂), the quantized model's y_q has
+    (m̂_q, v̂_q). The new statistics put y_q where y was relative to its own statistics:
+    √v_q = √v̂_q · √(v / v̂), m_q = m̂_q − √v_q · (m̂ − m) / √v. With no quantization they are (m, v)
+    again, whatever the calibration images; so images from another source (the JPEG copy) do not
+    move the statistics the way plain re-estimation on them does.
+    """
+    (m, v), (m_hat, v_hat), (mq_hat, vq_hat) = fp_running, fp_calib, q_calib
+    eps = norm.eps
+    std_q = (vq_hat + eps).sqrt() * ((v + eps) / (v_hat + eps)).sqrt()
+    mean_q = mq_hat - std_q * (m_hat - m) / (v + eps).sqrt()
+    norm.running_mean.copy_(mean_q.to(norm.running_mean.dtype))
+    norm.running_var.copy_((std_q.square() - eps).clamp(min=0).to(norm.running_var.dtype))
+
+
+def _recalibrate_batchnorm(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Running mean and variance of every BatchNorm as the plain average over the calibration batches."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None            # cumulative average
+    model.train()
+    try:
+        with torch.no_grad():
+            for images in batches:
+                model(images)
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+        model.eval()
+
+
+def post_training_quantize(full_precision: nn.Module, dataset: str, arch: str, bit: int, images: torch.Tensor,
+                           scheme: str = "apot", calibration: Calibration = Calibration(),
+                           log: Callable[[str], None] = print) -> nn.Module:
+    """A ``bit``-bit model with ``full_precision``'s weights and α chosen from ``images``.
+
+    full_precision: a model of the same architecture at bit 32 (its weights and BatchNorm are
+    copied, it is not changed). images: normalized calibration images [N, 3, H, W], N >= 1, from
+    the training set. Returns the quantized model in eval mode on the CPU.
+    """
+    if bit == 32:
+        raise ValueError("post-training quantization needs a bitwidth of 2..8, not 32 (full precision)")
+    if any(isinstance(m, QuantConv2d) and m.quantized for m in full_precision.modules()):
+        raise ValueError("the starting model is already quantized: post-training quantization starts from a "
+                         "full-precision (32-bit) checkpoint")
+    if images.dim() != 4 or len(images) == 0:
+        raise ValueError(f"calibration images must be a non-empty batch [N, 3, H, W], got shape {tuple(images.shape)}")
+    model = build_model(dataset, arch, bit, scheme)
+    missing, unexpected = model.load_state_dict(full_precision.state_dict(), strict=False)
+    if unexpected or any(not k.endswith("alpha") for k in missing):
+        raise ValueError(f"the full-precision model does not fit {arch}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model, full_precision = model.cpu().eval(), full_precision.cpu().eval()
+    batches = list(images.cpu().split(calibration.batch_size))
+    fp_modules = dict(full_precision.named_modules())
+    for _, layer in quantized_layers(model):
+        layer.weight_alpha.data.fill_(weight_alpha(layer))
+    for name, module in model.named_modules():     # forward order: upstream is final when a module's turn comes
+        if isinstance(module, QuantConv2d) and module.quantized:
+            module.act_alpha.data.fill_(activation_alpha(_inputs_of(model, module, batches), module.act_levels, calibration))
+            log(f"{name}: weight alpha {module.weight_alpha.item():.3f} σ, act alpha {module.act_alpha.item():.3f}")
+        elif isinstance(module, nn.BatchNorm2d):
+            fp_norm = fp_modules[name]
+            _transfer_batchnorm(module, (fp_norm.running_mean.double(), fp_norm.running_var.double()),
+                                _channel_moments(_inputs_of(full_precision, fp_norm, batches)),
+                                _channel_moments(_inputs_of(model, module, batches)))
+    if calibration.bn_recalibrate:
+        _recalibrate_batchnorm(model, batches)
+    return model
+
+
+def quantize_checkpoint(dataset: str, arch: str, bit: int, init, out, calib: int = 512, scheme: str = "apot",
+                        calibration: Calibration = Calibration(), data_source=None,
+                        log: Callable[[str], None] = print) -> nn.Module:
+    """What ``python -m apot_utils quantize`` does: post-training quantization of the full-precision
+    checkpoint ``init`` ('release' or a path) on ``calib`` training images, written to ``out``
+    (refused if it exists) with the metadata ``validate`` reads. Returns the quantized model."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from . import checkpoints, data
+    from .pipeline import load_model
+
+    if dataset != "cifar10":
+        raise ValueError("post-training quantization is implemented for cifar10 (its training images calibrate α)")
+    if calib < 1:
+        raise ValueError(f"--calib must be at least 1 image, got {calib}")
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists: choose another --out (nothing was overwritten)")
+    path = checkpoints.release_path(dataset, arch, 32) if str(init) == "release" else Path(init)
+    init_bit = checkpoints.checkpoint_meta(path).get("bit", 32)
+    if init_bit != 32:
+        raise ValueError(f"{path} is a {init_bit}-bit checkpoint: post-training quantization starts from a "
+                         "full-precision (32-bit) one")
+    full_precision = load_model(dataset, arch, 32, path, log=lambda line: None)
+    train_images = data.load_cifar10(data_source, train=True, sample=calib, seed=calibration.seed)
+    log(f"=> calibrating {bit}-bit {scheme} {arch} on {train_images.source}")
+    images = data.normalize(train_images.x)
+    model = post_training_quantize(full_precision, dataset, arch, bit, images, scheme, calibration, log)
+    meta = {"dataset": dataset, "arch": arch, "bit": bit, "scheme": scheme, "level_rule": checkpoints.LEVEL_RULE,
+            "source": data.display_path(path), "source_sha256": checkpoints.sha256_of(path),
+            "post_training": {**asdict(calibration), "calib_images": len(train_images), "calib_source": train_images.source}}
+    checkpoints.save_checkpoint({"state_dict": model.state_dict(), "meta": meta}, out)
+    log(f"=> wrote {out}")
+    return model
