@@ -121,7 +121,7 @@ def _train_config(args):
     from .train import TrainConfig, default_recipe, shortened
 
     bit = 4 if args.bit is None else args.bit
-    recipe = default_recipe(args.dataset, bit)
+    recipe = default_recipe(args.dataset, bit, args.arch)
     if args.epochs is not None:
         recipe = shortened(recipe, args.epochs)
     overrides = {k: getattr(args, k) for k in ("lr", "weight_decay", "momentum", "act_alpha_lr", "act_alpha_weight_decay",

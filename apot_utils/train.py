@@ -48,35 +48,66 @@ class Recipe:
     alpha_grad_scale: float = 1.0        # multiplies both α gradients of every quantized layer
     clip_weight_grad: bool = False       # no weight gradient beyond ±α above 2 bits (ImageNet release)
     weight_stats_grad: bool = False      # gradient through the weight normalization's mean/std (ImageNet release)
+    warmup_steps: int = 0                # lr moves linearly from warmup_start_lr to lr over the first steps
+    warmup_start_lr: float | None = None
 
 
 CIFAR_WEIGHT_DECAY = {32: 5e-4, 4: 1e-4, 3: 1e-4, 2: 3e-5}   # the release's train_res20.sh
 
 
-def default_recipe(dataset: str, bit: int) -> Recipe:
-    """The released recipes. CIFAR-10 (``CIFAR10/main.py``, ``train_res20.sh``): 300 epochs, batch 128,
-    lr 0.1 for full precision and 0.04 quantized, decay at 150 and 225, weight decay by bitwidth,
-    activation α lr 0.1 / wd 1e-4, weight α lr 0.02 / wd 1e-4. ImageNet (``ImageNet/main.py``):
-    120 epochs, batch 1024, lr 0.01, wd 1e-4, decay at 30, 60, 80, 100, activation α lr 0.03 /
-    wd 2e-5, weight α lr 0.01 / wd 1e-4, weight gradients stopped beyond ±α except at 2 bits
-    (the release's "calibrated" 2-bit gradient passes them; the CIFAR-10 release never stops them)."""
+IMAGENET_STEPS_PER_EPOCH = 1252      # 1,281,167 training images at batch 1,024
+
+
+def default_recipe(dataset: str, bit: int, arch: str | None = None) -> Recipe:
+    """The recipes the authors' released models were trained with.
+
+    CIFAR-10 (``CIFAR10/main.py`` and ``train_res20.sh``): 300 epochs, batch 128, lr 0.1 for full
+    precision and 0.04 quantized, ×0.1 at epochs 150 and 225, weight decay 5e-4 / 1e-4 / 3e-5 for
+    32 / 4–3 / 2 bits, activation α lr 0.1 / wd 1e-4, weight α lr 0.02 / wd 1e-4; weight
+    normalization without gradient through its mean and std; weight gradients never stopped.
+
+    ImageNet ResNet-18/34: what the authors' TensorBoard logs show their runs did (their ``lr``
+    scalar, one step = one iteration at batch 1,024, 1,252 steps an epoch), not the unused schedule in
+    their ``main.py``: a linear warm-up over the first 2,500 steps (2 epochs) from 0.025 (ResNet-18
+    2-bit: from 0.01) to the base lr, then ×0.1 at steps 37,500 / 75,000 / 112,500 (epochs 30 / 60 /
+    90), ending near step 124,800 (100 epochs). Base lr: ResNet-18 0.01 at 3–5 bits and 0.04 at 2
+    bits, ResNet-34 0.1 (the logs' peak lr). Weight decay 1e-4, at 2 bits 2e-5 (the release README's
+    "Hyper-Params" column; the logs do not record it). Activation α lr 0.03 / wd 2e-5 and weight α lr
+    0.01 / wd 1e-4 (``ImageNet/main.py``); gradient through the normalization's statistics; weight
+    gradients stopped beyond ±α above 2 bits (at 2 bits the "calibrated" gradient passes them).
+    ``arch`` (ImageNet only): 'resnet18' (default) or 'resnet34'.
+    """
     if dataset == "cifar10":
         return Recipe(epochs=300, batch_size=128, lr=0.1 if bit == 32 else 0.04,
                       weight_decay=CIFAR_WEIGHT_DECAY.get(bit, 1e-4), milestones=(150, 225),
                       act_alpha_lr=0.1, act_alpha_weight_decay=1e-4, weight_alpha_lr=0.02, weight_alpha_weight_decay=1e-4)
     if dataset == "imagenet":
-        return Recipe(epochs=120, batch_size=1024, lr=0.01, weight_decay=1e-4, milestones=(30, 60, 80, 100),
-                      act_alpha_lr=0.03, act_alpha_weight_decay=2e-5, weight_alpha_lr=0.01, weight_alpha_weight_decay=1e-4,
-                      clip_weight_grad=True, weight_stats_grad=True)
+        arch = arch or "resnet18"
+        if arch not in ("resnet18", "resnet34"):
+            raise ValueError(f"no ImageNet recipe for {arch!r} (resnet18, resnet34)")
+        lr = 0.1 if arch == "resnet34" else (0.04 if bit == 2 else 0.01)
+        start = 0.01 if (arch, bit) == ("resnet18", 2) else 0.025
+        return Recipe(epochs=100, batch_size=1024, lr=lr, weight_decay=2e-5 if bit == 2 else 1e-4,
+                      milestones=(30, 60, 90), act_alpha_lr=0.03, act_alpha_weight_decay=2e-5, weight_alpha_lr=0.01,
+                      weight_alpha_weight_decay=1e-4, clip_weight_grad=True, weight_stats_grad=True,
+                      warmup_steps=2500, warmup_start_lr=start)
     raise ValueError(f"no recipe for dataset {dataset!r}")
 
 
+def warmup_lr(recipe: Recipe, step: int) -> float | None:
+    """The weights' lr at global step ``step`` (0-based) during the warm-up, or None after it."""
+    if step >= recipe.warmup_steps or recipe.warmup_start_lr is None:
+        return None
+    return recipe.warmup_start_lr + (recipe.lr - recipe.warmup_start_lr) * step / recipe.warmup_steps
+
+
 def shortened(recipe: Recipe, epochs: int) -> Recipe:
-    """The same recipe over ``epochs`` epochs, the decay milestones scaled in proportion."""
+    """The same recipe over ``epochs`` epochs, the decay milestones and the warm-up scaled in proportion."""
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     scaled = tuple(sorted({max(1, round(m * epochs / recipe.epochs)) for m in recipe.milestones if m * epochs / recipe.epochs < epochs}))
-    return dataclasses.replace(recipe, epochs=epochs, milestones=scaled)
+    return dataclasses.replace(recipe, epochs=epochs, milestones=scaled,
+                               warmup_steps=round(recipe.warmup_steps * epochs / recipe.epochs))
 
 
 def parameter_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
@@ -221,9 +252,11 @@ def log_alphas(writer, model: nn.Module, step: int) -> None:
 
 
 def train_one_epoch(model: nn.Module, batches, steps: int, optimizer, device, epoch: int, step0: int, writer,
-                    log_every: int, progress: bool, alphas_of: nn.Module, freeze_bn: bool = False) -> dict[str, float]:
+                    log_every: int, progress: bool, alphas_of: nn.Module, freeze_bn: bool = False,
+                    recipe: Recipe | None = None) -> dict[str, float]:
     """One pass over ``batches`` ((images, labels) pairs, ``steps`` of them). Returns the epoch's means.
-    freeze_bn: BatchNorm layers stay in eval mode (running statistics fixed)."""
+    freeze_bn: BatchNorm layers stay in eval mode (running statistics fixed). recipe: its warm-up
+    scales every group's lr by :func:`warmup_lr` / lr during its first steps."""
     from tqdm.auto import tqdm
 
     model.train()
@@ -238,6 +271,10 @@ def train_one_epoch(model: nn.Module, batches, steps: int, optimizer, device, ep
         if i == steps:
             break
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if recipe is not None and recipe.warmup_steps and step0 + i <= recipe.warmup_steps:
+            warm = warmup_lr(recipe, step0 + i)
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * (1.0 if warm is None else warm / recipe.lr)
         output = model(images)
         loss = F.cross_entropy(output, labels)
         if not torch.isfinite(loss):
@@ -283,7 +320,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         device = torch.device("cuda", where.local_rank)
         torch.cuda.set_device(device)
     say = log if where.main else (lambda line: None)
-    recipe = cfg.recipe or default_recipe(cfg.dataset, cfg.bit)
+    recipe = cfg.recipe or default_recipe(cfg.dataset, cfg.bit, cfg.arch)
     _check_counts(cfg, recipe)
     if recipe.batch_size % where.world:
         raise ValueError(f"batch size {recipe.batch_size} does not split over {where.world} processes")
@@ -354,7 +391,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
                 loader.sampler.set_epoch(epoch)
                 batches = loader
             stats = train_one_epoch(net, batches, steps, optimizer, device, epoch, epoch * steps, writer,
-                                    cfg.log_every, cfg.progress and where.main, model, cfg.freeze_bn)
+                                    cfg.log_every, cfg.progress and where.main, model, cfg.freeze_bn, recipe)
             scheduler.step()
             epoch_seconds.append(stats["seconds"])
             result = validate(model, val_batches(), val_total, device, style, print_freq=10**9, log=say)

@@ -31,7 +31,7 @@ def test_recipe_defaults_follow_the_release():
     assert train.default_recipe("cifar10", 32).weight_decay == 5e-4 and train.default_recipe("cifar10", 32).lr == 0.1
     assert train.shortened(r, 4).milestones == (2, 3)
     i = train.default_recipe("imagenet", 4)
-    assert (i.batch_size, i.lr, i.weight_decay, i.milestones) == (1024, 0.01, 1e-4, (30, 60, 80, 100))
+    assert (i.batch_size, i.lr, i.weight_decay, i.milestones, i.epochs) == (1024, 0.01, 1e-4, (30, 60, 90), 100)
     model = train.build_model("cifar10", "resnet20", 4)
     groups = {g["name"]: g for g in train.parameter_groups(model, r)}
     assert len(groups["act_alpha"]["params"]) == len(groups["weight_alpha"]["params"]) == 20
@@ -141,3 +141,44 @@ def test_imagenet_recipe_stops_weight_gradients_beyond_alpha_except_at_2_bits():
         assert {layer.clip_weight_grad for _, layer in train.quantized_layers(model)} == {clipped}
     cifar = train._build(train.TrainConfig(bit=4), train.default_recipe("cifar10", 4), "cpu", lambda line: None)
     assert not any(layer.clip_weight_grad for _, layer in train.quantized_layers(cifar))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34"])
+@pytest.mark.parametrize("bit", [2, 3, 4, 5])
+def test_imagenet_recipe_is_what_the_authors_logs_show(ref, arch, bit):
+    """Base lr, warm-up, decay steps and length of the recipe against the ``lr`` scalar of the run's log."""
+    from apot_utils.tblogs import read_scalars
+
+    steps, lr = read_scalars(ref(f"logs/imagenet/res{arch[6:]}_{bit}bit.tfevents"))["lr"]
+    recipe = train.default_recipe("imagenet", bit, arch)
+    per_epoch = train.IMAGENET_STEPS_PER_EPOCH
+    logged = dict(zip(steps, lr))
+    assert logged[10_000] == pytest.approx(recipe.lr, rel=1e-6)                   # after the warm-up
+    for step in (100, 1000, 2400):                                               # the warm-up itself
+        assert logged[step] == pytest.approx(train.warmup_lr(recipe, step), rel=2e-3)
+    assert train.warmup_lr(recipe, recipe.warmup_steps) is None
+    drops = [s for s, before, after in zip(steps[1:], lr, lr[1:]) if after < 0.5 * before]
+    assert len(drops) == len(recipe.milestones)
+    for step, epoch in zip(drops, recipe.milestones):
+        assert abs(step / per_epoch - epoch) < 0.5, (step, epoch)
+        assert logged[step] == pytest.approx(recipe.lr * recipe.gamma ** (recipe.milestones.index(epoch) + 1), rel=1e-5)
+    assert abs(steps[-1] / per_epoch - recipe.epochs) < 1
+    assert recipe.weight_decay == (2e-5 if bit == 2 else 1e-4)   # the release README; not in the logs
+
+
+def test_cifar_recipe_treats_normalization_statistics_as_constants():
+    """CIFAR-10: no gradient through the weights' mean and std (the release's ``weight.data.mean()``);
+    ImageNet: through them. The forward is the same."""
+    from apot_utils.quantize import normalize_weight
+
+    w = torch.randn(8, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn_like(w)
+    detached = torch.autograd.grad((normalize_weight(w, stats_grad=False) * g).sum(), w)[0]
+    assert torch.allclose(detached, g / w.detach().std())
+    through = torch.autograd.grad((normalize_weight(w, stats_grad=True) * g).sum(), w)[0]
+    assert not torch.allclose(through, detached)
+    cifar = train._build(train.TrainConfig(bit=4), train.default_recipe("cifar10", 4), "cpu", lambda line: None)
+    imagenet = train._build(train.TrainConfig(dataset="imagenet", arch="resnet18", bit=4),
+                            train.default_recipe("imagenet", 4), "cpu", lambda line: None)
+    assert {layer.weight_stats_grad for _, layer in train.quantized_layers(cifar)} == {False}
+    assert {layer.weight_stats_grad for _, layer in train.quantized_layers(imagenet)} == {True}
