@@ -80,6 +80,10 @@ def main(argv=None) -> int:
     t.add_argument("--log-every", type=_positive, default=20, help="TensorBoard scalars every N steps")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm running statistics fixed while training")
+    t.add_argument("--no-calibrate", action="store_true",
+                   help="from a full-precision --init, keep the release's starting α (3.0 weights, 8.0 activations) "
+                        "instead of choosing them by post-training quantization")
+    t.add_argument("--teacher", default=None, help="distill from this full-precision checkpoint ('release' or a path) instead of the labels")
     q = commands.add_parser("quantize", help="post-training quantization of a full-precision checkpoint (no training)")
     _common(q)
     q.add_argument("--init", default="release", help="the full-precision checkpoint: 'release' or a path")
@@ -137,7 +141,8 @@ def _train_config(args):
                        init=args.init, init_bit=args.init_bit, resume=args.resume, data_source=args.data,
                        val_source=args.val_data, subset=args.subset, val_subset=args.val_subset, max_steps=args.max_steps,
                        device=args.device, data_on_device=args.data_on_device, workers=_workers(args.workers), seed=args.seed,
-                       log_every=args.log_every, progress=not args.no_progress, freeze_bn=args.freeze_bn)
+                       log_every=args.log_every, progress=not args.no_progress, freeze_bn=args.freeze_bn, teacher=args.teacher,
+                       calibrate_init=not args.no_calibrate)
 
 
 if __name__ == "__main__":

@@ -169,6 +169,12 @@ class TrainConfig:
     images; max_steps: at most N steps an epoch (quick runs). data_on_device: the CIFAR-10 arrays
     live on the GPU. freeze_bn: BatchNorm keeps its running statistics (eval mode) while the rest
     trains, so that training images from another source (the JPEG copy) do not replace them.
+    calibrate_init: from a full-precision ``init`` (CIFAR-10), choose the starting α by post-training
+    quantization on ``calib`` training images (:mod:`apot_utils.ptq`), which also carries BatchNorm's
+    statistics over to the normalized weights; False keeps the release's starting α (3.0 for weights,
+    8.0 for activations), from which a short run does not recover.
+    teacher: a full-precision checkpoint ('release' or a path); the loss is then the cross-entropy
+    between its softened predictions and the model's (:func:`distillation_loss`) instead of the labels'.
     """
     dataset: str = "cifar10"
     arch: str = "resnet20"
@@ -191,6 +197,9 @@ class TrainConfig:
     log_every: int = 20
     progress: bool = True
     freeze_bn: bool = False
+    teacher: str | Path | None = None
+    calibrate_init: bool = True
+    calib: int = 512
 
 
 def _load_cifar(cfg: TrainConfig, device) -> tuple[data.ImageArrays, data.ImageArrays]:
@@ -222,15 +231,26 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
     return stale
 
 
-def _build(cfg: TrainConfig, recipe: Recipe, device, log) -> nn.Module:
+def _build(cfg: TrainConfig, recipe: Recipe, device, log, calib_images: torch.Tensor | None = None) -> nn.Module:
+    """The model to train: fresh, or from ``cfg.init``; from a full-precision init with ``calib_images``
+    (normalized [N, 3, H, W]) and ``cfg.calibrate_init``, post-training quantized first."""
     model = build_model(cfg.dataset, cfg.arch, cfg.bit, cfg.scheme)
     if cfg.init is not None and not cfg.resume:
         path = checkpoints.release_path(cfg.dataset, cfg.arch, cfg.init_bit) if str(cfg.init) == "release" else Path(cfg.init)
         init_bit = checkpoints.checkpoint_meta(path).get("bit", cfg.init_bit)
-        source = load_model(cfg.dataset, cfg.arch, init_bit, path, cfg.scheme, log=lambda line: None)
+        source = load_model(cfg.dataset, cfg.arch, init_bit, path, None if init_bit == 32 else cfg.scheme,
+                            log=lambda line: None)
+        if init_bit == 32 and cfg.bit != 32 and cfg.calibrate_init and calib_images is not None:
+            from .ptq import post_training_quantize
+
+            source = post_training_quantize(source, cfg.dataset, cfg.arch, cfg.bit, calib_images, cfg.scheme,
+                                            log=lambda line: None)
+            log(f"=> initialized from {data.display_path(path)}, α chosen by post-training quantization on "
+                f"{len(calib_images)} training images")
         missing, _ = model.load_state_dict(source.state_dict(), strict=False)
-        log(f"=> initialized from {data.display_path(path)}"
-            + (f" (new: {', '.join(sorted({k.rsplit('.', 1)[-1] for k in missing}))} at their defaults)" if missing else ""))
+        if not (init_bit == 32 and cfg.bit != 32 and cfg.calibrate_init and calib_images is not None):
+            log(f"=> initialized from {data.display_path(path)}"
+                + (f" (new: {', '.join(sorted({k.rsplit('.', 1)[-1] for k in missing}))} at their defaults)" if missing else ""))
     for _, layer in quantized_layers(model):
         layer.grad_scale = recipe.alpha_grad_scale
         layer.clip_weight_grad = recipe.clip_weight_grad and cfg.bit > 2
@@ -251,12 +271,27 @@ def log_alphas(writer, model: nn.Module, step: int) -> None:
         writer.add_scalar(f"alpha/act/{name}", layer.act_alpha.item(), step)
 
 
+DISTILLATION_TEMPERATURE = 4.0
+EVAL_GAP_WARNING = 20.0     # points of top-1 between training and validation that earn a warning
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                      temperature: float = DISTILLATION_TEMPERATURE) -> torch.Tensor:
+    """Hinton et al.'s distillation loss: T² · KL(softmax(teacher / T) ‖ softmax(student / T)), mean over
+    the batch; logits [B, classes]. It asks the quantized model for the full-precision model's function
+    rather than the labels, which also makes it indifferent to where the training images came from."""
+    log_p = F.log_softmax(student_logits / temperature, dim=1)
+    q = F.softmax(teacher_logits / temperature, dim=1)
+    return F.kl_div(log_p, q, reduction="batchmean") * temperature**2
+
+
 def train_one_epoch(model: nn.Module, batches, steps: int, optimizer, device, epoch: int, step0: int, writer,
                     log_every: int, progress: bool, alphas_of: nn.Module, freeze_bn: bool = False,
-                    recipe: Recipe | None = None) -> dict[str, float]:
+                    recipe: Recipe | None = None, teacher: nn.Module | None = None) -> dict[str, float]:
     """One pass over ``batches`` ((images, labels) pairs, ``steps`` of them). Returns the epoch's means.
     freeze_bn: BatchNorm layers stay in eval mode (running statistics fixed). recipe: its warm-up
-    scales every group's lr by :func:`warmup_lr` / lr during its first steps."""
+    scales every group's lr by :func:`warmup_lr` / lr during its first steps. teacher: a model in eval
+    mode whose predictions the loss follows (:func:`distillation_loss`)."""
     from tqdm.auto import tqdm
 
     model.train()
@@ -276,7 +311,12 @@ def train_one_epoch(model: nn.Module, batches, steps: int, optimizer, device, ep
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * (1.0 if warm is None else warm / recipe.lr)
         output = model(images)
-        loss = F.cross_entropy(output, labels)
+        if teacher is None:
+            loss = F.cross_entropy(output, labels)
+        else:
+            with torch.no_grad():
+                target = teacher(images)
+            loss = distillation_loss(output, target)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the training loss is {loss.item()} at epoch {epoch}, step {step0 + i + 1}: "
                                      "the run diverged (try a lower --lr); the last checkpoint is from before it")
@@ -339,21 +379,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     say(describe_device(device) + (f", {where.world} processes" if where.world > 1 else ""))
     torch.manual_seed(cfg.seed)
 
-    model = _build(cfg, recipe, device, say)
-    optimizer = torch.optim.SGD(parameter_groups(model, recipe), lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma)
-    start_epoch, best = 0, 0.0
-    if cfg.resume:
-        saved = checkpoints.read_checkpoint(last_path)
-        checkpoints.load_into(model, last_path, cfg.dataset, cfg.arch, cfg.bit)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        start_epoch, best = saved["meta"]["epoch"], saved["meta"]["best_acc1"]
-        say(f"=> resuming {last_path} at epoch {start_epoch} (best so far {best:.2f} %)")
-    net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if where.world > 1 else model
-
     per_process = recipe.batch_size // where.world
     if cfg.dataset == "cifar10":
         say("=> loading cifar10 data...")
@@ -371,6 +396,28 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         steps = min(steps, cfg.max_steps)
     if steps == 0:
         raise ValueError(f"no full batch of {per_process} images per process in the training data")
+    calib_images = None
+    if cfg.dataset == "cifar10" and cfg.init is not None and not cfg.resume and cfg.calibrate_init:
+        calib_images = data.normalize(train_set.sample(min(cfg.calib, len(train_set)), cfg.seed).x.cpu())
+    model = _build(cfg, recipe, device, say, calib_images)
+    teacher = None
+    if cfg.teacher is not None:
+        teacher = load_model(cfg.dataset, cfg.arch, 32, cfg.teacher, log=lambda line: None).to(device).eval()
+        say(f"=> distilling from the full-precision model {cfg.teacher}")
+    optimizer = torch.optim.SGD(parameter_groups(model, recipe), lr=recipe.lr, momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma)
+    start_epoch, best = 0, 0.0
+    if cfg.resume:
+        saved = checkpoints.read_checkpoint(last_path)
+        checkpoints.load_into(model, last_path, cfg.dataset, cfg.arch, cfg.bit)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        start_epoch, best = saved["meta"]["epoch"], saved["meta"]["best_acc1"]
+        say(f"=> resuming {last_path} at epoch {start_epoch} (best so far {best:.2f} %)")
+    net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if where.world > 1 else model
+
     say(f"=> {cfg.bit}-bit {cfg.arch}, epochs {start_epoch}..{recipe.epochs - 1}, {steps} steps an epoch, "
         f"batch {recipe.batch_size} ({per_process} per process), lr {recipe.lr}, weight decay {recipe.weight_decay}")
 
@@ -381,6 +428,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         if start_epoch == 0:
             log_alphas(writer, model, 0)       # the starting thresholds
     epoch_seconds, result = [], None
+    if start_epoch == 0:
+        before = validate(model, val_batches(), val_total, device, style, print_freq=10**9, log=lambda line: None)
+        say(f"=> before the first step: val top-1 {before.top1:.2f} %, loss {before.loss:.4f}")
+        if writer is not None:
+            for tag, value in (("loss_val", before.loss), ("acc1_val", before.top1), ("acc5_val", before.top5)):
+                writer.add_scalar(tag, value, 0)
     try:
         for epoch in range(start_epoch, recipe.epochs):
             if cfg.dataset == "cifar10":
@@ -391,13 +444,18 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
                 loader.sampler.set_epoch(epoch)
                 batches = loader
             stats = train_one_epoch(net, batches, steps, optimizer, device, epoch, epoch * steps, writer,
-                                    cfg.log_every, cfg.progress and where.main, model, cfg.freeze_bn, recipe)
+                                    cfg.log_every, cfg.progress and where.main, model, cfg.freeze_bn, recipe, teacher)
             scheduler.step()
             epoch_seconds.append(stats["seconds"])
             result = validate(model, val_batches(), val_total, device, style, print_freq=10**9, log=say)
             best = max(best, result.top1)
             say(f"=> epoch {epoch}: train loss {stats['loss']:.4f}, train top-1 {stats['acc1']:.2f} %, "
                 f"val top-1 {result.top1:.2f} % (best {best:.2f} %), {stats['seconds']:.1f} s")
+            if result.top1 < stats["acc1"] - EVAL_GAP_WARNING:
+                say(f"=> warning: validation top-1 ({result.top1:.1f} %) is far below training top-1 "
+                    f"({stats['acc1']:.1f} %): in eval mode BatchNorm uses running statistics that have not caught "
+                    "up with the weights. The recipe's lr is meant for 300 epochs; a short fine-tune from calibrated α "
+                    "keeps its accuracy at about --lr 0.001")
             if where.main:
                 step = (epoch + 1) * steps
                 for tag, value in (("loss_val", result.loss), ("acc1_val", result.top1), ("acc5_val", result.top5)):

@@ -76,7 +76,7 @@ def test_resume_continues_an_interrupted_run(sources, tmp_path, monkeypatch):
 
     def validate_then_crash(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == 3:                  # 1: before the first step, 2: epoch 0, 3: epoch 1
             raise KeyboardInterrupt("killed during epoch 1's validation")
         return real_validate(*args, **kwargs)
 
