@@ -8,12 +8,14 @@ figures do not depend on the machine's summation order.
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
 from . import checkpoints
 from .layers import QuantConv2d
-from .levels import SCHEMES, level_set, shift_add_terms, weight_magnitudes
+from .levels import SCHEMES, default_terms, level_set, term_exponents, projection_order, shift_add_terms, weight_magnitudes, weight_projection_order
 from .quantize import normalize_weight, quantize_activation, quantize_weight
 
 ALPHA_GRID = torch.arange(0.2, 8.0001, 0.05, dtype=torch.float64)   # σ, for the α search
@@ -81,10 +83,24 @@ def error_table(w: torch.Tensor, bits=range(2, 7), schemes=SCHEMES) -> list[dict
 
 
 def cost_table(bits=range(2, 7)) -> list[dict]:
-    """Levels of a b-bit set (activations 2^b, weights 2^b − 1) and the power-of-two terms
-    one multiplication by a level costs under each scheme (:func:`shift_add_terms`)."""
-    return [{"bits": b, "activation levels": 2**b, "weight levels": 2**b - 1,
-             **{f"{s} terms": shift_add_terms(b, s) for s in SCHEMES}} for b in bits]
+    """Per bitwidth b: the levels of the activation set (2^b) and of the signed weight set (2^b − 1,
+    magnitudes of b − 1 bits), and the power-of-two terms (shift-adds) one multiplication by a level costs,
+    for each operand: APoT with the release's terms, PoT (one), uniform (up to one per magnitude bit)."""
+    rows = []
+    for b in bits:
+        rows.append({"b": b, "act levels": 2**b, "weight levels": 2**b - 1,
+                     "APoT act terms": shift_add_terms(b), "APoT weight terms": default_terms(b - 1),
+                     "PoT terms": 1, "uniform act terms": b, "uniform weight terms": b - 1})
+    return rows
+
+
+def integer_form(bits: int) -> dict:
+    """The b-bit APoT set before γ: every level is an integer multiple of 2^-E (E the largest exponent of
+    its terms) with at most n set bits. Returns E, n, the integers [2^b] and the largest number of set bits."""
+    exponents = term_exponents(bits, default_terms(bits))
+    top = max(max(e) for e in exponents if e)
+    sums = sorted({sum(c) for c in itertools.product(*[[0] + [2 ** (top - e) for e in exps] for exps in exponents])})
+    return {"E": top, "n": len(exponents), "integers": sums, "max set bits": max(bin(v).count("1") for v in sums)}
 
 
 def print_rows(rows: list[dict], formats: dict[str, str] | None = None) -> None:
@@ -159,3 +175,134 @@ def layer_inputs(model: nn.Module, layer: str, images: torch.Tensor) -> tuple[to
     x = seen["x"]
     with torch.no_grad():
         return x, quantize_activation(x, module.act_alpha, module.act_levels)
+
+
+ALPHA_RULES = ("RCF (APoT)", "PACT", "LSQ")
+
+
+def _pact_quantize(x: torch.Tensor, alpha: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """PACT (Choi et al. 2018): y = clip(x, 0, α), then its rounding passed straight through, so that
+    ∂q/∂α is 1 where x > α and 0 everywhere else."""
+    y = torch.minimum(x.clamp(min=0), alpha)
+    rounded = quantize_activation(x.detach(), alpha.detach(), levels)
+    return y + (rounded - y).detach()
+
+
+def _rule_quantizer(rule: str, bits: int, elements: int):
+    """(quantize(x, α), levels) for one α-gradient rule on ``elements`` inputs. RCF: the release's
+    quantizer on APoT levels. PACT: uniform levels, its gradient. LSQ (Esser et al. 2020): uniform levels,
+    the RCF gradient in α's units scaled by 1 / sqrt(N · (2^b − 1)), N the inputs (its gradient scale)."""
+    if rule == "RCF (APoT)":
+        levels = level_set(bits)
+        return (lambda x, a: quantize_activation(x, a, levels)), levels
+    levels = level_set(bits, "uniform")
+    if rule == "PACT":
+        return (lambda x, a: _pact_quantize(x, a, levels)), levels
+    if rule == "LSQ":
+        scale = 1.0 / (elements * (2**bits - 1)) ** 0.5
+        return (lambda x, a: quantize_activation(x, a, levels, grad_scale=scale)), levels
+    raise ValueError(f"rule must be one of {ALPHA_RULES}, got {rule!r}")
+
+
+def alpha_gradient(rule: str, bits: int = 3, points: int = 801) -> dict[str, torch.Tensor]:
+    """∂q/∂α of one input x at α = 1 under ``rule`` (:data:`ALPHA_RULES`), measured through autograd,
+    for x from -0.25 to 1.5 (units of α). LSQ's gradient is shown without its 1/sqrt(N·(2^b − 1)) scale,
+    which depends on the size N of the tensor. Returns u [points] and grad [points]."""
+    u = torch.linspace(-0.25, 1.5, points, dtype=torch.float64)
+    quantize, _ = _rule_quantizer(rule, bits, elements=1)
+    unscale = (2**bits - 1) ** 0.5 if rule == "LSQ" else 1.0
+    grads = []
+    for value in u:
+        a = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+        grads.append(torch.autograd.grad(quantize(value.view(1), a).sum(), a)[0] * unscale)
+    return {"u": u, "grad": torch.stack(grads)}
+
+
+def fit_activation_alpha(x: torch.Tensor, bits: int, rule: str, init: float, steps: int = 200,
+                         lr: float = 0.05) -> dict[str, list[float]]:
+    """Learn α for activations x (any shape, non-negative) by gradient descent on the mean squared
+    quantization error, with the α gradient of ``rule``; the same init, steps and lr for every rule.
+    Returns α and the error before every step and after the last."""
+    x = x.detach().flatten().double()
+    quantize, _ = _rule_quantizer(rule, bits, x.numel())
+    alpha = torch.tensor(float(init), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.SGD([alpha], lr=lr)
+    trajectory = {"alpha": [], "mse": []}
+    for step in range(steps + 1):
+        loss = (quantize(x, alpha) - x).square().mean()
+        trajectory["alpha"].append(alpha.item())
+        trajectory["mse"].append(loss.item())
+        if step < steps:
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return trajectory
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion correct / total, in %."""
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * ((p * (1 - p) / total + z * z / (4 * total * total)) ** 0.5) / (1 + z * z / total)
+    return 100 * (centre - half), 100 * (centre + half)
+
+
+def agreement_table(predictions: dict[str, torch.Tensor], targets: torch.Tensor, reference: str) -> list[dict]:
+    """Per model, on the same images: accuracy, and against ``reference``'s predictions the images on which
+    both are right, both wrong, only the model right, only the reference right. predictions: label -> [N]."""
+    ref_right = predictions[reference] == targets
+    rows = []
+    for label, pred in predictions.items():
+        right = pred == targets
+        rows.append({"model": label, "top-1 %": 100 * float(right.float().mean()),
+                     "same prediction": int((pred == predictions[reference]).sum()),
+                     "both right": int((right & ref_right).sum()), "both wrong": int((~right & ~ref_right).sum()),
+                     "only this right": int((right & ~ref_right).sum()), f"only {reference} right": int((~right & ref_right).sum())})
+    return rows
+
+
+def midpoint_census(model: nn.Module, images: torch.Tensor) -> list[dict]:
+    """For every quantized layer: how many of the activations it quantizes for ``images`` lie exactly on a
+    midpoint between two of its levels (float32: equally far from both), where the tie order decides."""
+    rows = []
+    for name, layer in [(n, m) for n, m in model.named_modules() if isinstance(m, QuantConv2d) and m.quantized]:
+        x, _ = layer_inputs(model, name, images)
+        u = (x / layer.act_alpha.detach()).clamp(0, 1).flatten()
+        levels = layer.act_levels.sort().values.to(u.dtype)
+        below = levels[torch.searchsorted(levels, u, right=True).clamp(1, len(levels) - 1) - 1]
+        above = levels[torch.searchsorted(levels, u, right=True).clamp(1, len(levels) - 1)]
+        ties = ((u - below).abs() == (above - u).abs()) & (u > below) & (u < above)
+        rows.append({"layer": name, "activations": u.numel(), "on a midpoint": int(ties.sum())})
+    return rows
+
+
+def loss_with_tie_order(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, order: str) -> float:
+    """Cross-entropy of ``model`` on one batch with its levels listed in ``order``: 'release' (the
+    release's tie order, the default) or 'lower' (sorted: every midpoint goes to the lower level)."""
+    layers = [m for m in model.modules() if isinstance(m, QuantConv2d) and m.quantized]
+    saved = [(m.act_levels, m.weight_levels) for m in layers]
+    try:
+        for m in layers:
+            if order == "lower":
+                m.act_levels, m.weight_levels = m.act_levels.sort().values, m.weight_levels.sort().values
+            elif order == "release":
+                m.act_levels, m.weight_levels = projection_order(m.bit, m.scheme), weight_projection_order(m.bit, m.scheme)
+            else:
+                raise ValueError(f"order must be 'release' or 'lower', got {order!r}")
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(model.eval()(images), labels))
+    finally:
+        for m, (act, weight) in zip(layers, saved):
+            m.act_levels, m.weight_levels = act, weight
+
+
+def with_full_precision_fc(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose last layer is a plain full-precision ``nn.Linear`` with the same weights,
+    to compare with the 8-bit last layer the release's code runs."""
+    import copy
+
+    twin = copy.deepcopy(model)
+    plain = nn.Linear(model.fc.in_features, model.fc.out_features)
+    plain.load_state_dict(model.fc.state_dict())
+    twin.fc = plain.to(model.fc.weight.device)
+    return twin

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = PROJECT_ROOT / "data" / "checkpoints"
+SHIPPED_DIR = PROJECT_ROOT / "checkpoints"        # checkpoints this project made and ships (see its README)
 _RELEASE_URL = "https://github.com/yhhhli/APoT_Quantization/raw/master/CIFAR10/result/res20_{bit}bit/model_best.pth.tar"
 
 

@@ -121,7 +121,8 @@ def _sample_indices(n_total: int, n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
-def load_jpeg_zip(path: str | Path, split: str, sample: int | None = None, seed: int = 0) -> ImageArrays:
+def load_jpeg_zip(path: str | Path, split: str, sample: int | None = None, seed: int = 0,
+                  progress: bool = True) -> ImageArrays:
     """The JPEG copy's ImageFolder zip (``<split>/<class>/NNNN.jpg``), decoded with Pillow.
 
     Test images come back in the official order within each class; classes in index order.
@@ -143,7 +144,8 @@ def load_jpeg_zip(path: str | Path, split: str, sample: int | None = None, seed:
             raise ValueError(f"{path} has no {split}/<class>/*.jpg files")
         if sample is not None:
             names = [names[i] for i in _sample_indices(len(names), sample, seed)]
-        for name in tqdm(names, desc=f"decoding {split} JPEGs", unit="img", mininterval=2):
+        for name in tqdm(names, desc=f"decoding {split} JPEGs", unit="img", mininterval=2,
+                         disable=not progress or len(names) < 5000):
             label = CIFAR10_CLASSES.index(name.split("/")[1])
             xs.append(np.asarray(Image.open(io.BytesIO(archive.read(name))).convert("RGB")))
             ys.append(label)
@@ -152,7 +154,7 @@ def load_jpeg_zip(path: str | Path, split: str, sample: int | None = None, seed:
 
 
 def load_cifar10(source: str | Path | None = None, train: bool = False, sample: int | None = None,
-                 seed: int = 0) -> ImageArrays:
+                 seed: int = 0, progress: bool = True) -> ImageArrays:
     """CIFAR-10 from ``source``: an ``.npz`` path, a JPEG ``.zip`` path, or 'torchvision'.
 
     With no source: torchvision when it downloads, else the JPEG copy under ``$APOT_DATA_DIR/cifar10/``
@@ -165,8 +167,8 @@ def load_cifar10(source: str | Path | None = None, train: bool = False, sample: 
     if sample is not None and (str(source).endswith(".zip") or (source is None and train and not _torchvision_cached(train))):
         zip_path = Path(source) if source is not None else (data_dir() / "cifar10" / "jpeg_files.zip" if data_dir() else None)
         if zip_path is not None and zip_path.is_file():
-            return load_jpeg_zip(zip_path, "train" if train else "test", sample, seed)
-    arrays = _load_cifar10(source, train)
+            return load_jpeg_zip(zip_path, "train" if train else "test", sample, seed, progress)
+    arrays = _load_cifar10(source, train, progress)
     return arrays if sample is None else arrays.sample(sample, seed)
 
 
@@ -174,7 +176,7 @@ def _torchvision_cached(train: bool, root: Path = DATA_ROOT) -> bool:
     return (root / "cifar-10-batches-py" / ("data_batch_1" if train else "test_batch")).is_file()
 
 
-def _load_cifar10(source, train: bool) -> ImageArrays:
+def _load_cifar10(source, train: bool, progress: bool = True) -> ImageArrays:
     if source is None:
         try:
             return load_torchvision(train)
@@ -186,11 +188,11 @@ def _load_cifar10(source, train: bool) -> ImageArrays:
                     "pass --data PATH.npz|PATH.zip or set APOT_DATA_DIR") from None
             print(f"=> torchvision download failed ({type(error).__name__}); using {display_path(mirror)} "
                   "(a JPEG copy: accuracies about 10 points below the published ones)")
-            return load_jpeg_zip(mirror, "train") if train else load_npz(mirror)
+            return load_jpeg_zip(mirror, "train", progress=progress) if train else load_npz(mirror)
     if str(source) == "torchvision":
         return load_torchvision(train)
     if str(source).endswith(".zip"):
-        return load_jpeg_zip(source, "train" if train else "test")
+        return load_jpeg_zip(source, "train" if train else "test", progress=progress)
     return load_npz(source)
 
 

@@ -1,49 +1,35 @@
 """Figures the notebooks show. Each function returns the matplotlib Figure it drew."""
 from __future__ import annotations
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from .layers import quantized_layers
+from .tblogs import STEPS_PER_EPOCH
 
 
-def alphas_by_layer(alpha_rows: dict[int, list[tuple[str, float, float]]]):
-    """alpha_rows: bit -> [(layer, weight α, act α)] in module order. Two panels, layers on x."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4), sharex=True)
-    for bit, rows in sorted(alpha_rows.items()):
+def alphas_by_layer(alpha_rows: dict, title: str = "Clipping thresholds learned by the released models"):
+    """alpha_rows: label -> [(layer, weight α, act α)] in module order (labels: a bitwidth or a string).
+    Two panels, layers on x; one legend under both."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharex=True)
+    for label, rows in alpha_rows.items():
         x = np.arange(len(rows))
-        axes[0].plot(x, [r[1] for r in rows], "o-", label=f"{bit}-bit")
-        axes[1].plot(x, [r[2] for r in rows], "o-", label=f"{bit}-bit")
-    names = [r[0] for r in next(iter(alpha_rows.values()))]
-    for ax, title, unit in ((axes[0], "weight α", "normalized-weight units (σ)"),
-                            (axes[1], "activation α", "activation units")):
-        ax.set_title(f"Clipping threshold: {title}")
+        name = f"{label}-bit" if isinstance(label, int) else label
+        axes[0].plot(x, [r[1] for r in rows], "o-", ms=4, label=name)
+        axes[1].plot(x, [r[2] for r in rows], "o-", ms=4, label=name)
+    names = [r[0].replace("downsample.0", "down") for r in next(iter(alpha_rows.values()))]
+    for ax, kind, unit in ((axes[0], "weight α", "σ of the layer's weights"),
+                           (axes[1], "activation α", "activation units")):
+        ax.set_title(kind)
         ax.set_ylabel(f"α ({unit})")
-        ax.set_xticks(np.arange(len(names)), names, rotation=90, fontsize=7)
-        ax.set_xlabel("quantized layer (module order)")
+        ax.set_xticks(np.arange(len(names)), names, rotation=90, fontsize=8)
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def accuracy_vs_bits(ours: dict[int, float], ours_label: str, published: dict[int, float],
-                     published_label: str):
-    """Top-1 (%) per bitwidth, ours beside the published numbers; 32 = full precision."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    bits = sorted(set(ours) | set(published))
-    pos = {b: i for i, b in enumerate(bits)}
-    for values, label, offset in ((published, published_label, -0.18), (ours, ours_label, 0.18)):
-        xs = [pos[b] + offset for b in sorted(values)]
-        bars = ax.bar(xs, [values[b] for b in sorted(values)], width=0.36, label=label)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    ax.set_xticks(range(len(bits)), [("FP" if b == 32 else f"{b}-bit") for b in bits])
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_ylim(min(min(ours.values()), min(published.values())) - 8, 100)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("CIFAR-10 ResNet-20: accuracy against bitwidth")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
 
@@ -55,7 +41,7 @@ def weight_histograms(model: torch.nn.Module, names: list[str]):
     for ax, name in zip(np.atleast_1d(axes), names):
         layer = layers[name]
         w = layer.weight.detach().flatten()
-        mags = layer.weight_levels
+        mags = layer.weight_levels.sort().values
         levels = torch.cat([-mags[1:].flip(0), mags]) * layer.weight_alpha.detach() * w.std() + w.mean()
         ax.hist(w.numpy(), bins=80, color="0.6", label="weights")
         for v in levels.tolist():
@@ -65,21 +51,6 @@ def weight_histograms(model: torch.nn.Module, names: list[str]):
         ax.set_xlabel("weight value")
         ax.set_ylabel("count")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def per_class_accuracy(results: dict[str, tuple[torch.Tensor, torch.Tensor]], classes):
-    """results: label -> (predictions [N], targets [N]). Grouped bars per class (%)."""
-    fig, ax = plt.subplots(figsize=(10, 4))
-    width = 0.8 / len(results)
-    for i, (label, (pred, target)) in enumerate(results.items()):
-        acc = [100.0 * float((pred[target == c] == c).float().mean()) for c in range(len(classes))]
-        ax.bar(np.arange(len(classes)) + (i - (len(results) - 1) / 2) * width, acc, width, label=label)
-    ax.set_xticks(range(len(classes)), classes, rotation=30)
-    ax.set_ylabel("per-class accuracy (%)")
-    ax.set_ylim(50, 100)
-    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -99,31 +70,103 @@ def curves(series: dict[str, tuple[list[float], list[float]]], title: str, xlabe
     return fig or ax.figure
 
 
-def release_curves(logs: dict, tag: str, title: str, ylabel: str):
-    """One panel per architecture: scalar ``tag`` of the released runs per epoch, a line per bitwidth.
-    logs: (arch, bit) -> scalars, as :func:`apot_utils.tblogs.release_logs` returns."""
+def release_curves(logs: dict, tag: str, title: str, ylabel: str, ylim=None, log_y: bool = False):
+    """One panel per architecture: scalar ``tag`` of the released runs against the epoch (step / 1,252,
+    one step being one iteration at batch 1,024), a line per bitwidth. logs: (arch, bit) -> scalars, as
+    :func:`apot_utils.tblogs.release_logs` returns."""
     archs = sorted({arch for arch, _ in logs})
     fig, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 4), sharey=True)
     for ax, arch in zip(np.atleast_1d(axes), archs):
-        series = {f"{bit}-bit": ([step / 1000 for step in logs[(arch, bit)][tag][0]], logs[(arch, bit)][tag][1])
-                  for a, bit in sorted(logs) if a == arch}   # the logs count 1000 steps an epoch
-        curves(series, f"{arch}: {title}", "epoch", ylabel, ax=ax)
+        series = {f"{bit}-bit": ([step / STEPS_PER_EPOCH for step in logs[(arch, bit)][tag][0]],
+                                 logs[(arch, bit)][tag][1])
+                  for a, bit in sorted(logs) if a == arch}
+        curves(series, f"{arch}: {title}", "epoch (step / 1,252; batch 1,024)", ylabel, ax=ax)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        if log_y:
+            ax.set_yscale("log")
     fig.tight_layout()
     return fig
 
 
-def best_vs_bits(best: dict[str, dict[int, float]]):
-    """best: arch -> {bit: best validation top-1 (%)}, one line per architecture."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for (arch, values), marker in zip(sorted(best.items()), "os^v"):
-        bits = sorted(values)
-        ax.plot(bits, [values[b] for b in bits], marker + "-", label=f"{arch} (released logs, best epoch)")
-    ax.set_xticks(sorted({b for v in best.values() for b in v}))
-    ax.set_xlabel("bitwidth (weights and activations)")
-    ax.set_ylabel("ImageNet top-1 (%)")
-    ax.set_title("Final top-1 against bitwidth")
-    ax.grid(alpha=0.3)
-    ax.legend()
+def imagenet_accuracy(rows: dict[str, dict[int, dict[str, float]]], readme: dict[str, dict[int, float]]):
+    """rows: arch -> bit -> {'best top-1', 'last top-1', 'best top-5', 'last top-5'} (%) read from the
+    released logs; readme: arch -> bit -> the release README's accuracy. Top-1 and top-5 panels."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    colors = {"resnet18": "tab:blue", "resnet34": "tab:orange"}
+    for arch, by_bit in rows.items():
+        bits = sorted(by_bit)
+        for ax, k in zip(axes, ("top-1", "top-5")):
+            ax.plot(bits, [by_bit[b][f"best {k}"] for b in bits], "o-", color=colors.get(arch),
+                    label=f"{arch}: best epoch (chosen on validation)")
+            ax.plot(bits, [by_bit[b][f"last {k}"] for b in bits], "s--", color=colors.get(arch), mfc="none",
+                    label=f"{arch}: last epoch")
+        axes[0].plot(sorted(readme[arch]), [readme[arch][b] for b in sorted(readme[arch])], "x", ms=9,
+                     color=colors.get(arch), label=f"{arch}: release README")
+    for ax, k in zip(axes, ("top-1", "top-5")):
+        ax.set_xticks([2, 3, 4, 5])
+        ax.set_xlabel("bitwidth (weights and activations)")
+        ax.set_ylabel(f"ImageNet validation {k} (%)")
+        ax.set_title(f"Released runs: {k} against bitwidth")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def lr_schedules(logs: dict):
+    """The learning rate of every released run against the epoch (log scale), and a zoom on the first
+    five epochs that shows the warm-up."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [2, 1]})
+    for (arch, bit), scalars in sorted(logs.items()):
+        steps, lr = scalars["lr"]
+        epochs = np.array(steps) / STEPS_PER_EPOCH
+        for ax in axes:
+            ax.plot(epochs, lr, label=f"{arch} {bit}-bit", lw=1.2, ls="-" if arch == "resnet18" else "--")
+    axes[0].set_yscale("log")
+    axes[0].set_title("Learning rate of the released ImageNet runs")
+    axes[1].set_xlim(0, 5)
+    axes[1].set_title("the first 5 epochs: linear warm-up over 2,500 steps")
+    for ax in axes:
+        ax.set_xlabel("epoch (step / 1,252; batch 1,024)")
+        ax.set_ylabel("lr")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def drop_from_full_precision(exact: dict, jpeg: dict, published: dict[str, dict[int, float]]):
+    """Accuracy drop from full precision (points) per bitwidth.
+
+    exact, jpeg: label -> {bit: (accuracy %, (low, high) 95 % interval of the accuracy) or None}, the
+    full-precision model under bit 32; published: label -> {bit: accuracy %} with 32 included. Left: the
+    published figures and this project's on the exact images; right: the JPEG copy, on its own axis.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.4), gridspec_kw={"width_ratios": [1.6, 1]})
+    bits = [2, 3, 4, 5]
+    markers = iter("sD^v")
+    for label, values in published.items():
+        xs = [b for b in bits if b in values]
+        axes[0].plot(xs, [values[b] - values[32] for b in xs], next(markers), ms=8, mfc="none", label=label)
+    for ax, measured in ((axes[0], exact), (axes[1], jpeg)):
+        for (label, values), offset in zip(measured.items(), (0.06, -0.06, 0.12)):
+            fp = values[32][0]
+            xs = [b for b in bits if values.get(b) is not None]
+            drop = np.array([values[b][0] - fp for b in xs])
+            low = np.array([values[b][1][0] - fp for b in xs])
+            high = np.array([values[b][1][1] - fp for b in xs])
+            ax.errorbar(np.array(xs) + offset, drop, yerr=[drop - low, high - drop], fmt="o", capsize=4, label=label)
+    for ax, title in zip(axes, ("published, and this project on the 1,000 exact test images",
+                                "this project on the JPEG copy of the 10,000 test images")):
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_xticks(bits, [f"{b}-bit" for b in bits])
+        ax.set_ylabel("accuracy − full precision's (points)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("CIFAR-10 ResNet-20: what quantization costs (bars: 95 % interval of the quantized model's accuracy)")
+    fig.tight_layout()
     return fig
 
 
@@ -156,14 +199,16 @@ def levels_on_weights(w: torch.Tensor, bits: int, alphas: dict[str, float], sour
     its α (σ); one panel per scheme of ``alphas``."""
     from .levels import weight_level_set
 
-    fig, axes = plt.subplots(1, len(alphas), figsize=(5 * len(alphas), 3.6), sharey=True)
+    fig, axes = plt.subplots(1, len(alphas), figsize=(5 * len(alphas), 3.6), sharey=True, sharex=True)
+    span = 1.1 * max(alphas.values())
     for ax, (scheme, alpha) in zip(np.atleast_1d(axes), alphas.items()):
-        ax.hist(w.numpy(), bins=160, range=(-alpha * 1.3, alpha * 1.3), density=True, color="0.65", label="weights")
+        ax.hist(w.numpy(), bins=160, range=(-span, span), density=True, color="0.65", label="weights")
         ax.vlines(weight_level_set(bits, scheme).numpy() * alpha, 0, 1, transform=ax.get_xaxis_transform(),
                   color=SCHEME_COLORS.get(scheme), lw=1, label=f"{bits}-bit levels, α = {alpha:.2f} σ")
         ax.set_title(SCHEME_NAMES.get(scheme, scheme))
         ax.set_xlabel("normalized weight (σ)")
         ax.legend(fontsize=8, loc="upper right")
+        ax.set_xlim(-span, span)
     np.atleast_1d(axes)[0].set_ylabel("density")
     fig.suptitle(f"Weights of {source}", fontsize=10)
     fig.tight_layout()
@@ -179,6 +224,8 @@ def error_vs_bits(rows: list[dict]):
         ax.plot([r["bits"] for r in mine], [r["mse"] for r in mine], "o-", color=SCHEME_COLORS.get(scheme),
                 label=SCHEME_NAMES.get(scheme, scheme))
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xticks(sorted({r["bits"] for r in rows}))
     ax.set_xlabel("weight bitwidth b (sign included)")
     ax.set_ylabel("mean squared error (σ², best α)")
@@ -189,18 +236,26 @@ def error_vs_bits(rows: list[dict]):
     return fig
 
 
-def normalization(w: torch.Tensor, name: str):
-    """A layer's weights [any shape] before and after ``normalize_weight``."""
+def normalization(layers: dict[str, torch.Tensor]):
+    """Several layers' weights (name -> tensor) as trained (left) and after ``normalize_weight`` (right),
+    overlaid as density outlines: different scales before, one scale (σ) after."""
     from .quantize import normalize_weight
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, values, title, unit in ((axes[0], w, "as trained", "weight value"),
-                                    (axes[1], normalize_weight(w), "normalized: (w − mean) / std", "normalized weight (σ)")):
-        values = values.detach().flatten()
-        ax.hist(values.numpy(), bins=100, color="0.55")
-        ax.set_title(f"{name}: {title}\nmean {values.mean():.2e}, std {values.std():.3g}", fontsize=9)
-        ax.set_xlabel(unit)
-        ax.set_ylabel("count")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    for name, w in layers.items():
+        w = w.detach().flatten().double()
+        for ax, values in ((axes[0], w), (axes[1], normalize_weight(w))):
+            ax.hist(values.numpy(), bins=120, histtype="step", density=True, lw=1.2,
+                    label=f"{name} (std {w.std():.3f})" if ax is axes[0] else name)
+    axes[0].set_title("as trained: each layer has its own scale")
+    axes[0].set_xlabel("weight value")
+    axes[1].set_title("normalized, (w − mean) / std: one scale for all")
+    axes[1].set_xlabel("normalized weight (σ of its layer)")
+    axes[1].set_xlim(-5, 5)
+    for ax in axes:
+        ax.set_ylabel("density")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
@@ -227,21 +282,60 @@ def quantizer_curves(curves: dict[str, dict[str, torch.Tensor]], alpha: float, u
     return fig
 
 
-def alpha_trajectories(trajectories: dict[str, dict[str, list[float]]], best: dict[str, float]):
-    """label -> :func:`apot_utils.analysis.fit_alpha` trajectory; ``best``: label -> grid-search α.
-    Left: α (σ) per step, dashed at the grid optimum; right: the error (σ²) per step."""
+def alpha_trajectories(trajectories: dict[str, dict[str, list[float]]], best: dict[str, tuple[float, float]]):
+    """label -> :func:`apot_utils.analysis.fit_alpha` trajectory; ``best``: label -> (α, error) of the grid
+    search. Left: α (σ) per step, dashed at the grid optimum; right: the error (σ²) per step, dashed at the
+    grid optimum's error."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for (label, t), color in zip(trajectories.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         axes[0].plot(t["alpha"], color=color, label=f"{label}: learned")
-        axes[0].axhline(best[label], color=color, ls="--", lw=1, label=f"{label}: grid-search optimum")
-        axes[1].plot(t["mse"], color=color, label=label)
+        axes[0].axhline(best[label][0], color=color, ls="--", lw=1, label=f"{label}: grid-search optimum")
+        axes[1].plot(t["mse"], color=color, label=f"{label}: learned α")
+        axes[1].axhline(best[label][1], color=color, ls="--", lw=1, label=f"{label}: at the grid optimum")
     axes[0].set_ylabel("α (σ)")
     axes[1].set_ylabel("quantization error (σ²)")
     axes[1].set_yscale("log")
+    axes[1].yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3f"))
+    axes[1].yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.3f"))
+    axes[1].tick_params(axis="y", which="minor", labelsize=7)
     for ax, title in zip(axes, ("Clipping threshold during gradient descent", "Error during gradient descent")):
         ax.set_xlabel("step")
         ax.set_title(title)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def alpha_gradient_rules(rules: dict[str, dict[str, torch.Tensor]]):
+    """label -> {'u': x/α [P], 'grad': ∂q/∂α [P]} (:func:`apot_utils.analysis.alpha_gradient`): the α
+    gradient of each rule against the input in units of α, one panel each, sharing the axes."""
+    fig, axes = plt.subplots(1, len(rules), figsize=(4.6 * len(rules), 3.4), sharey=True)
+    for ax, (label, r) in zip(np.atleast_1d(axes), rules.items()):
+        ax.plot(r["u"].numpy(), r["grad"].numpy(), color="tab:red")
+        ax.axvline(1, color="0.6", lw=0.8)
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("input x / α")
         ax.grid(alpha=0.3)
+    np.atleast_1d(axes)[0].set_ylabel("∂q/∂α")
+    fig.tight_layout()
+    return fig
+
+
+def alpha_rule_fits(fits: dict[str, dict[str, list[float]]], name: str):
+    """label -> trajectory ('alpha', 'mse' per step) of α learned on a layer's activations by each rule."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    for label, t in fits.items():
+        axes[0].plot(t["alpha"], label=label)
+        axes[1].plot(t["mse"], label=label)
+    axes[0].set_ylabel("α (activation units)")
+    axes[1].set_ylabel("mean squared quantization error")
+    axes[1].set_yscale("log")
+    for ax, title in zip(axes, (f"{name}: α during gradient descent", f"{name}: error during gradient descent")):
+        ax.set_xlabel("step")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -251,7 +345,7 @@ def activation_histogram(x: torch.Tensor, q: torch.Tensor, levels: torch.Tensor,
     """A layer's input activations x and their quantized values q (same shape), with the levels
     α·levels: left the raw inputs, right how many values land on each level."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-    x, q = x.flatten(), q.flatten()
+    x, q, levels = x.flatten(), q.flatten(), levels.sort().values
     axes[0].hist(x.numpy(), bins=120, range=(0, max(float(x.max()), alpha) * 1.02), color="0.6", log=True)
     axes[0].vlines((levels * alpha).numpy(), 0, 1, transform=axes[0].get_xaxis_transform(), color="tab:green",
                    lw=0.9, label=f"levels (α = {alpha:.2f})")
@@ -260,7 +354,7 @@ def activation_histogram(x: torch.Tensor, q: torch.Tensor, levels: torch.Tensor,
     values = (levels * alpha).to(q.dtype)
     counts = (q[:, None] == values[None, :]).sum(0)
     axes[1].bar(np.arange(len(values)), 100.0 * counts.numpy() / q.numel(), color="tab:green")
-    axes[1].set_xticks(np.arange(len(values)), [f"{v:.2f}" for v in values.tolist()], rotation=90, fontsize=7)
+    axes[1].set_xticks(np.arange(len(values)), [f"{v:.2f}" for v in values.tolist()], fontsize=9)
     axes[1].set_title(f"{name}: share of values on each level", fontsize=9)
     axes[1].set_ylabel("share of activations (%)")
     axes[0].set_xlabel("activation value")
@@ -313,32 +407,49 @@ def draw_level_explorer(fig, w: torch.Tensor, magnitudes: torch.Tensor, alpha: f
     return fig
 
 
-def training_curves(scalars: dict[str, tuple[list[int], list[float]]], title: str):
-    """A run's TensorBoard scalars (:func:`apot_utils.tblogs.read_scalars`): training loss and top-1
-    per logged step, validation top-1 per epoch."""
+def smoothed(values: list[float], window: int) -> np.ndarray:
+    """Running mean over the last ``window`` values (fewer at the start)."""
+    c = np.concatenate([[0.0], np.cumsum(np.asarray(values, dtype=float))])
+    i = np.arange(1, len(c))
+    lo = np.maximum(i - window, 0)
+    return (c[i] - c[lo]) / (i - lo)
+
+
+def training_curves(scalars: dict[str, tuple[list[int], list[float]]], title: str, window: int = 8):
+    """A run's TensorBoard scalars (:func:`apot_utils.tblogs.read_scalars`): training loss and top-1 per
+    step (thin: each batch; thick: running mean of ``window`` batches), validation top-1 (markers,
+    step 0 = before the first step)."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-    curves({"training (batch)": scalars["loss_train"]}, f"{title}: loss", "step", "cross-entropy", ax=axes[0])
-    curves({"training (batch)": scalars["acc1_train"], "validation": scalars["acc1_val"]},
-           f"{title}: top-1", "step", "top-1 accuracy (%)", ax=axes[1])
-    axes[1].lines[-1].set(marker="o", ls="none")
-    axes[1].legend(fontsize=8)                 # again, so that the legend shows the marker
+    for ax, tag, ylabel in ((axes[0], "loss_train", "cross-entropy"), (axes[1], "acc1_train", "top-1 accuracy (%)")):
+        steps, values = scalars[tag]
+        ax.plot(steps, values, color="tab:blue", lw=0.6, alpha=0.4, label="training batch")
+        ax.plot(steps, smoothed(values, window), color="tab:blue", lw=2, label=f"training, mean of {window} batches")
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[1].plot(*scalars["acc1_val"], "o", color="tab:red", ms=7, label="validation")
+    axes[0].plot(*scalars["loss_val"], "o", color="tab:red", ms=7, label="validation")
+    axes[0].set_title(f"{title}: loss", fontsize=10)
+    axes[1].set_title(f"{title}: top-1", fontsize=10)
+    for ax in axes:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def alpha_trajectories_by_layer(scalars: dict[str, tuple[list[int], list[float]]]):
-    """The ``alpha/weight/<layer>`` and ``alpha/act/<layer>`` scalars of a run: one line per layer,
-    colored from the first layer (light) to the last (dark)."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for ax, kind, unit in ((axes[0], "weight", "σ"), (axes[1], "act", "activation units")):
-        tags = [t for t in scalars if t.startswith(f"alpha/{kind}/")]
-        colors = plt.cm.viridis(np.linspace(0.9, 0.1, len(tags)))
-        for tag, color in zip(tags, colors):
-            ax.plot(*scalars[tag], color=color, lw=1)
-        ax.set_title(f"{'weight' if kind == 'weight' else 'activation'} α of {len(tags)} layers "
-                     f"({tags[0].split('/')[-1]} light … {tags[-1].split('/')[-1]} dark)", fontsize=9)
-        ax.set_xlabel("step")
-        ax.set_ylabel(f"α ({unit})")
+def alpha_targets(start: list[tuple[str, float, float]], end: list[tuple[str, float, float]],
+                  target: list[tuple[str, float, float]], target_label: str):
+    """Per quantized layer, α at the start and at the end of a run beside a reference model's α
+    (each a list of (layer, weight α, act α) in module order)."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), sharex=True)
+    x = np.arange(len(start))
+    for ax, col, kind in ((axes[0], 1, "weight α (σ)"), (axes[1], 2, "activation α")):
+        ax.plot(x, [r[col] for r in target], "x", ms=9, color="tab:green", label=target_label)
+        ax.plot(x, [r[col] for r in start], "o", mfc="none", color="tab:blue", label="start of the run")
+        ax.plot(x, [r[col] for r in end], ".", ms=9, color="tab:red", label="end of the run")
+        ax.set_ylabel(kind)
+        ax.set_xticks(x, [r[0].replace("downsample.0", "down") for r in start], rotation=90, fontsize=8)
         ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig

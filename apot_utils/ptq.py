@@ -4,7 +4,7 @@
 every clipping threshold from data instead of learning it:
 
 - weight α, per layer: the α (σ) that minimizes the mean squared error of the layer's normalized
-  weights against their quantized values, searched on a grid (:data:`WEIGHT_ALPHA_GRID`);
+  weights against their quantized values, to 0.01 σ (:func:`coarse_to_fine`);
 - activation α, layer by layer in module order, on the inputs each layer receives for the
   calibration images *with every earlier layer already quantized*: the α minimizing the mean
   squared quantization error of those inputs ('mse'), or a high percentile of them ('percentile');
@@ -30,8 +30,9 @@ from .layers import QuantConv2d, quantized_layers
 from .models import build_model
 from .quantize import normalize_weight, quantize_activation, quantize_weight
 
-WEIGHT_ALPHA_GRID = torch.arange(0.5, 8.0001, 0.01, dtype=torch.float64)   # σ
-ACT_ALPHA_FRACTIONS = torch.linspace(0.02, 1.0, 99, dtype=torch.float64)  # of the largest input seen
+WEIGHT_ALPHA_RANGE = (0.5, 8.0)          # σ: weight α is searched in this range ...
+WEIGHT_ALPHA_STEP = 0.01                  # ... to this resolution
+ACT_ALPHA_STEP = 0.01                     # activation α: fractions of the largest input seen, to this resolution
 ACT_RULES = ("mse", "percentile")
 MAX_ACT_SAMPLES = 1 << 20      # activations per layer the α search looks at (a seeded sample)
 
@@ -55,12 +56,27 @@ class Calibration:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
 
 
-def weight_alpha(layer: QuantConv2d, grid: torch.Tensor = WEIGHT_ALPHA_GRID) -> float:
-    """The α (σ) on ``grid`` with the least squared error of the layer's quantized normalized weights."""
+def coarse_to_fine(error, low: float, high: float, step: float, coarse: int = 10) -> float:
+    """The point of [low, high], to ``step``, where ``error(float)`` is least, searched on a grid ``coarse``
+    times coarser first and then finely around the best coarse point (about 1/coarse of the evaluations
+    of a full fine grid)."""
+    grid = torch.arange(low, high + step / 2, step * coarse, dtype=torch.float64).tolist()
+    best = min(grid, key=error)
+    fine = torch.arange(max(low, best - step * coarse), min(high, best + step * coarse) + step / 2, step,
+                        dtype=torch.float64).tolist()
+    return min(fine, key=error)
+
+
+def weight_alpha(layer: QuantConv2d) -> float:
+    """The α (σ) with the least squared error of the layer's quantized normalized weights, to 0.01 σ."""
     w = normalize_weight(layer.weight.detach().double()).flatten()
-    with torch.no_grad():
-        errors = torch.stack([(quantize_weight(w, a, layer.weight_levels) - w).square().mean() for a in grid])
-    return float(grid[int(errors.argmin())])
+    levels = layer.weight_levels
+
+    def error(a: float) -> float:
+        with torch.no_grad():
+            return float((quantize_weight(w, torch.tensor(a, dtype=w.dtype), levels) - w).square().mean())
+
+    return coarse_to_fine(error, *WEIGHT_ALPHA_RANGE, WEIGHT_ALPHA_STEP)
 
 
 def activation_alpha(x: torch.Tensor, levels: torch.Tensor, calibration: Calibration) -> float:
@@ -74,10 +90,12 @@ def activation_alpha(x: torch.Tensor, levels: torch.Tensor, calibration: Calibra
         raise ValueError("a layer received only zeros (or non-finite values) on the calibration images")
     if calibration.act_rule == "percentile":
         return float(torch.quantile(x, calibration.percentile / 100))
-    with torch.no_grad():
-        errors = torch.stack([(quantize_activation(x, torch.tensor(a, dtype=x.dtype), levels) - x).square().mean()
-                              for a in (ACT_ALPHA_FRACTIONS * top).tolist()])
-    return float(ACT_ALPHA_FRACTIONS[int(errors.argmin())] * top)
+
+    def error(fraction: float) -> float:
+        with torch.no_grad():
+            return float((quantize_activation(x, torch.tensor(fraction * top, dtype=x.dtype), levels) - x).square().mean())
+
+    return coarse_to_fine(error, ACT_ALPHA_STEP, 1.0, ACT_ALPHA_STEP) * top
 
 
 class _Captured(Exception):

@@ -6,6 +6,7 @@ from pathlib import Path
 from .checkpoints import data_dir
 
 LOG_URL = "https://github.com/yhhhli/APoT_Quantization/tree/master/ImageNet/events"
+STEPS_PER_EPOCH = 1252   # a log step is one iteration at batch 1,024: 1,281,167 training images / 1,024
 
 
 def read_scalars(path: str | Path) -> dict[str, tuple[list[int], list[float]]]:

@@ -55,9 +55,6 @@ class Recipe:
 CIFAR_WEIGHT_DECAY = {32: 5e-4, 4: 1e-4, 3: 1e-4, 2: 3e-5}   # the release's train_res20.sh
 
 
-IMAGENET_STEPS_PER_EPOCH = 1252      # 1,281,167 training images at batch 1,024
-
-
 def default_recipe(dataset: str, bit: int, arch: str | None = None) -> Recipe:
     """The recipes the authors' released models were trained with.
 
@@ -203,7 +200,7 @@ class TrainConfig:
 
 
 def _load_cifar(cfg: TrainConfig, device) -> tuple[data.ImageArrays, data.ImageArrays]:
-    train = data.load_cifar10(cfg.data_source, train=True)
+    train = data.load_cifar10(cfg.data_source, train=True, progress=cfg.progress)
     test = data.load_cifar10(cfg.val_source)
     if cfg.subset is not None:
         train = train.sample(cfg.subset, cfg.seed)

@@ -1,6 +1,7 @@
 """The interactive bitwidth widget: ``level_explorer()``.
 
-Controls for the bitwidth b, the additive terms k (APoT), the scheme and the clipping threshold
+Controls for the bitwidth b, the number of additive terms n (APoT; the paper's n, each term then
+about k = b/n bits wide), the scheme and the clipping threshold
 α redraw one picture (:func:`apot_utils.plots.draw_level_explorer`): the signed b-bit weight
 levels on a weight histogram, the quantization function and the error against α. The picture
 is a PNG swapped into an ``ipywidgets.Image``, so a redraw replaces it in place, without
@@ -42,7 +43,7 @@ class LevelExplorer:
         self.weights, self.source = weights, source
         style = {"description_width": "initial"}
         self.bits = w.IntSlider(value=bits, min=MIN_BITS, max=MAX_BITS, description="bitwidth b", style=style)
-        self.terms = w.IntSlider(value=1, min=1, max=1, description="additive terms k", style=style)
+        self.terms = w.IntSlider(value=1, min=1, max=1, description="additive terms n", style=style)
         self.scheme = w.Dropdown(options=[(SCHEME_NAMES[s], s) for s in SCHEMES], value=scheme,
                                  description="scheme", style=style)
         self.alpha = w.FloatSlider(value=alpha, min=float(EXPLORER_ALPHAS[0]), max=float(EXPLORER_ALPHAS[-1]),
@@ -62,7 +63,7 @@ class LevelExplorer:
         self._redraw()
 
     def _sync_terms(self) -> None:
-        """k counts the terms of the (b − 1)-bit magnitude set: 1..b − 1 (default the release's), APoT only."""
+        """n counts the terms of the (b − 1)-bit magnitude set: 1..b − 1 (default the release's), APoT only."""
         magnitude_bits = self.bits.value - 1
         self._syncing = True
         try:
@@ -92,7 +93,7 @@ class LevelExplorer:
         error = float(quantization_mse(self.weights, bits, scheme, alpha, terms))
         curve = self._error_curve(bits, scheme, terms)
         best = int(curve.argmin())
-        terms_text = f", k = {terms}" if terms is not None else ""
+        terms_text = f", n = {terms}" if terms is not None else ""
         title = f"{bits}-bit {SCHEME_NAMES[scheme]}{terms_text}"
         self.summary.value = (f"<b>{title}</b>: <span class='apot-level-count'>{2 * len(magnitudes) - 1}</span> "
                               f"weight levels; α = {alpha:.2f} σ, mean squared error {error:.4g} σ² "

@@ -151,7 +151,7 @@ def test_imagenet_recipe_is_what_the_authors_logs_show(ref, arch, bit):
 
     steps, lr = read_scalars(ref(f"logs/imagenet/res{arch[6:]}_{bit}bit.tfevents"))["lr"]
     recipe = train.default_recipe("imagenet", bit, arch)
-    per_epoch = train.IMAGENET_STEPS_PER_EPOCH
+    from apot_utils.tblogs import STEPS_PER_EPOCH as per_epoch
     logged = dict(zip(steps, lr))
     assert logged[10_000] == pytest.approx(recipe.lr, rel=1e-6)                   # after the warm-up
     for step in (100, 1000, 2400):                                               # the warm-up itself

@@ -169,16 +169,16 @@ def test_bitwidth_widget_responds_in_jupyterlab(jupyterlab, chromium):
                 expect(widget.locator(".widget-html")).to_contain_text("5-bit power-of-two (PoT)", timeout=30_000)
                 expect(picture).not_to_have_attribute("src", five_bits_picture, timeout=30_000)
                 expect(summary).to_have_text("31")
-                terms = widget.locator(".widget-slider", has=page.get_by_text("additive terms k"))
-                expect(terms.locator(".noUi-target[disabled]")).to_have_count(1)     # k applies to APoT only
+                terms = widget.locator(".widget-slider", has=page.get_by_text("additive terms n"))
+                expect(terms.locator(".noUi-target[disabled]")).to_have_count(1)     # n applies to APoT only
                 pot_picture = picture.get_attribute("src")
                 assert picture.screenshot() != five_bits_pixels
 
                 widget.locator("select").select_option(label="additive PoT (APoT)")
-                expect(widget.locator(".widget-html")).to_contain_text("5-bit additive PoT (APoT), k = 2", timeout=30_000)
+                expect(widget.locator(".widget-html")).to_contain_text("5-bit additive PoT (APoT), n = 2", timeout=30_000)
                 terms.locator(".noUi-handle").focus()
-                page.keyboard.press("ArrowLeft")                       # k = 1: the power-of-two levels again
-                expect(widget.locator(".widget-html")).to_contain_text("k = 1", timeout=30_000)
+                page.keyboard.press("ArrowLeft")                       # n = 1: the power-of-two levels again
+                expect(widget.locator(".widget-html")).to_contain_text("n = 1", timeout=30_000)
                 expect(summary).to_have_text("31")
                 pot_picture = picture.get_attribute("src")
                 alpha = widget.locator(".widget-slider", has=page.get_by_text("α (σ)"))
