@@ -7,7 +7,7 @@ import os
 import platform
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -65,10 +65,10 @@ def reference_formulation():
         q = quantize.argmin_project(x.clamp(0, 1), levels)
         return q if scale is None else q * scale
 
-    saved = quantize.project, layers._EvalWeightCache._weight_for_forward
+    saved = quantize.project, layers.frozen_weights
     quantize.project = argmin_with_scale
-    layers._EvalWeightCache._weight_for_forward = lambda self: self._quantized_weight()
+    layers.frozen_weights = nullcontext          # validation then quantizes the weights in every forward
     try:
         yield
     finally:
-        quantize.project, layers._EvalWeightCache._weight_for_forward = saved
+        quantize.project, layers.frozen_weights = saved

@@ -19,3 +19,4 @@ def reference_file(relative: str):
 @pytest.fixture
 def ref():
     return reference_file
+
