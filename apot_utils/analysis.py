@@ -144,12 +144,19 @@ def fit_alpha(w: torch.Tensor, bits: int, scheme: str = "apot", init: float = 3.
 
     Returns the trajectory: ``alpha`` (σ) and ``mse`` (σ²) before every step, and after the last.
     """
-    alpha = torch.tensor(init, dtype=torch.float64, requires_grad=True)
     magnitudes = weight_magnitudes(bits, scheme)
+    return descend_alpha(lambda alpha: (quantize_weight(w, alpha, magnitudes) - w).square().mean(), init, steps, lr)
+
+
+def descend_alpha(error, init: float, steps: int, lr: float) -> dict[str, list[float]]:
+    """Plain gradient descent (SGD, no momentum) on a 0-d α, minimizing ``error(alpha)`` through
+    whatever gradient the quantizer inside it defines. Returns ``alpha`` and ``mse`` (the error)
+    before every step and after the last."""
+    alpha = torch.tensor(float(init), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.SGD([alpha], lr=lr)
     trajectory = {"alpha": [], "mse": []}
     for step in range(steps + 1):
-        loss = (quantize_weight(w, alpha, magnitudes) - w).square().mean()
+        loss = error(alpha)
         trajectory["alpha"].append(alpha.item())
         trajectory["mse"].append(loss.item())
         if step < steps:
@@ -225,18 +232,7 @@ def fit_activation_alpha(x: torch.Tensor, bits: int, rule: str, init: float, ste
     Returns α and the error before every step and after the last."""
     x = x.detach().flatten().double()
     quantize, _ = _rule_quantizer(rule, bits, x.numel())
-    alpha = torch.tensor(float(init), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.SGD([alpha], lr=lr)
-    trajectory = {"alpha": [], "mse": []}
-    for step in range(steps + 1):
-        loss = (quantize(x, alpha) - x).square().mean()
-        trajectory["alpha"].append(alpha.item())
-        trajectory["mse"].append(loss.item())
-        if step < steps:
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return trajectory
+    return descend_alpha(lambda alpha: (quantize(x, alpha) - x).square().mean(), init, steps, lr)
 
 
 def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:

@@ -237,15 +237,17 @@ def _build(cfg: TrainConfig, recipe: Recipe, device, log, calib_images: torch.Te
         init_bit = checkpoints.checkpoint_meta(path).get("bit", cfg.init_bit)
         source = load_model(cfg.dataset, cfg.arch, init_bit, path, None if init_bit == 32 else cfg.scheme,
                             log=lambda line: None)
-        if init_bit == 32 and cfg.bit != 32 and cfg.calibrate_init and calib_images is not None:
+        calibrate = init_bit == 32 and cfg.bit != 32 and cfg.calibrate_init and calib_images is not None
+        if calibrate:
             from .ptq import post_training_quantize
 
             source = post_training_quantize(source, cfg.dataset, cfg.arch, cfg.bit, calib_images, cfg.scheme,
                                             log=lambda line: None)
+        missing, _ = model.load_state_dict(source.state_dict(), strict=False)
+        if calibrate:
             log(f"=> initialized from {data.display_path(path)}, α chosen by post-training quantization on "
                 f"{len(calib_images)} training images")
-        missing, _ = model.load_state_dict(source.state_dict(), strict=False)
-        if not (init_bit == 32 and cfg.bit != 32 and cfg.calibrate_init and calib_images is not None):
+        else:
             log(f"=> initialized from {data.display_path(path)}"
                 + (f" (new: {', '.join(sorted({k.rsplit('.', 1)[-1] for k in missing}))} at their defaults)" if missing else ""))
     for _, layer in quantized_layers(model):
