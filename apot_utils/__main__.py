@@ -1,4 +1,4 @@
-"""Command line: python -m apot_utils validate|train|quantize ... (--help for the options)."""
+"""Command line: python -m apot_utils validate|train|quantize|export|fetch ... (--help for the options)."""
 from __future__ import annotations
 
 import argparse
@@ -85,9 +85,27 @@ def main(argv=None) -> int:
     q.add_argument("--act-rule", choices=("mse", "percentile"), default="mse", help="how activation α is chosen")
     q.add_argument("--percentile", type=float, default=99.99, help="with --act-rule percentile: which percentile")
     q.add_argument("--bn-recalibrate", action="store_true", help="re-estimate BatchNorm statistics on the calibration images")
+    q.add_argument("--terms", type=_positive, default=None,
+                   help="n, the number of additive terms of the APoT level sets (default: the release's, ceil(b/2))")
+    q.add_argument("--per-channel", action="store_true", help="one weight α per output channel instead of one per layer")
     q.add_argument("--seed", type=int, default=0, help="which calibration images are drawn")
     q.add_argument("--out", required=True, help="the checkpoint to write (refused if it exists)")
+    e = commands.add_parser("export", help="write a quantized checkpoint as packed integer codes (.safetensors)")
+    _common(e)
+    e.add_argument("--checkpoint", default="release", help="'release' (the authors' CIFAR-10 models) or a path")
+    e.add_argument("--out", required=True, help="the .safetensors file to write (refused if it exists)")
+    f = commands.add_parser("fetch", help="make the reference data layout (APOT_DATA_DIR) from the public sources or local files")
+    f.add_argument("--dest", default=None, help="where to build it (default data/reference)")
+    f.add_argument("--from", dest="source", default=None, help="a local folder with the same layout to copy from (checked)")
     args = parser.parse_args(argv)
+    if args.command == "fetch":
+        from .fetch import DEFAULT_DEST, fetch
+        try:
+            fetch(args.dest or DEFAULT_DEST, args.source)
+        except (CheckpointError, FileNotFoundError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        return 0
     if args.arch not in ARCHS[args.dataset]:
         parser.error(f"--arch for {args.dataset} must be one of {sorted(ARCHS[args.dataset])}")
     try:
@@ -97,7 +115,13 @@ def main(argv=None) -> int:
                 parser.error("quantize needs --bit 2..8")
             calibration = Calibration(args.act_rule, args.percentile, args.bn_recalibrate, seed=args.seed)
             quantize_checkpoint(args.dataset, args.arch, args.bit, args.init, args.out, args.calib,
-                                args.scheme or "apot", calibration, args.data)
+                                args.scheme or "apot", calibration, args.data, terms=args.terms,
+                                per_channel=args.per_channel)
+        elif args.command == "export":
+            from .export import export_checkpoint
+            if args.bit == 32:
+                parser.error("export needs a quantized model (--bit 2..8)")
+            export_checkpoint(args.dataset, args.arch, args.bit, args.checkpoint, args.out)
         elif args.command == "validate":
             from .pipeline import run_validation
             bit = 4 if args.bit is None and args.checkpoint == "release" else args.bit

@@ -8,14 +8,12 @@ figures do not depend on the machine's summation order.
 """
 from __future__ import annotations
 
-import itertools
-
 import torch
 from torch import nn
 
 from . import checkpoints
 from .layers import QuantConv2d
-from .levels import SCHEMES, default_terms, level_set, term_exponents, projection_order, shift_add_terms, weight_magnitudes, weight_projection_order
+from .levels import SCHEMES, default_terms, integer_levels, level_set, term_exponents, projection_order, shift_add_terms, weight_magnitudes, weight_projection_order
 from .quantize import normalize_weight, quantize_activation, quantize_weight
 
 ALPHA_GRID = torch.arange(0.2, 8.0001, 0.05, dtype=torch.float64)   # σ, for the α search
@@ -34,20 +32,22 @@ def pooled_normalized(weights: dict[str, torch.Tensor]) -> torch.Tensor:
 def resnet20_weights(seed: int = 0) -> tuple[dict[str, torch.Tensor], str]:
     """The released full-precision ResNet-20's 3×3 convolution weights and where they came from.
 
-    Without the checkpoint (offline, no ``APOT_DATA_DIR``): one seeded normal sample of the same
-    size, said so in the returned description.
+    Without the checkpoint (offline, no ``APOT_DATA_DIR``): the same layers of a ResNet-20 initialized
+    at random (seeded), said so in the returned description, so that code using the layer names runs.
     """
+    from .models import build_model
     from .pipeline import load_model
 
-    try:
-        model = load_model("cifar10", "resnet20", 32, "release", log=lambda line: None)
-        weights = conv_weights(model)
-        count = sum(w.numel() for w in weights.values())
-        return weights, f"released full-precision ResNet-20 ({len(weights)} convolutions, {count:,} weights)"
-    except (checkpoints.CheckpointError, OSError) as missing:
-        generator = torch.Generator().manual_seed(seed)
-        sample = torch.randn(269_824, generator=generator, dtype=torch.float64)
-        return {"normal sample": sample}, f"a normal sample (no released checkpoint: {missing})"
+    with torch.random.fork_rng():           # building a model draws random weights: leave the caller's state alone
+        try:
+            model = load_model("cifar10", "resnet20", 32, "release", log=lambda line: None)
+            what = "released full-precision ResNet-20"
+        except (checkpoints.CheckpointError, OSError) as missing:
+            torch.manual_seed(seed)
+            model = build_model("cifar10", "resnet20", 32)
+            what = f"randomly initialized ResNet-20, no released checkpoint: {missing};"
+    weights = conv_weights(model)
+    return weights, f"{what} ({len(weights)} convolutions, {sum(w.numel() for w in weights.values()):,} weights)"
 
 
 def quantization_mse(w: torch.Tensor, bits: int, scheme: str = "apot", alpha=3.0,
@@ -98,9 +98,9 @@ def integer_form(bits: int) -> dict:
     """The b-bit APoT set before γ: every level is an integer multiple of 2^-E (E the largest exponent of
     its terms) with at most n set bits. Returns E, n, the integers [2^b] and the largest number of set bits."""
     exponents = term_exponents(bits, default_terms(bits))
-    top = max(max(e) for e in exponents if e)
-    sums = sorted({sum(c) for c in itertools.product(*[[0] + [2 ** (top - e) for e in exps] for exps in exponents])})
-    return {"E": top, "n": len(exponents), "integers": sums, "max set bits": max(bin(v).count("1") for v in sums)}
+    sums = integer_levels(bits).tolist()
+    return {"E": max(max(e) for e in exponents if e), "n": len(exponents), "integers": sums,
+            "max set bits": max(bin(v).count("1") for v in sums)}
 
 
 def print_rows(rows: list[dict], formats: dict[str, str] | None = None) -> None:

@@ -24,6 +24,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import torch
 from torch import nn
@@ -50,6 +51,8 @@ class ReleasedCheckpoint:
     url: str
     published_accuracy: float   # best_prec stored in the file (%), CIFAR-10 test set
 
+
+IMAGENET_CHECKPOINTS = "https://drive.google.com/open?id=1iIZ1tsaFLSuaujPbnyLutxDZuG31i5kD"   # linked from the authors' README
 
 RELEASED = {
     (c.dataset, c.arch, c.bit): c for c in [
@@ -88,7 +91,10 @@ def release_path(dataset: str, arch: str, bit: int, download: bool = True) -> Pa
     key = (dataset, arch, bit)
     if key not in RELEASED:
         known = ", ".join(f"{d} {a} {b}-bit" for d, a, b in RELEASED)
-        raise CheckpointError(f"the authors released no {arch} {bit}-bit {dataset} checkpoint (released: {known})")
+        hint = (f"; their ImageNet checkpoints are on Google Drive ({IMAGENET_CHECKPOINTS}): download one by hand "
+                "and pass --checkpoint PATH") if dataset == "imagenet" else ""
+        raise CheckpointError(f"the authors released no {arch} {bit}-bit {dataset} checkpoint in their repository "
+                              f"(there: {known}){hint}")
     entry = RELEASED[key]
     candidates = [CACHE_DIR / entry.filename]
     if data_dir() is not None:
@@ -113,23 +119,45 @@ def _new_folders(folder: Path) -> list[Path]:
 
 
 def download_verified(url: str, dest: Path, sha256: str) -> Path:
-    """Download ``url`` to ``dest``: into a temporary file beside it, checked, then renamed.
-    A failed download leaves nothing behind, not even the folders it created."""
+    """Download ``url`` to ``dest``, checked by sha256 before it appears under its name.
+
+    The bytes go to ``dest.part``; an interrupted download leaves it for the next call, which resumes
+    it (an HTTP Range request; a server that ignores the range sends the whole file again). A file
+    that does not match ``sha256`` is removed. A download that received nothing leaves nothing
+    behind, not even the folders it created."""
     created = _new_folders(dest.parent)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
-                for block in iter(lambda: response.read(1 << 16), b""):
-                    out.write(block)
-                    bar.update(len(block))
-        if sha256_of(Path(tmp)) != sha256:
-            raise CheckpointError(f"download of {url} does not match sha256 {sha256}")
-        os.replace(tmp, dest)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                resumed = have > 0 and getattr(response, "status", None) == 206
+                length = int(response.headers.get("Content-Length") or 0)
+                with open(part, "ab" if resumed else "wb") as out, \
+                        tqdm(total=(length + (have if resumed else 0)) or None, initial=have if resumed else 0,
+                             unit="B", unit_scale=True, desc=dest.name) as bar:
+                    received = 0
+                    for block in iter(lambda: response.read(1 << 16), b""):
+                        out.write(block)
+                        bar.update(len(block))
+                        received += len(block)
+                    out.flush()
+                    os.fsync(out.fileno())
+                if length and received < length:
+                    raise ConnectionError(f"the download of {url} stopped after {received} of {length} bytes; "
+                                          f"run again to resume it ({part} is kept)")
+        except urllib.error.HTTPError as error:
+            if not (error.code == 416 and have):       # 416: the part is already whole; check it below
+                raise
+        if sha256_of(part) != sha256:
+            part.unlink()
+            raise CheckpointError(f"download of {url} does not match sha256 {sha256}: removed it")
+        os.replace(part, dest)
     except BaseException as error:
-        Path(tmp).unlink(missing_ok=True)
+        if part.is_file() and part.stat().st_size == 0:
+            part.unlink()
         for folder in created:
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
@@ -229,6 +257,10 @@ def load_into(model: nn.Module, path: str | Path, dataset: str, arch: str, bit: 
     if bit != 32 and scheme is not None and meta.get("scheme", "apot") != scheme:
         theirs = meta.get("scheme", "apot")
         raise CheckpointError(f"{path} holds a {theirs} model, not {scheme}: pass --scheme {theirs}")
+    for name, flag in (("terms", "--terms"), ("per_channel", "--per-channel")):
+        theirs, ours = meta.get(name), getattr(model, name, None)
+        if bit != 32 and (theirs or None) != (ours or None):
+            raise CheckpointError(f"{path} was made with {name}={theirs}, the model has {name}={ours} ({flag})")
     if "level_rule" in meta and meta["level_rule"] != LEVEL_RULE:
         raise CheckpointError(f"{path} was made with level-set rule {meta['level_rule']!r}; this version builds "
                               f"{LEVEL_RULE!r}, so its levels would differ")
@@ -242,16 +274,15 @@ def load_into(model: nn.Module, path: str | Path, dataset: str, arch: str, bit: 
 LEVEL_RULE = "apot-position-v1"   # apot_utils.levels' exponent rule; recorded in every checkpoint this project writes
 
 
-def save_checkpoint(content: dict, path: str | Path) -> Path:
-    """Write ``content`` (``state_dict``, ``meta`` and whatever else) to ``path`` atomically: a
-    temporary file in the same folder, flushed to disk, then renamed over ``path``. An
-    interrupted save leaves the previous file as it was."""
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(file)`` on a temporary file in ``path``'s folder, flush it to disk, then rename it
+    over ``path``. An interrupted write leaves the previous file as it was and no temporary behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(content, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -259,6 +290,12 @@ def save_checkpoint(content: dict, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_checkpoint(content: dict, path: str | Path) -> Path:
+    """Write ``content`` (``state_dict``, ``meta`` and whatever else) to ``path`` atomically
+    (:func:`write_atomically`)."""
+    return write_atomically(path, lambda f: torch.save(content, f))
 
 
 def checkpoint_meta(path: str | Path) -> dict:

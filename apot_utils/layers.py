@@ -55,23 +55,34 @@ class QuantConv2d(_QuantizedWeight, nn.Conv2d):
     ``weight_stats_grad`` differentiates through the normalization's mean and std (the ImageNet
     release; the CIFAR-10 release treats them as constants). Levels are projected onto in
     :func:`apot_utils.levels.projection_order`, so midpoint ties go where the release sent them.
+
+    terms: the number n of additive terms of both level sets (None: the release's, ceil(b / 2)
+    for activations, ceil((b - 1) / 2) for the weight magnitudes). per_channel: one weight α per
+    output channel (``weight_alpha`` of shape [C_out, 1, 1, 1]) instead of one per layer; the
+    weights are still normalized over the whole tensor, as in the release.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=False, bit: int = 4, scheme: str = "apot",
-                 weight_alpha: float = 3.0, act_alpha: float = 8.0, grad_scale: float = 1.0):
+                 groups=1, bias=False, bit: int = 4, scheme: str = "apot", terms: int | None = None,
+                 per_channel: bool = False, weight_alpha: float = 3.0, act_alpha: float = 8.0,
+                 grad_scale: float = 1.0):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
-        self.bit, self.scheme, self.grad_scale, self.clip_weight_grad = bit, scheme, grad_scale, False
-        self.weight_stats_grad = True
+        self.bit, self.scheme, self.terms, self.grad_scale = bit, scheme, terms, grad_scale
+        self.clip_weight_grad, self.weight_stats_grad = False, True
         if bit != FULL_PRECISION:
-            self.register_buffer("weight_levels", weight_projection_order(bit, scheme), persistent=False)
-            self.register_buffer("act_levels", projection_order(bit, scheme), persistent=False)
-            self.weight_alpha = nn.Parameter(torch.tensor(weight_alpha))
-            self.act_alpha = nn.Parameter(torch.tensor(act_alpha))
+            self.register_buffer("weight_levels", weight_projection_order(bit, scheme, terms), persistent=False)
+            self.register_buffer("act_levels", projection_order(bit, scheme, terms), persistent=False)
+            shape = (out_channels, 1, 1, 1) if per_channel else ()
+            self.weight_alpha = nn.Parameter(torch.full(shape, float(weight_alpha)))
+            self.act_alpha = nn.Parameter(torch.tensor(float(act_alpha)))
 
     @property
     def quantized(self) -> bool:
         return self.bit != FULL_PRECISION
+
+    @property
+    def per_channel(self) -> bool:
+        return self.quantized and self.weight_alpha.dim() > 0
 
     def _quantized_weight(self) -> torch.Tensor:
         if not self.quantized:
@@ -86,7 +97,9 @@ class QuantConv2d(_QuantizedWeight, nn.Conv2d):
                         self.dilation, self.groups)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", bit={self.bit}, scheme={self.scheme}"
+        terms = "" if self.terms is None else f", terms={self.terms}"
+        channel = ", per_channel=True" if self.per_channel else ""
+        return super().extra_repr() + f", bit={self.bit}, scheme={self.scheme}{terms}{channel}"
 
 
 class FirstConv8bit(_QuantizedWeight, nn.Conv2d):
@@ -117,5 +130,6 @@ def quantized_layers(model: nn.Module) -> list[tuple[str, QuantConv2d]]:
 
 
 def alphas(model: nn.Module) -> list[tuple[str, float, float]]:
-    """(layer name, weight α, activation α) of every quantized layer, in module order."""
-    return [(name, m.weight_alpha.item(), m.act_alpha.item()) for name, m in quantized_layers(model)]
+    """(layer name, weight α, activation α) of every quantized layer, in module order; a layer
+    with one weight α per channel reports their mean."""
+    return [(name, m.weight_alpha.mean().item(), m.act_alpha.item()) for name, m in quantized_layers(model)]

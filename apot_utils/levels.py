@@ -153,9 +153,18 @@ def weight_level_set(bits: int, scheme: str = "apot", terms: int | None = None) 
     ternary {-1, 0, 1}. ``terms`` counts the magnitude set's additive terms
     (default ``ceil((bits - 1) / 2)``).
     """
-    bits, scheme, _ = _validate(bits, scheme, None, MIN_BITS)
+    _check_weight_terms(bits, scheme, terms)
     magnitudes = _magnitude_set(bits - 1, scheme, terms)
     return torch.cat([-magnitudes[1:].flip(0), magnitudes])
+
+
+def _check_weight_terms(bits: int, scheme: str, terms: int | None) -> None:
+    """Check b-bit weights' (b - 1)-bit magnitude set with ``terms``; the error says it is that set."""
+    _validate(bits, scheme, None, MIN_BITS)
+    try:
+        _magnitudes(*_validate(bits - 1, scheme, terms, 1))
+    except ValueError as error:
+        raise ValueError(f"{bits}-bit weights project their magnitudes to a {bits - 1}-bit set: {error}") from None
 
 
 def _magnitude_set(bits: int, scheme: str, terms: int | None) -> torch.Tensor:
@@ -165,7 +174,7 @@ def _magnitude_set(bits: int, scheme: str, terms: int | None) -> torch.Tensor:
 
 def weight_magnitudes(bits: int, scheme: str = "apot", terms: int | None = None) -> torch.Tensor:
     """The (bits - 1)-bit unsigned set that weight magnitudes are projected to."""
-    _validate(bits, scheme, None, MIN_BITS)
+    _check_weight_terms(bits, scheme, terms)
     return _magnitude_set(bits - 1, scheme, terms)
 
 
@@ -182,8 +191,30 @@ def projection_order(bits: int, scheme: str = "apot", terms: int | None = None) 
 
 def weight_projection_order(bits: int, scheme: str = "apot", terms: int | None = None) -> torch.Tensor:
     """:func:`projection_order` of the (bits - 1)-bit weight magnitude set."""
-    _validate(bits, scheme, None, MIN_BITS)
+    _check_weight_terms(bits, scheme, terms)
     return projection_order(bits - 1, scheme, terms)
+
+
+def integer_levels(bits: int, scheme: str = "apot", terms: int | None = None) -> torch.Tensor:
+    """The b-bit set as integers: sorted int64 tensor I [2**bits] with ``level_set(...) == I / I[-1]``
+    up to float32 rounding (exact ratios; the float32 levels are their roundings).
+
+    APoT and PoT: a level before normalization is Σ 2^-e over disjoint exponents, so in units of 2^-E
+    (E the largest exponent) it is an integer with at most n set bits (PoT: one); uniform: 0, 1, ...,
+    2^b − 1. ``bits`` may be 1 (the ternary weights' magnitudes {0, 1}).
+    """
+    bits, scheme, terms = _validate(bits, scheme, terms, 1)
+    if scheme == "uniform":
+        return torch.arange(2**bits, dtype=torch.int64)
+    exponents = term_exponents(bits, terms)
+    top = max(e for exps in exponents for e in exps)
+    if top > 62:
+        raise ValueError(f"{scheme} with bits={bits}, terms={terms} needs exponents down to 2^-{top}: its integers "
+                         "do not fit in int64")
+    sums = {0}
+    for exps in exponents:
+        sums = {s + p for s in sums for p in [0] + [2 ** (top - e) for e in exps]}
+    return torch.tensor(sorted(sums), dtype=torch.int64)
 
 
 def shift_add_terms(bits: int, scheme: str = "apot", terms: int | None = None) -> int:

@@ -13,20 +13,27 @@ from .models import build_model
 
 def load_model(dataset: str, arch: str, bit: int | None, checkpoint: str | Path | None = "release",
                scheme: str | None = None, device="cpu", log: Callable[[str], None] = print) -> nn.Module:
-    """Build the model and load ``checkpoint`` ('release', a path, or None for random weights).
+    """Build the model and load ``checkpoint`` ('release', a path, or None for random weights); a
+    ``.safetensors`` file that ``export`` wrote loads as :func:`apot_utils.export.load_exported`.
 
     bit / scheme None: taken from the checkpoint's metadata (checkpoints that training writes
-    carry it); a released checkpoint needs ``bit``.
+    carry it); a released checkpoint needs ``bit``. The number of additive terms and per-channel
+    weight α are always taken from the metadata (post-training quantization records them).
     """
-    needs_meta = (bit is None or scheme is None) and checkpoint not in (None, "release")
-    meta = checkpoints.checkpoint_meta(checkpoint) if needs_meta else {}
+    if str(checkpoint).endswith(".safetensors"):
+        from .export import load_exported
+        log(f"=> loading the exported integer model {checkpoint}")
+        return load_exported(checkpoint, dataset=dataset, arch=arch, bit=bit).to(device)
+    meta = checkpoints.checkpoint_meta(checkpoint) if checkpoint not in (None, "release") else {}
     if bit is None:
         if "bit" not in meta:
             raise checkpoints.CheckpointError("give the bitwidth (--bit): the checkpoint does not record it")
         bit = meta["bit"]
     scheme = scheme or meta.get("scheme", "apot")
     log("=> Building model...")
-    model = build_model(dataset, arch, bit, scheme)
+    quantized = bit != 32 and meta.get("bit") == bit
+    model = build_model(dataset, arch, bit, scheme, meta.get("terms") if quantized else None,
+                        bool(meta.get("per_channel")) if quantized else False)
     if checkpoint is not None:
         path = checkpoints.release_path(dataset, arch, bit) if str(checkpoint) == "release" else Path(checkpoint)
         kind = "full-precision" if bit == 32 else f"{bit}-bit quantized"
@@ -55,6 +62,10 @@ def run_validation(dataset: str = "cifar10", arch: str = "resnet20", bit: int | 
     dev = pick_device(device)
     log(describe_device(dev))
     model = load_model(dataset, arch, bit, checkpoint, scheme, dev, log)
+    from .quantize import compile_pending
+    if getattr(model, "bit", 32) != 32 and compile_pending(dev.type):
+        log("=> the first batch also compiles the fused projection kernel (once per process, several seconds; "
+            "APOT_COMPILE=0 skips it)")
     log(f"=> loading {dataset} data...")
     if dataset == "cifar10":
         test = data.load_cifar10(data_source)

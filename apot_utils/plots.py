@@ -453,3 +453,28 @@ def alpha_targets(start: list[tuple[str, float, float]], end: list[tuple[str, fl
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def integer_layer(trace: dict, name: str):
+    """One exported layer in integers (:func:`apot_utils.integer.layer_trace`): how often each signed
+    weight integer and each activation integer occurs, and the float output against s · the integer
+    convolution."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, key, title in ((axes[0], "weight_integers", "weight integers c_w"),
+                           (axes[1], "act_integers", "activation integers I_a")):
+        values, counts = torch.unique(trace[key], return_counts=True)
+        ax.bar(range(len(values)), counts.numpy(), color="tab:blue")
+        ax.set_xticks(range(len(values)), [str(v) for v in values.tolist()], fontsize=8, rotation=90 if len(values) > 12 else 0)
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_ylabel("count")
+    fake = trace["fake"].double().flatten()
+    rescaled = (trace["integer"].double() * trace["scale"].view(1, -1, 1, 1)).flatten()
+    pick = torch.linspace(0, len(fake) - 1, min(len(fake), 4000)).long()
+    axes[2].plot(fake[pick].numpy(), rescaled[pick].numpy(), ".", ms=2)
+    axes[2].set_xlabel("float output (fake-quantized layer)")
+    axes[2].set_ylabel("s · integer convolution")
+    axes[2].set_title(f"largest difference {float((fake - rescaled).abs().max()):.1e}")
+    fig.suptitle(f"{name}: from codes to integers")
+    fig.tight_layout()
+    return fig

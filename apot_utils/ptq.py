@@ -3,8 +3,9 @@
 ``post_training_quantize`` copies a full-precision model's weights into a b-bit model and chooses
 every clipping threshold from data instead of learning it:
 
-- weight α, per layer: the α (σ) that minimizes the mean squared error of the layer's normalized
-  weights against their quantized values, to 0.01 σ (:func:`coarse_to_fine`);
+- weight α, per layer (or per output channel, ``per_channel``): the α (σ) that minimizes the mean
+  squared error of the layer's (channel's) normalized weights against their quantized values, to
+  0.01 σ (:func:`coarse_to_fine`);
 - activation α, layer by layer in module order, on the inputs each layer receives for the
   calibration images *with every earlier layer already quantized*: the α minimizing the mean
   squared quantization error of those inputs ('mse'), or a high percentile of them ('percentile');
@@ -67,16 +68,36 @@ def coarse_to_fine(error, low: float, high: float, step: float, coarse: int = 10
     return min(fine, key=error)
 
 
-def weight_alpha(layer: QuantConv2d) -> float:
-    """The α (σ) with the least squared error of the layer's quantized normalized weights, to 0.01 σ."""
-    w = normalize_weight(layer.weight.detach().double()).flatten()
-    levels = layer.weight_levels
-
+def best_weight_alpha(w: torch.Tensor, magnitudes: torch.Tensor) -> float:
+    """The α (σ) with the least squared error of the normalized weights ``w`` (any shape) quantized to the
+    signed set of ``magnitudes``, to 0.01 σ."""
     def error(a: float) -> float:
         with torch.no_grad():
-            return float((quantize_weight(w, torch.tensor(a, dtype=w.dtype), levels) - w).square().mean())
+            return float((quantize_weight(w, torch.tensor(a, dtype=w.dtype), magnitudes) - w).square().mean())
 
     return coarse_to_fine(error, *WEIGHT_ALPHA_RANGE, WEIGHT_ALPHA_STEP)
+
+
+def weight_alpha(layer: QuantConv2d) -> torch.Tensor:
+    """:func:`best_weight_alpha` of the layer's weights (normalized over the whole tensor, as always): one
+    α, or with ``layer.per_channel`` one per output channel, each fitted to that channel alone.
+    Shape: ``layer.weight_alpha``'s."""
+    w = normalize_weight(layer.weight.detach().double())
+    channels = list(w) if layer.per_channel else [w]
+    fitted = [best_weight_alpha(c.flatten(), layer.weight_levels) for c in channels]
+    return torch.tensor(fitted, dtype=layer.weight_alpha.dtype).view_as(layer.weight_alpha)
+
+
+def weight_error(model: nn.Module) -> float:
+    """Relative squared error of the quantized layers' normalized weights, pooled over the model:
+    Σ ‖Q(w) − w‖² / Σ ‖w‖² (w normalized per layer; Q at each layer's α, per layer or per channel)."""
+    error = total = 0.0
+    with torch.no_grad():
+        for _, layer in quantized_layers(model):
+            w = normalize_weight(layer.weight.detach().double())
+            error += float((quantize_weight(w, layer.weight_alpha.detach().double(), layer.weight_levels) - w).square().sum())
+            total += float(w.square().sum())
+    return error / total
 
 
 def activation_alpha(x: torch.Tensor, levels: torch.Tensor, calibration: Calibration) -> float:
@@ -168,12 +189,14 @@ def _recalibrate_batchnorm(model: nn.Module, batches: list[torch.Tensor]) -> Non
 
 def post_training_quantize(full_precision: nn.Module, dataset: str, arch: str, bit: int, images: torch.Tensor,
                            scheme: str = "apot", calibration: Calibration = Calibration(),
-                           log: Callable[[str], None] = print) -> nn.Module:
+                           log: Callable[[str], None] = print, terms: int | None = None,
+                           per_channel: bool = False) -> nn.Module:
     """A ``bit``-bit model with ``full_precision``'s weights and α chosen from ``images``.
 
     full_precision: a model of the same architecture at bit 32 (its weights and BatchNorm are
     copied, it is not changed). images: normalized calibration images [N, 3, H, W], N >= 1, from
-    the training set. Returns the quantized model in eval mode on the CPU.
+    the training set. terms: the number n of additive terms (None: the release's); per_channel:
+    one weight α per output channel. Returns the quantized model in eval mode on the CPU.
     """
     if bit == 32:
         raise ValueError("post-training quantization needs a bitwidth of 2..8, not 32 (full precision)")
@@ -182,7 +205,7 @@ def post_training_quantize(full_precision: nn.Module, dataset: str, arch: str, b
                          "full-precision (32-bit) checkpoint")
     if images.dim() != 4 or len(images) == 0:
         raise ValueError(f"calibration images must be a non-empty batch [N, 3, H, W], got shape {tuple(images.shape)}")
-    model = build_model(dataset, arch, bit, scheme)
+    model = build_model(dataset, arch, bit, scheme, terms, per_channel)
     missing, unexpected = model.load_state_dict(full_precision.state_dict(), strict=False)
     if unexpected or any(not k.endswith("alpha") for k in missing):
         raise ValueError(f"the full-precision model does not fit {arch}: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -190,11 +213,13 @@ def post_training_quantize(full_precision: nn.Module, dataset: str, arch: str, b
     batches = list(images.cpu().split(calibration.batch_size))
     fp_modules = dict(full_precision.named_modules())
     for _, layer in quantized_layers(model):
-        layer.weight_alpha.data.fill_(weight_alpha(layer))
+        layer.weight_alpha.data.copy_(weight_alpha(layer))
     for name, module in model.named_modules():     # forward order: upstream is final when a module's turn comes
         if isinstance(module, QuantConv2d) and module.quantized:
             module.act_alpha.data.fill_(activation_alpha(_inputs_of(model, module, batches), module.act_levels, calibration))
-            log(f"{name}: weight alpha {module.weight_alpha.item():.3f} σ, act alpha {module.act_alpha.item():.3f}")
+            spread = (f" (per channel {module.weight_alpha.min().item():.2f}–{module.weight_alpha.max().item():.2f})"
+                      if module.per_channel else "")
+            log(f"{name}: weight alpha {module.weight_alpha.mean().item():.3f} σ{spread}, act alpha {module.act_alpha.item():.3f}")
         elif isinstance(module, nn.BatchNorm2d):
             fp_norm = fp_modules[name]
             _transfer_batchnorm(module, (fp_norm.running_mean.double(), fp_norm.running_var.double()),
@@ -207,10 +232,12 @@ def post_training_quantize(full_precision: nn.Module, dataset: str, arch: str, b
 
 def quantize_checkpoint(dataset: str, arch: str, bit: int, init, out, calib: int = 512, scheme: str = "apot",
                         calibration: Calibration = Calibration(), data_source=None,
-                        log: Callable[[str], None] = print) -> nn.Module:
+                        log: Callable[[str], None] = print, terms: int | None = None,
+                        per_channel: bool = False) -> nn.Module:
     """What ``python -m apot_utils quantize`` does: post-training quantization of the full-precision
     checkpoint ``init`` ('release' or a path) on ``calib`` training images, written to ``out``
-    (refused if it exists) with the metadata ``validate`` reads. Returns the quantized model."""
+    (refused if it exists) with the metadata ``validate`` reads (terms and per_channel included).
+    Returns the quantized model."""
     from dataclasses import asdict
     from pathlib import Path
 
@@ -221,6 +248,7 @@ def quantize_checkpoint(dataset: str, arch: str, bit: int, init, out, calib: int
         raise ValueError("post-training quantization is implemented for cifar10 (its training images calibrate α)")
     if calib < 1:
         raise ValueError(f"--calib must be at least 1 image, got {calib}")
+    build_model(dataset, arch, bit, scheme, terms, per_channel)     # bad bit / scheme / terms: fail before any work
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists: choose another --out (nothing was overwritten)")
@@ -233,8 +261,9 @@ def quantize_checkpoint(dataset: str, arch: str, bit: int, init, out, calib: int
     train_images = data.load_cifar10(data_source, train=True, sample=calib, seed=calibration.seed)
     log(f"=> calibrating {bit}-bit {scheme} {arch} on {train_images.source}")
     images = data.normalize(train_images.x)
-    model = post_training_quantize(full_precision, dataset, arch, bit, images, scheme, calibration, log)
+    model = post_training_quantize(full_precision, dataset, arch, bit, images, scheme, calibration, log, terms, per_channel)
     meta = {"dataset": dataset, "arch": arch, "bit": bit, "scheme": scheme, "level_rule": checkpoints.LEVEL_RULE,
+            "terms": terms, "per_channel": per_channel,
             "source": data.display_path(path), "source_sha256": checkpoints.sha256_of(path),
             "post_training": {**asdict(calibration), "calib_images": len(train_images), "calib_source": train_images.source}}
     checkpoints.save_checkpoint({"state_dict": model.state_dict(), "meta": meta}, out)

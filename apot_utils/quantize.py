@@ -1,7 +1,9 @@
 """Projection to a level set and the APoT weight and activation quantizers.
 
 Shapes: quantizers take and return tensors of any shape; α (``alpha``) is a 0-d tensor in
-the units of the input (weights after normalization, activations as they are).
+the units of the input (weights after normalization, activations as they are), or for weights
+a tensor that broadcasts against them (one α per output channel: [C_out, 1, 1, 1]), whose
+gradient is then summed to its shape.
 
 Forward: ``u = x / α``; clip ``u`` to [-1, 1] (weights) or [0, 1] (activations); project it
 to the nearest level (weights: the magnitude, sign apart); multiply back by α.
@@ -133,12 +135,24 @@ def _lookup(x, shift: int, first_key: int, last_key: int, threshold, base, value
     return values.index_select(0, index).view_as(x).masked_fill_(x.isnan(), float("nan"))   # NaN stays NaN
 
 
+def compile_pending(device_type: str) -> bool:
+    """Whether the next large projection on ``device_type`` will first compile the fused kernel
+    (a one-off wait of several seconds a process; ``APOT_COMPILE=0`` turns compiling off)."""
+    if os.environ.get("APOT_COMPILE", "1") == "0":
+        return False
+    return device_type not in _compiled_devices
+
+
+_compiled_devices: set[str] = set()     # where _compiled_lookup has run (and compiled)
+
+
 @lru_cache(maxsize=None)
 def _compiled_lookup(device_type: str):
     """``_lookup`` fused into one kernel by torch.compile: the same integer and comparison
     arithmetic, so the same result. None where it is turned off or cannot be built."""
     if os.environ.get("APOT_COMPILE", "1") == "0":
         return None
+    _compiled_devices.add(device_type)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" on CPUs
     kernel = torch.compile(_lookup, dynamic=True)
     probe = torch.linspace(-0.5, 1.5, 1 << 16, device=device_type)
@@ -165,7 +179,7 @@ class _ClippedProjection(torch.autograd.Function):
         else:
             q = project(u, levels)   # project maps u < 0 to 0 and u > 1 to 1: the clip
         ctx.save_for_backward(u, q)
-        ctx.signed, ctx.grad_scale, ctx.clip_grad = signed, grad_scale, clip_grad
+        ctx.signed, ctx.grad_scale, ctx.clip_grad, ctx.alpha_shape = signed, grad_scale, clip_grad, tuple(alpha.shape)
         return q * alpha
 
     @staticmethod
@@ -178,8 +192,9 @@ class _ClippedProjection(torch.autograd.Function):
             inside = (u >= 0) & (u <= 1)
             grad_x = grad_out * inside
             slope = torch.where(inside, q - u, (u > 1).to(u.dtype))
-        grad_alpha = (grad_out * slope).sum().mul(ctx.grad_scale)
-        return grad_x, grad_alpha, None, None, None, None
+        per_element = grad_out * slope
+        grad_alpha = per_element.sum() if ctx.alpha_shape == () else per_element.sum_to_size(ctx.alpha_shape)
+        return grad_x, grad_alpha.mul(ctx.grad_scale), None, None, None, None
 
 
 def quantize_weight(w_normalized: torch.Tensor, alpha: torch.Tensor, magnitudes: torch.Tensor,

@@ -119,7 +119,7 @@ def level_explorer(weights: torch.Tensor | None = None, source: str | None = Non
     """The interactive bitwidth widget; display the returned object (last line of a cell).
 
     weights: normalized weights [any shape] (σ); default the released full-precision ResNet-20's
-    (a normal sample when that checkpoint is unavailable). settings: initial ``bits`` (2..8),
+    (a randomly initialized ResNet-20's when that checkpoint is unavailable). settings: initial ``bits`` (2..8),
     ``scheme`` ('apot', 'pot', 'uniform'), ``alpha`` (σ).
     """
     if weights is None:

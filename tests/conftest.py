@@ -16,7 +16,8 @@ def reference_file(relative: str):
         pytest.skip(str(missing))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def ref():
+    """:func:`reference_file`; a test that uses it (directly or through a fixture) is marked ``data``."""
     return reference_file
 

@@ -285,3 +285,21 @@ def test_level_sets_that_float32_cannot_hold_say_which_exist():
         level_set(8, terms=1)
     with pytest.raises(ValueError, match="use at most 7 bits"):
         level_set(8, "pot")
+
+
+def test_offline_chapters_get_a_resnet20_shaped_stand_in(monkeypatch, tmp_path):
+    """Chapters 01-02 use the released weights by layer name; offline they get a seeded random ResNet-20's."""
+    from apot_utils import analysis
+
+    monkeypatch.setattr(checkpoints, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.delenv("APOT_DATA_DIR", raising=False)
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(checkpoints.urllib.request, "urlopen", offline)
+    state = torch.random.get_rng_state()
+    layers, source = analysis.resnet20_weights()
+    assert torch.equal(torch.random.get_rng_state(), state)                 # the caller's random state is untouched
+    assert source.startswith("randomly initialized ResNet-20, no released checkpoint") and "could not download" in source
+    assert "layer3.0.conv2" in layers and torch.equal(layers["layer1.0.conv1"], analysis.resnet20_weights()[0]["layer1.0.conv1"])

@@ -97,6 +97,8 @@ def test_release_path_verifies_and_caches(ref, tmp_path, monkeypatch):
         checkpoints.release_path("cifar10", "resnet20", 3)
     with pytest.raises(CheckpointError, match="released no resnet20 5-bit"):
         checkpoints.release_path("cifar10", "resnet20", 5)
+    with pytest.raises(CheckpointError, match="ImageNet checkpoints are on Google Drive .*--checkpoint PATH"):
+        checkpoints.release_path("imagenet", "resnet18", 4)
 
 
 def test_download_is_verified_and_atomic(ref, tmp_path):

@@ -3,18 +3,19 @@ clear errors; and quantization-aware training starting from it."""
 import pytest
 import torch
 
-from apot_utils import data, ptq
+from apot_utils import data, levels, ptq
 from apot_utils.__main__ import main
+from apot_utils.checkpoints import CheckpointError, load_into
 from apot_utils.layers import quantized_layers
+from apot_utils.models import build_model
 from apot_utils.pipeline import load_model, validate_cifar10
-from apot_utils.quantize import normalize_weight
+from apot_utils.quantize import normalize_weight, quantize_weight
 
 
 @pytest.fixture(scope="module")
-def setup():
-    from conftest import reference_file
-    first1000 = reference_file("cifar10/test_first1000_lossless.npz")
-    fp = load_model("cifar10", "resnet20", 32, reference_file("checkpoints/cifar10/res20_32bit.pth.tar"),
+def setup(ref):
+    first1000 = ref("cifar10/test_first1000_lossless.npz")
+    fp = load_model("cifar10", "resnet20", 32, ref("checkpoints/cifar10/res20_32bit.pth.tar"),
                     log=lambda line: None)
     images = data.normalize(data.load_npz(first1000).sample(64, seed=1).x)
     return fp, images, first1000
@@ -60,7 +61,49 @@ def test_cli_round_trip_through_validate(setup, tmp_path, capsys):
     assert direct.top1 > 80
 
 
+def test_per_channel_alpha_and_terms_round_trip(setup, tmp_path, capsys):
+    """--per-channel fits each output channel's α to that channel; --terms sets n; validate rebuilds both from the metadata."""
+    fp, images, first1000 = setup
+    out = tmp_path / "ptq5_n3_pc.pth.tar"
+    assert main(["quantize", "--bit", "5", "--terms", "3", "--per-channel", "--calib", "64", "--data", str(first1000),
+                 "--out", str(out)]) == 0
+    meta = torch.load(out, weights_only=True)["meta"]
+    assert (meta["terms"], meta["per_channel"]) == (3, True)
+    model = load_model("cifar10", "resnet20", None, out, log=lambda line: None)
+    name, layer = quantized_layers(model)[0]
+    assert layer.weight_alpha.shape == (layer.out_channels, 1, 1, 1) and layer.weight_alpha.std() > 0
+    assert torch.equal(layer.act_levels.sort().values, levels.level_set(5, "apot", 3))
+    assert torch.equal(layer.weight_levels.sort().values, levels.weight_magnitudes(5, "apot", 3))
+    w = normalize_weight(layer.weight.detach().double())
+    for channel in (0, 7):   # each channel's α is the per-layer search run on that channel alone
+        fitted = ptq.best_weight_alpha(w[channel].flatten(), layer.weight_levels)
+        assert layer.weight_alpha[channel].item() == pytest.approx(fitted, abs=1e-6)
+    direct = validate_cifar10(model, data.load_npz(first1000).subset(200), "cpu", log=lambda line: None)
+    capsys.readouterr()
+    assert main(["validate", "--checkpoint", str(out), "--data", str(first1000), "--limit", "200"]) == 0
+    assert f" * Prec {direct.top1:.3f}% " in capsys.readouterr().out
+    with pytest.raises(CheckpointError, match="per_channel"):   # a per-layer model refuses it
+        load_into(build_model("cifar10", "resnet20", 5, terms=3), out, "cifar10", "resnet20", 5)
+    with pytest.raises(CheckpointError, match="terms"):
+        load_into(build_model("cifar10", "resnet20", 5, per_channel=True), out, "cifar10", "resnet20", 5)
+
+
+def test_per_channel_alpha_gradient_is_the_per_channel_sum():
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    alpha = torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=torch.float64).view(4, 1, 1, 1).requires_grad_()
+    mags = levels.weight_magnitudes(4).double()
+    g = torch.randn_like(w)
+    (quantize_weight(w, alpha, mags) * g).sum().backward()
+    for c in range(4):
+        one = alpha.detach()[c].view(()).clone().requires_grad_()
+        (quantize_weight(w[c], one, mags) * g[c]).sum().backward()
+        assert alpha.grad[c].item() == pytest.approx(one.grad.item(), rel=1e-12)
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["quantize", "--bit", "3", "--terms", "3", "--out", "x.pth.tar"], "3-bit weights project their magnitudes to a 2-bit set"),
+    (["quantize", "--bit", "8", "--terms", "1", "--out", "x.pth.tar"], "terms must be one of"),
     (["quantize", "--bit", "9", "--out", "x.pth.tar"], "invalid choice"),
     (["quantize", "--bit", "32", "--out", "x.pth.tar"], "quantize needs --bit 2..8"),
     (["quantize", "--bit", "4", "--calib", "0", "--out", "x.pth.tar"], "must be at least 1"),

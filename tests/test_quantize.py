@@ -72,6 +72,7 @@ def extra_peak_ratio(fn: str, bits: int) -> float:
     return float(out.stdout.split()[-1])
 
 
+@pytest.mark.slow
 def test_projection_memory_independent_of_levels():
     ratios = {bits: extra_peak_ratio("project", bits) for bits in (2, 5, 8)}
     assert all(r <= 3.0 for r in ratios.values()), ratios        # the output included

@@ -13,9 +13,8 @@ from apot_utils.tblogs import read_scalars
 
 
 @pytest.fixture(scope="module")
-def sources():
-    from conftest import reference_file
-    return reference_file("cifar10/jpeg_files.zip"), reference_file("cifar10/test_first100_lossless.npz")
+def sources(ref):
+    return ref("cifar10/jpeg_files.zip"), ref("cifar10/test_first100_lossless.npz")
 
 
 def _config(sources, out, **kw):
@@ -46,6 +45,7 @@ def _subset_loss(model, images, labels):
         return torch.nn.functional.cross_entropy(model.train()(images), labels).item()
 
 
+@pytest.mark.slow
 def test_smoke_run_learns_and_its_checkpoint_validates(sources, tmp_path):
     subset = data.load_jpeg_zip(sources[0], "train").sample(256, seed=0)
     images, labels = next(data.batches(subset, 256))
@@ -70,6 +70,7 @@ def test_smoke_run_learns_and_its_checkpoint_validates(sources, tmp_path):
     assert out.splitlines()[-1] == f" * Prec {result.last.top1:.3f}% "
 
 
+@pytest.mark.slow
 def test_resume_continues_an_interrupted_run(sources, tmp_path, monkeypatch):
     calls = {"n": 0}
     real_validate = train.validate
@@ -95,6 +96,7 @@ def test_resume_continues_an_interrupted_run(sources, tmp_path, monkeypatch):
     assert saved["meta"]["epoch"] == 2 and saved["scheduler"]["last_epoch"] == 2
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_keep_identical_parameters(sources, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "apot_utils", "train", "--bit", "3", "--device", "cpu", "--data", str(sources[0]),

@@ -1,4 +1,5 @@
 """Full-test-set validations of the released models (CPU: about half a minute each)."""
+import os
 import subprocess
 import sys
 
@@ -7,19 +8,19 @@ import pytest
 from apot_utils import data
 from apot_utils.pipeline import load_model, validate_cifar10
 
-
-@pytest.fixture(scope="module")
-def jpeg_test_set():
-    from conftest import reference_file
-    return data.load_npz(reference_file("cifar10/test_jpeg.npz"))
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def accuracies(jpeg_test_set):
-    from conftest import reference_file
+def jpeg_test_set(ref):
+    return data.load_npz(ref("cifar10/test_jpeg.npz"))
+
+
+@pytest.fixture(scope="module")
+def accuracies(jpeg_test_set, ref):
     out = {}
     for bit in (32, 4, 3, 2):
-        model = load_model("cifar10", "resnet20", bit, reference_file(f"checkpoints/cifar10/res20_{bit}bit.pth.tar"))
+        model = load_model("cifar10", "resnet20", bit, ref(f"checkpoints/cifar10/res20_{bit}bit.pth.tar"))
         out[bit] = validate_cifar10(model, jpeg_test_set, "cpu", print_freq=1000).top1
     return out
 
@@ -40,6 +41,8 @@ def test_cli_validate_first_batch(ref):
     assert lines[1:3] == ["=> Building model...", "=> loading the 3-bit quantized model from checkpoint"]
     assert sum(line.startswith("weight alpha: ") for line in lines) == 20
     assert "=> loading cifar10 data..." in lines
+    compiles = [line for line in lines if "first batch also compiles the fused projection kernel" in line]
+    assert len(compiles) == (0 if os.environ.get("APOT_COMPILE") == "0" else 1)     # the wait is announced
     assert lines[-1] == " * Prec 96.000% "
     assert lines.count(" * Prec 96.000% ") == 1
 

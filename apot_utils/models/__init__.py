@@ -1,4 +1,4 @@
-"""Model zoo: ``build_model(dataset, arch, bit, scheme)``."""
+"""Model zoo: ``build_model(dataset, arch, bit, scheme, terms, per_channel)``."""
 from __future__ import annotations
 
 from torch import nn
@@ -14,8 +14,10 @@ ARCHS = {
 BITS = tuple(range(MIN_BITS, MAX_BITS + 1)) + (FULL_PRECISION,)
 
 
-def build_model(dataset: str, arch: str, bit: int, scheme: str = "apot") -> nn.Module:
-    """A fresh (randomly initialized) model; bit 2..8 quantized, 32 full precision."""
+def build_model(dataset: str, arch: str, bit: int, scheme: str = "apot", terms: int | None = None,
+                per_channel: bool = False) -> nn.Module:
+    """A fresh (randomly initialized) model; bit 2..8 quantized, 32 full precision. terms: the number
+    n of additive terms (None: the release's); per_channel: one weight α per output channel."""
     if dataset not in ARCHS:
         raise ValueError(f"dataset must be one of {sorted(ARCHS)}, got {dataset!r}")
     if arch not in ARCHS[dataset]:
@@ -24,6 +26,8 @@ def build_model(dataset: str, arch: str, bit: int, scheme: str = "apot") -> nn.M
         raise ValueError(f"bit must be one of {BITS}, got {bit!r}")
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    if bit == FULL_PRECISION and (terms is not None or per_channel):
+        raise ValueError("terms and per_channel apply to quantized models (bit 2..8), not to full precision")
     if dataset == "cifar10":
-        return CifarResNet(ARCHS[dataset][arch], bit, scheme)
-    return ImageNetResNet(ARCHS[dataset][arch], bit, scheme)
+        return CifarResNet(ARCHS[dataset][arch], bit, scheme, terms=terms, per_channel=per_channel)
+    return ImageNetResNet(ARCHS[dataset][arch], bit, scheme, terms=terms, per_channel=per_channel)

@@ -1,0 +1,173 @@
+"""Export a quantized model as integers, in the safetensors format (no pickle), and load it back.
+
+What the file holds, per quantized convolution ``<name>``: ``<name>.weight_codes`` (the b-bit codes
+of :func:`apot_utils.integer.weight_codes`, packed b bits each), ``<name>.weight_shape``,
+``<name>.weight_alpha`` and ``<name>.act_alpha`` (float32), and ``<name>.scale``, the folded
+factor s = α_a·α_w / (I_a,max·I_w,max) (float64) that turns the integer convolution into the
+layer's output. The 8-bit first convolution and last linear layer: ``weight_codes`` as int8 (or
+int16 where a code leaves int8) and ``weight_max``. The level sets once: ``levels.act`` (float32,
+in projection order) with ``levels.act_integers``, ``levels.weight_magnitudes`` (sorted) with
+``levels.weight_integers``. BatchNorm parameters and statistics and the fc bias: float32.
+Metadata (strings): format, dataset, arch, bit, scheme, terms, per_channel, level_rule, source and
+its sha256.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import checkpoints
+from .integer import Fixed8bit, IntegerConv2d, pack_codes, unpack_codes, weight_codes
+from .layers import FirstConv8bit, LastLinear8bit, QuantConv2d
+from .levels import integer_levels, projection_order, weight_projection_order
+from .models import build_model
+
+FORMAT = "apot-integer-v1"
+
+
+def _eight_bit_codes(weight: torch.Tensor) -> torch.Tensor:
+    """round(w / max w · 127): the 8-bit layers' codes (int64)."""
+    return weight.detach().div(weight.detach().max()).mul(127).round().long()
+
+
+def export_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors of the exported file for a quantized model (module docstring)."""
+    tensors, some = {}, None
+    for name, module in model.named_modules():
+        if isinstance(module, QuantConv2d) and module.quantized:
+            some = module
+            codes = weight_codes(module.weight, module.weight_alpha, module.bit, module.weight_levels,
+                                 module.weight_stats_grad)
+            act_top = int(integer_levels(module.bit, module.scheme, module.terms)[-1])
+            weight_top = int(integer_levels(module.bit - 1, module.scheme, module.terms)[-1])
+            tensors |= {f"{name}.weight_codes": pack_codes(codes, module.bit),
+                        f"{name}.weight_shape": torch.tensor(codes.shape, dtype=torch.int64),
+                        f"{name}.weight_alpha": module.weight_alpha.detach().float().clone(),
+                        f"{name}.act_alpha": module.act_alpha.detach().float().clone(),
+                        f"{name}.scale": (module.act_alpha.detach().double() * module.weight_alpha.detach().double()
+                                          / (act_top * weight_top)).reshape(-1)}
+        elif isinstance(module, (FirstConv8bit, LastLinear8bit)):
+            codes = _eight_bit_codes(module.weight)
+            small = codes.abs().max() <= 127
+            tensors |= {f"{name}.weight_codes": codes.to(torch.int8 if small else torch.int16),
+                        f"{name}.weight_max": module.weight.detach().max().clone()}
+            if module.bias is not None:
+                tensors[f"{name}.bias"] = module.bias.detach().clone()
+        elif isinstance(module, nn.BatchNorm2d):
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                tensors[f"{name}.{key}"] = getattr(module, key).detach().clone()
+    if some is None:
+        raise ValueError("the model has no quantized layers: export needs a 2..8-bit model")
+    tensors |= {"levels.act": projection_order(some.bit, some.scheme, some.terms),
+                "levels.act_integers": _in_order(integer_levels(some.bit, some.scheme, some.terms),
+                                                 projection_order(some.bit, some.scheme, some.terms)),
+                "levels.weight_magnitudes": weight_projection_order(some.bit, some.scheme, some.terms).sort().values,
+                "levels.weight_integers": integer_levels(some.bit - 1, some.scheme, some.terms)}
+    return {k: v.contiguous() for k, v in tensors.items()}
+
+
+def _in_order(integers: torch.Tensor, listed: torch.Tensor) -> torch.Tensor:
+    """Sorted ``integers`` rearranged to follow the order in which ``listed`` gives the levels."""
+    return integers[torch.searchsorted(listed.sort().values, listed)]
+
+
+def export(model: nn.Module, out: str | Path, meta: dict) -> Path:
+    """Write ``model`` (quantized, any bitwidth 2..8) to ``out`` (refused if it exists) with ``meta``
+    (dataset, arch, bit, scheme, terms, per_channel, source, source_sha256), atomically."""
+    from safetensors.torch import save
+
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists: choose another --out (nothing was overwritten)")
+    if out.suffix != ".safetensors":
+        raise ValueError(f"the exported file's name must end in .safetensors, got {out.name}")
+    data = save(export_tensors(model), metadata={"format": FORMAT, "level_rule": checkpoints.LEVEL_RULE,
+                                                  **{k: json.dumps(v) for k, v in meta.items()}})
+    return checkpoints.write_atomically(out, lambda f: f.write(data))
+
+
+def read_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, metadata) of an exported file; a clear error for anything else."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no exported model at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise checkpoints.CheckpointError(f"{path} is not a readable safetensors file ({error})") from None
+    if raw.get("format") != FORMAT:
+        raise checkpoints.CheckpointError(f"{path} is not an exported APoT model (format {raw.get('format')!r}, "
+                                          f"expected {FORMAT!r})")
+    if raw.get("level_rule") != checkpoints.LEVEL_RULE:
+        raise checkpoints.CheckpointError(f"{path} was made with level-set rule {raw.get('level_rule')!r}, this "
+                                          f"version builds {checkpoints.LEVEL_RULE!r}")
+    meta = {k: json.loads(v) for k, v in raw.items() if k not in ("format", "level_rule")}
+    return tensors, meta
+
+
+def load_exported(path: str | Path, levels: str = "release", dataset: str | None = None, arch: str | None = None,
+                  bit: int | None = None) -> nn.Module:
+    """The model of an exported file, in eval mode: the architecture of its metadata, with every
+    quantized convolution an :class:`~apot_utils.integer.IntegerConv2d` and the 8-bit layers
+    :class:`~apot_utils.integer.Fixed8bit` (float arithmetic by default; see
+    :func:`~apot_utils.integer.integer_arithmetic`). dataset / arch / bit, when given, must match the file."""
+    tensors, meta = read_exported(path)
+    for name, wanted in (("dataset", dataset), ("arch", arch), ("bit", bit)):
+        if wanted is not None and meta.get(name) != wanted:
+            raise checkpoints.CheckpointError(f"{path} is a {meta.get('bit')}-bit {meta.get('arch')} {meta.get('dataset')} "
+                                              f"model, not {bit}-bit {arch} {dataset}")
+    model = build_model(meta["dataset"], meta["arch"], meta["bit"], meta["scheme"], meta.get("terms"),
+                        bool(meta.get("per_channel")))
+    expected = {"levels.act": projection_order(meta["bit"], meta["scheme"], meta.get("terms"))}
+    if not all(torch.equal(tensors.get(k, torch.empty(0)), v) for k, v in expected.items()):
+        raise checkpoints.CheckpointError(f"{path}: its level sets differ from those this version builds")
+    try:
+        for name, module in list(model.named_modules()):
+            if isinstance(module, QuantConv2d) and module.quantized:
+                shape = tuple(tensors[f"{name}.weight_shape"].tolist())
+                codes = unpack_codes(tensors[f"{name}.weight_codes"], module.bit, int(torch.tensor(shape).prod())).view(shape)
+                replacement = IntegerConv2d(codes, tensors[f"{name}.weight_alpha"], tensors[f"{name}.act_alpha"],
+                                            module.stride, module.padding, module.bit, module.scheme, module.terms, levels)
+            elif isinstance(module, FirstConv8bit):
+                replacement = Fixed8bit(tensors[f"{name}.weight_codes"].long(), tensors[f"{name}.weight_max"],
+                                        conv=(module.stride, module.padding))
+            elif isinstance(module, LastLinear8bit):
+                replacement = Fixed8bit(tensors[f"{name}.weight_codes"].long(), tensors[f"{name}.weight_max"],
+                                        tensors.get(f"{name}.bias"))
+            elif isinstance(module, nn.BatchNorm2d):
+                for key in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(module, key).data.copy_(tensors[f"{name}.{key}"])
+                continue
+            else:
+                continue
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, replacement)
+    except KeyError as missing:
+        raise checkpoints.CheckpointError(f"{path} lacks tensor {missing} of a {meta['arch']}: another architecture?") from None
+    return model.eval()
+
+
+def export_checkpoint(dataset: str, arch: str, bit: int | None, checkpoint, out, log=print) -> Path:
+    """What ``python -m apot_utils export`` does: load ``checkpoint`` ('release' or a path) and write it
+    to ``out`` as packed integers; prints the sizes of both files."""
+    from . import data
+    from .pipeline import load_model
+
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists: choose another --out (nothing was overwritten)")
+    model = load_model(dataset, arch, bit, checkpoint, log=lambda line: None)
+    source = checkpoints.release_path(dataset, arch, model.bit) if str(checkpoint) == "release" else Path(checkpoint)
+    meta = {"dataset": dataset, "arch": arch, "bit": model.bit, "scheme": model.scheme, "terms": model.terms,
+            "per_channel": model.per_channel, "source": data.display_path(source),
+            "source_sha256": checkpoints.sha256_of(source)}
+    export(model, out, meta)
+    log(f"=> wrote {out}: {out.stat().st_size:,} bytes (the checkpoint: {source.stat().st_size:,} bytes)")
+    return out
