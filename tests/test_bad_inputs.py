@@ -1,9 +1,11 @@
 """Bad input and faults: every try gives one clear error line and exit status 2 (or the documented
 behaviour) and writes nothing. The CLI runs in this process (``main(argv)``) except where a crash
 could take pytest down with it; then it runs in a subprocess."""
+import os
 import subprocess
 import sys
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -303,3 +305,15 @@ def test_offline_chapters_get_a_resnet20_shaped_stand_in(monkeypatch, tmp_path):
     assert torch.equal(torch.random.get_rng_state(), state)                 # the caller's random state is untouched
     assert source.startswith("randomly initialized ResNet-20, no released checkpoint") and "could not download" in source
     assert "layer3.0.conv2" in layers and torch.equal(layers["layer1.0.conv1"], analysis.resnet20_weights()[0]["layer1.0.conv1"])
+
+
+def test_notebooks_skip_with_the_reason_without_reference_data(tmp_path):
+    """A fresh clone without APOT_DATA_DIR: the chapters' cells skip, saying why (CI sets the data and runs them)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("APOT_DATA_DIR", "APOT_REQUIRE_DATA")}
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                          str(root / "notebooks" / "06_integer_inference.ipynb")],
+                         capture_output=True, text=True, cwd=root, env=env, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:]
+    assert "passed" not in run.stdout.splitlines()[-1] and "skipped" in run.stdout.splitlines()[-1]
+    assert "notebook outputs are computed from the reference data: set APOT_DATA_DIR" in run.stdout
