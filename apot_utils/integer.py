@@ -170,13 +170,13 @@ class IntegerConv2d(nn.Module):
 
     def activation_integers(self, x: torch.Tensor) -> torch.Tensor:
         """I_a of inputs x [N, C, H, W]: the level each input projects to (as in the float model), as its integer."""
-        q = project(x / self.act_alpha.to(x.dtype), self.act_levels.to(x.dtype))
+        q = project(x, self.act_levels.to(x.dtype), divisor=self.act_alpha.to(x.dtype))
         return self.act_integers[torch.searchsorted(self.act_sorted.to(x.dtype), q)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.integer:
             alpha = self.act_alpha.to(x.dtype)
-            x = project(x / alpha, self.act_levels.to(x.dtype), scale=alpha)
+            x = project(x, self.act_levels.to(x.dtype), scale=alpha, divisor=alpha)
             return F.conv2d(x, self.weight.to(x.dtype), None, self.stride, self.padding)
         acc = F.conv2d(self.activation_integers(x).double(), self.weight_int.double(), None, self.stride, self.padding)
         return acc.mul_(self.scale.view(1, -1, 1, 1)).to(x.dtype)      # exact integers, one rescale

@@ -44,9 +44,13 @@ def _nearest_index(x: torch.Tensor, levels: torch.Tensor, rows: int = 4096) -> t
                       for i in range(0, x.numel(), rows)])
 
 
-@lru_cache(maxsize=64)
-def _lookup_table(values: tuple[float, ...], dtype: torch.dtype, device: torch.device):
+@lru_cache(maxsize=256)
+def _lookup_table(values: tuple[float, ...], dtype: torch.dtype, device: torch.device, divisor: float | None = None):
     """Bucket table for :func:`project`; ``values``: the levels in their tie order.
+
+    divisor: a table for inputs x that the caller would divide by ``divisor`` (α) first: its decisions
+    are those for fl(x / divisor) in ``dtype`` (every bisection step evaluates exactly that), so the
+    lookup gives the same level without the division pass. None: for x itself.
 
     A non-negative float's bit pattern, read as an integer, grows with its value; its top bits
     (exponent and the first m mantissa bits) name a bucket. The table is refined until every
@@ -61,13 +65,14 @@ def _lookup_table(values: tuple[float, ...], dtype: torch.dtype, device: torch.d
     levels, order = given.sort()
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order))
+    alpha = torch.tensor(1.0 if divisor is None else divisor, dtype=dtype)
 
-    def nearest(x):          # index into the sorted levels of argmin over the given order
-        return rank[_nearest_index(x, given)]
+    def nearest(x):          # index into the sorted levels of argmin over the given order (of x / α)
+        return rank[_nearest_index(x if divisor is None else x / alpha, given)]
 
-    top = int(torch.tensor(1.0, dtype=dtype).view(int_dtype))
+    top = int(alpha.view(int_dtype))
     # Values below a quarter of the smallest positive level all go to 0: one bucket for them.
-    floor_bits = int((levels[1] / 4).view(int_dtype))
+    floor_bits = int((levels[1] * alpha / 4).view(int_dtype))
     for m in range(4, mantissa):
         shift = mantissa - m
         keys = torch.arange(floor_bits >> shift, (top >> shift) + 1, dtype=torch.int64)
@@ -83,7 +88,7 @@ def _lookup_table(values: tuple[float, ...], dtype: torch.dtype, device: torch.d
     flips = (hi_idx > lo_idx).nonzero().squeeze(1)
     lo, hi = first[flips].long(), last[flips].long()      # invariant: nearest(hi) is the next level
     while bool((hi > lo).any()):
-        mid = (lo + hi) // 2
+        mid = lo + (hi - lo) // 2          # not (lo + hi) // 2: float64 bit patterns above 2^62 would overflow
         upper = nearest(mid.to(int_dtype).view(dtype)) > lo_idx[flips]
         hi, lo = torch.where(upper, mid, hi), torch.where(upper, lo, mid + 1)
     threshold = torch.full((keys.numel(),), float("nan"), dtype=dtype)
@@ -92,7 +97,8 @@ def _lookup_table(values: tuple[float, ...], dtype: torch.dtype, device: torch.d
             lo_idx.to(torch.int32).to(device), levels.to(device))
 
 
-def project(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+def project(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor | None = None,
+            divisor: torch.Tensor | None = None) -> torch.Tensor:
     """Nearest level for every element: ``levels[argmin_j |x - levels[j]|]``, bit for bit.
 
     x: float32 or float64 tensor of any shape. Values below 0 (and -inf) go to 0, above 1 (and
@@ -101,7 +107,9 @@ def project(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor | None = 
     exactly between two levels goes to the one listed first, as argmin's first index does
     (sorted levels: ties to the lower one; :func:`apot_utils.levels.projection_order`: the
     release's choice). scale: optional 0-d tensor; the result is then ``levels[...] * scale``,
-    the same values as multiplying afterwards, in the same pass.
+    the same values as multiplying afterwards, in the same pass. divisor: optional positive 0-d
+    tensor α; the result is then that of ``project(x / α, ...)``, bit for bit, without the division
+    (the decisions are folded into a table built for that α).
 
     The result equals the argmin over the N×L distance table computed in x's precision, without
     building that table: three lookups into a small per-set table (:func:`_lookup_table`),
@@ -113,7 +121,10 @@ def project(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor | None = 
     values = tuple(levels.to(x.dtype).tolist()) if levels.dim() == 1 else ()
     if len(values) < 2 or min(values) != 0 or max(values) != 1 or len(set(values)) != len(values):
         raise ValueError("levels must be a 1-D set of distinct levels from 0 to 1")
-    shift, first_key, last_key, threshold, base, table_values = _lookup_table(values, x.dtype, x.device)
+    key = None if divisor is None else float(divisor.detach().to(x.dtype))
+    if key is not None and not (key > 0 and key != float("inf")):
+        raise ValueError(f"divisor must be a finite positive number, got {key}")
+    shift, first_key, last_key, threshold, base, table_values = _lookup_table(values, x.dtype, x.device, key)
     if scale is not None:
         table_values = table_values * scale.to(x.dtype)
     kernel = _lookup
@@ -168,7 +179,12 @@ def _compiled_lookup(device_type: str):
 
 
 class _ClippedProjection(torch.autograd.Function):
-    """α · project(clip(x / α)) with the straight-through / reparameterized gradients."""
+    """α · project(clip(x / α)) with the straight-through / reparameterized gradients.
+
+    The forward keeps only what the backward needs: the per-element slope of the output with respect
+    to α (q − u inside the clipping range, sign(u) or 1 beyond it, 0 below 0 for activations) and,
+    where the input gradient is masked, a boolean mask: 5 bytes an element (4 for weights without
+    gradient clipping) instead of u and q, 8 bytes."""
 
     @staticmethod
     def forward(ctx, x, alpha, levels, signed: bool, grad_scale: float, clip_grad: bool = False):
@@ -176,22 +192,21 @@ class _ClippedProjection(torch.autograd.Function):
         if signed:
             clipped = u.clamp(-1, 1)
             q = project(clipped.abs(), levels).mul_(clipped.sign())
+            outside = u.abs() > 1
+            slope = torch.where(outside, u.sign(), q - u)
+            keep = (u.abs() <= 1) if clip_grad else None
         else:
             q = project(u, levels)   # project maps u < 0 to 0 and u > 1 to 1: the clip
-        ctx.save_for_backward(u, q)
-        ctx.signed, ctx.grad_scale, ctx.clip_grad, ctx.alpha_shape = signed, grad_scale, clip_grad, tuple(alpha.shape)
+            keep = (u >= 0) & (u <= 1)
+            slope = torch.where(keep, q - u, (u > 1).to(u.dtype))
+        ctx.save_for_backward(slope, keep)
+        ctx.grad_scale, ctx.alpha_shape = grad_scale, tuple(alpha.shape)
         return q * alpha
 
     @staticmethod
     def backward(ctx, grad_out):
-        u, q = ctx.saved_tensors
-        if ctx.signed:
-            grad_x = grad_out * (u.abs() <= 1) if ctx.clip_grad else grad_out
-            slope = torch.where(u.abs() > 1, u.sign(), q - u)
-        else:
-            inside = (u >= 0) & (u <= 1)
-            grad_x = grad_out * inside
-            slope = torch.where(inside, q - u, (u > 1).to(u.dtype))
+        slope, keep = ctx.saved_tensors
+        grad_x = grad_out if keep is None else grad_out * keep
         per_element = grad_out * slope
         grad_alpha = per_element.sum() if ctx.alpha_shape == () else per_element.sum_to_size(ctx.alpha_shape)
         return grad_x, grad_alpha.mul(ctx.grad_scale), None, None, None, None
@@ -208,12 +223,12 @@ def quantize_activation(x: torch.Tensor, alpha: torch.Tensor, levels: torch.Tens
                         grad_scale: float = 1.0) -> torch.Tensor:
     """Unsigned quantization: α · project(clip(x/α, 0, 1)).
 
-    Without autograd (inference) the product with α is folded into the lookup: two passes
-    over x instead of five, the same values.
+    Without autograd (inference) the division by α and the product with α are folded into the
+    lookup (a table for each α): one pass over x instead of five, the same values.
     """
     if torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad):
         return _ClippedProjection.apply(x, alpha, levels, False, grad_scale)
-    return project(x / alpha, levels, scale=alpha.detach())
+    return project(x, levels, scale=alpha.detach(), divisor=alpha)
 
 
 def normalize_weight(w: torch.Tensor, stats_grad: bool = True) -> torch.Tensor:

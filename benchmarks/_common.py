@@ -61,8 +61,8 @@ def reference_formulation():
     """The release's formulation: argmin over the N×L table, weights re-quantized every forward."""
     from apot_utils import layers, quantize
 
-    def argmin_with_scale(x, levels, scale=None):
-        q = quantize.argmin_project(x.clamp(0, 1), levels)
+    def argmin_with_scale(x, levels, scale=None, divisor=None):
+        q = quantize.argmin_project((x if divisor is None else x / divisor).clamp(0, 1), levels)
         return q if scale is None else q * scale
 
     saved = quantize.project, layers.frozen_weights

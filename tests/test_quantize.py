@@ -7,7 +7,7 @@ import torch
 
 from apot_utils import quantize
 from apot_utils.layers import QuantConv2d
-from apot_utils.levels import level_set, weight_magnitudes
+from apot_utils.levels import level_set, projection_order, weight_magnitudes
 from apot_utils.quantize import argmin_project, project, quantize_activation, quantize_weight
 
 RELEASED = [level_set(b) for b in range(2, 7)] + [weight_magnitudes(b) for b in range(3, 7)]
@@ -160,3 +160,24 @@ def test_frozen_weights_only_inside_the_block(tmp_path):
         assert conv._frozen_weight is None
     torch.save(conv, tmp_path / "module.pt")
     assert "_frozen_weight" not in torch.load(tmp_path / "module.pt", weights_only=False).__dict__
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bits, scheme", [(2, "apot"), (3, "apot"), (4, "apot"), (5, "apot"), (6, "apot"), (4, "uniform"), (8, "apot")])
+def test_division_by_alpha_folded_into_the_table(bits, scheme, dtype):
+    """project(x, levels, divisor=α) == project(x / α, levels), bit for bit: random values, ±inf, NaN, ±0, and
+    the products α · midpoint with their float neighbours (where the division's rounding decides)."""
+    levels = projection_order(bits, scheme)
+    g = torch.Generator().manual_seed(bits)
+    for a in (0.37, 1.438, 7.9, 123.4):            # float64 bit patterns of α > 1 once overflowed the bisection
+        alpha = torch.tensor(a, dtype=dtype)
+        sorted_levels = levels.to(dtype).sort().values
+        mids = (sorted_levels[1:] + sorted_levels[:-1]) / 2 * alpha
+        x = torch.cat([torch.rand(50_000, generator=g, dtype=dtype) * a * 1.3 - 0.05 * a,
+                       torch.tensor([float("inf"), -float("inf"), float("nan"), 0.0, -0.0, a], dtype=dtype),
+                       mids, torch.nextafter(mids, mids + 1), torch.nextafter(mids, mids - 1)])
+        expected = project(x / alpha, levels, scale=alpha)
+        folded = project(x, levels, scale=alpha, divisor=alpha)
+        assert torch.equal(folded.nan_to_num(7.0), expected.nan_to_num(7.0)), a
+    with pytest.raises(ValueError, match="finite positive"):
+        project(x, levels, divisor=torch.tensor(0.0, dtype=dtype))

@@ -67,8 +67,11 @@ def test_outputs_bit_identical_to_unoptimized_path(ref, monkeypatch):
     model.eval()
     with layers.frozen_weights(model), torch.inference_mode():
         fast = model(images)
-    monkeypatch.setattr(quantize, "project", lambda x, levels, scale=None: (
-        quantize.argmin_project(x.clamp(0, 1), levels) * (1 if scale is None else scale)))
+    def argmin(x, levels, scale=None, divisor=None):      # the definition: divide, clip, argmin, scale
+        u = x if divisor is None else x / divisor
+        return quantize.argmin_project(u.clamp(0, 1), levels) * (1 if scale is None else scale)
+
+    monkeypatch.setattr(quantize, "project", argmin)
     with torch.inference_mode():
         slow = model(images)
     assert torch.equal(fast, slow)
