@@ -163,6 +163,8 @@ def export_checkpoint(dataset: str, arch: str, bit: int | None, checkpoint, out,
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists: choose another --out (nothing was overwritten)")
+    if out.suffix != ".safetensors":
+        raise ValueError(f"the exported file's name must end in .safetensors, got {out.name}")
     model = load_model(dataset, arch, bit, checkpoint, log=lambda line: None)
     source = checkpoints.release_path(dataset, arch, model.bit) if str(checkpoint) == "release" else Path(checkpoint)
     meta = {"dataset": dataset, "arch": arch, "bit": model.bit, "scheme": model.scheme, "terms": model.terms,

@@ -25,19 +25,50 @@ def machine() -> dict:
     return info
 
 
+def spread(seconds: list[float]) -> dict:
+    """median, min and max of repeated timings, and the runs themselves."""
+    ordered = sorted(seconds)
+    return {"median": ordered[len(ordered) // 2], "min": ordered[0], "max": ordered[-1], "runs": seconds}
+
+
+def interleaved(cases: dict, repeat: int = 3, device: str = "cpu") -> dict[str, dict]:
+    """Time every case of ``cases`` (name -> zero-argument callable) ``repeat`` times, interleaved: one
+    warm-up round (every case once, its time kept as ``first``), then ``repeat`` rounds in which each
+    case runs once, in the same order, so that baseline and candidates share the machine's state.
+    Returns name -> :func:`spread` of the timed rounds, with ``first``."""
+    first = {name: seconds_of(fn, device) for name, fn in cases.items()}
+    runs: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeat):
+        for name, fn in cases.items():
+            runs[name].append(seconds_of(fn, device))
+    return {name: {**spread(runs[name]), "first": first[name]} for name in cases}
+
+
+def command(argv: list[str], env: dict | None = None):
+    """A zero-argument callable that runs ``python argv...`` in a fresh process (what a user waits for:
+    process start, imports, model load, first batch included) and fails loudly if it fails."""
+    import subprocess
+
+    def run():
+        subprocess.run([sys.executable, *argv], check=True, capture_output=True, env={**os.environ, **(env or {})})
+    return run
+
+
+def seconds_of(fn, device: str = "cpu") -> float:
+    """Wall seconds of one call of ``fn`` (on CUDA, with the queued work finished on both sides)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def timed(fn, repeat: int = 5, device: str = "cpu") -> float:
     """Median seconds of ``repeat`` calls after one warm-up call."""
     fn()
-    times = []
-    for _ in range(repeat):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return spread([seconds_of(fn, device) for _ in range(repeat)])["median"]
 
 
 def write(name: str, rows: list[dict], **extra) -> Path:

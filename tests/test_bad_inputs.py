@@ -317,3 +317,24 @@ def test_notebooks_skip_with_the_reason_without_reference_data(tmp_path):
     assert run.returncode == 0, run.stdout[-2000:]
     assert "passed" not in run.stdout.splitlines()[-1] and "skipped" in run.stdout.splitlines()[-1]
     assert "notebook outputs are computed from the reference data: set APOT_DATA_DIR" in run.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["quantize", "--bit", "3", "--terms", "3", "--out", "x.pth.tar"], "3-bit weights project their magnitudes to a 2-bit set"),
+    (["quantize", "--bit", "8", "--terms", "1", "--out", "x.pth.tar"], "terms must be one of"),
+    (["quantize", "--bit", "9", "--out", "x.pth.tar"], "invalid choice"),
+    (["quantize", "--bit", "32", "--out", "x.pth.tar"], "quantize needs --bit 2..8"),
+    (["quantize", "--bit", "4", "--calib", "0", "--out", "x.pth.tar"], "must be at least 1"),
+    (["quantize", "--bit", "4", "--init", "QUANTIZED", "--out", "x.pth.tar"], "post-training quantization starts from a full-precision"),
+    (["export", "--bit", "32", "--out", "x.safetensors"], "export needs a quantized model"),
+    (["export", "--bit", "3", "--out", "x.pt"], "must end in .safetensors"),
+])
+def test_quantize_and_export_refuse_bad_arguments_and_write_nothing(argv, message, ref, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = [str(ref("checkpoints/cifar10/res20_3bit.pth.tar")) if a == "QUANTIZED" else a for a in argv]
+    try:
+        status = main(argv)
+    except SystemExit as stop:
+        status = stop.code
+    assert status == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
