@@ -13,7 +13,7 @@ from torch import nn
 
 from . import checkpoints
 from .layers import QuantConv2d
-from .levels import SCHEMES, default_terms, integer_levels, level_set, term_exponents, projection_order, shift_add_terms, weight_magnitudes, weight_projection_order
+from .levels import SCHEMES, default_terms, integer_levels, level_set, max_set_bits, term_exponents, projection_order, weight_magnitudes, weight_projection_order
 from .quantize import normalize_weight, quantize_activation, quantize_weight
 
 ALPHA_GRID = torch.arange(0.2, 8.0001, 0.05, dtype=torch.float64)   # σ, for the α search
@@ -89,7 +89,7 @@ def cost_table(bits=range(2, 7)) -> list[dict]:
     rows = []
     for b in bits:
         rows.append({"b": b, "act levels": 2**b, "weight levels": 2**b - 1,
-                     "APoT act terms": shift_add_terms(b), "APoT weight terms": default_terms(b - 1),
+                     "APoT act terms": max_set_bits(b), "APoT weight terms": max_set_bits(b - 1),
                      "PoT terms": 1, "uniform act terms": b, "uniform weight terms": b - 1})
     return rows
 
@@ -98,9 +98,8 @@ def integer_form(bits: int) -> dict:
     """The b-bit APoT set before γ: every level is an integer multiple of 2^-E (E the largest exponent of
     its terms) with at most n set bits. Returns E, n, the integers [2^b] and the largest number of set bits."""
     exponents = term_exponents(bits, default_terms(bits))
-    sums = integer_levels(bits).tolist()
-    return {"E": max(max(e) for e in exponents if e), "n": len(exponents), "integers": sums,
-            "max set bits": max(bin(v).count("1") for v in sums)}
+    return {"E": max(max(e) for e in exponents if e), "n": len(exponents), "integers": integer_levels(bits).tolist(),
+            "max set bits": max_set_bits(bits)}
 
 
 def print_rows(rows: list[dict], formats: dict[str, str] | None = None) -> None:

@@ -17,13 +17,9 @@ import torch
 from torch import nn
 
 from .layers import FirstConv8bit, LastLinear8bit, QuantConv2d
-from .levels import integer_levels
+from .levels import max_set_bits
 
 APOT_FIXOPS_FACTOR = 0.75
-
-
-def _set_bits(integers: torch.Tensor) -> int:
-    return max(bin(int(v)).count("1") for v in integers)
 
 
 def layer_rows(model: nn.Module, image_shape: tuple[int, int, int]) -> list[dict]:
@@ -37,8 +33,8 @@ def layer_rows(model: nn.Module, image_shape: tuple[int, int, int]) -> list[dict
         def hook(module, args, out):
             macs = out.numel() * module.weight[0].numel()        # per output element: C_in/groups · kh · kw
             if isinstance(module, QuantConv2d) and module.quantized:
-                b, n_w = module.bit, _set_bits(integer_levels(module.bit - 1, module.scheme, module.terms))
-                n_a = _set_bits(integer_levels(module.bit, module.scheme, module.terms))
+                b, n_w = module.bit, max_set_bits(module.bit - 1, module.scheme, module.terms)
+                n_a = max_set_bits(module.bit, module.scheme, module.terms)
                 bits, weight_bytes = (b, b), module.weight.numel() * b / 8
             elif isinstance(module, (FirstConv8bit, LastLinear8bit)):     # 8-bit codes: an 8-bit multiplier
                 bits, n_w, n_a, weight_bytes = (8, 8), None, None, module.weight.numel()

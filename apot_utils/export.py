@@ -20,17 +20,13 @@ import torch
 from torch import nn
 
 from . import checkpoints
-from .integer import Fixed8bit, IntegerConv2d, pack_codes, unpack_codes, weight_codes
+from .integer import Fixed8bit, IntegerConv2d, folded_scale, in_order, pack_codes, unpack_codes, weight_codes
 from .layers import FirstConv8bit, LastLinear8bit, QuantConv2d
 from .levels import integer_levels, projection_order, weight_projection_order
 from .models import build_model
+from .quantize import eight_bit_codes
 
 FORMAT = "apot-integer-v1"
-
-
-def _eight_bit_codes(weight: torch.Tensor) -> torch.Tensor:
-    """round(w / max w · 127): the 8-bit layers' codes (int64)."""
-    return weight.detach().div(weight.detach().max()).mul(127).round().long()
 
 
 def export_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -41,16 +37,14 @@ def export_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
             some = module
             codes = weight_codes(module.weight, module.weight_alpha, module.bit, module.weight_levels,
                                  module.weight_stats_grad)
-            act_top = int(integer_levels(module.bit, module.scheme, module.terms)[-1])
-            weight_top = int(integer_levels(module.bit - 1, module.scheme, module.terms)[-1])
             tensors |= {f"{name}.weight_codes": pack_codes(codes, module.bit),
                         f"{name}.weight_shape": torch.tensor(codes.shape, dtype=torch.int64),
                         f"{name}.weight_alpha": module.weight_alpha.detach().float().clone(),
                         f"{name}.act_alpha": module.act_alpha.detach().float().clone(),
-                        f"{name}.scale": (module.act_alpha.detach().double() * module.weight_alpha.detach().double()
-                                          / (act_top * weight_top)).reshape(-1)}
+                        f"{name}.scale": folded_scale(module.act_alpha, module.weight_alpha, module.bit,
+                                                      module.scheme, module.terms)}
         elif isinstance(module, (FirstConv8bit, LastLinear8bit)):
-            codes = _eight_bit_codes(module.weight)
+            codes = eight_bit_codes(module.weight).long()
             small = codes.abs().max() <= 127
             tensors |= {f"{name}.weight_codes": codes.to(torch.int8 if small else torch.int16),
                         f"{name}.weight_max": module.weight.detach().max().clone()}
@@ -62,16 +56,11 @@ def export_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     if some is None:
         raise ValueError("the model has no quantized layers: export needs a 2..8-bit model")
     tensors |= {"levels.act": projection_order(some.bit, some.scheme, some.terms),
-                "levels.act_integers": _in_order(integer_levels(some.bit, some.scheme, some.terms),
-                                                 projection_order(some.bit, some.scheme, some.terms)),
+                "levels.act_integers": in_order(integer_levels(some.bit, some.scheme, some.terms),
+                                                projection_order(some.bit, some.scheme, some.terms)),
                 "levels.weight_magnitudes": weight_projection_order(some.bit, some.scheme, some.terms).sort().values,
                 "levels.weight_integers": integer_levels(some.bit - 1, some.scheme, some.terms)}
     return {k: v.contiguous() for k, v in tensors.items()}
-
-
-def _in_order(integers: torch.Tensor, listed: torch.Tensor) -> torch.Tensor:
-    """Sorted ``integers`` rearranged to follow the order in which ``listed`` gives the levels."""
-    return integers[torch.searchsorted(listed.sort().values, listed)]
 
 
 def export(model: nn.Module, out: str | Path, meta: dict) -> Path:
@@ -125,8 +114,7 @@ def load_exported(path: str | Path, levels: str = "release", dataset: str | None
                                               f"model, not {bit}-bit {arch} {dataset}")
     model = build_model(meta["dataset"], meta["arch"], meta["bit"], meta["scheme"], meta.get("terms"),
                         bool(meta.get("per_channel")))
-    expected = {"levels.act": projection_order(meta["bit"], meta["scheme"], meta.get("terms"))}
-    if not all(torch.equal(tensors.get(k, torch.empty(0)), v) for k, v in expected.items()):
+    if not torch.equal(tensors.get("levels.act", torch.empty(0)), projection_order(meta["bit"], meta["scheme"], meta.get("terms"))):
         raise checkpoints.CheckpointError(f"{path}: its level sets differ from those this version builds")
     try:
         for name, module in list(model.named_modules()):

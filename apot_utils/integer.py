@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .levels import integer_levels, projection_order, weight_projection_order
-from .quantize import normalize_weight, project
+from .quantize import normalize_weight, project, quantize_activation
 
 FLOAT64_EXACT = 2**53     # integers up to this magnitude, and their sums, are exact in float64
 LEVEL_VALUES = ("release", "exact")
@@ -69,22 +69,24 @@ def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     return (stream.view(count, bits) << torch.arange(bits)).sum(1)
 
 
-def _columns(a: torch.Tensor, kernel: tuple[int, int], stride, padding) -> torch.Tensor:
-    """im2col of integer activations [N, C, H, W] -> int64 [N, C·kh·kw, L] (exact: unfolding copies values)."""
+def _unfold(a: torch.Tensor, w: torch.Tensor, stride, padding) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """im2col of integer activations a [N, C, H, W] for weights w [O, C, kh, kw]: int64 columns
+    [N, C·kh·kw, L] (exact: unfolding copies values) and the output shape [N, O, H', W']."""
+    stride, padding = nn.modules.utils._pair(stride), nn.modules.utils._pair(padding)
     if int(a.abs().max()) >= FLOAT64_EXACT:
         raise ValueError("activation integers too large to unfold exactly")
-    return F.unfold(a.double(), kernel, padding=padding, stride=stride).long()
+    kh, kw = w.shape[2:]
+    cols = F.unfold(a.double(), (kh, kw), padding=padding, stride=stride).long()
+    height = (a.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
+    width = (a.shape[3] + 2 * padding[1] - kw) // stride[1] + 1
+    return cols, (len(a), len(w), height, width)
 
 
 def integer_conv2d(a: torch.Tensor, w: torch.Tensor, stride=1, padding=0) -> torch.Tensor:
     """conv2d of int64 activations [N, C, H, W] with int64 weights [O, C, kh, kw] in int64 arithmetic
     (products and sums exact as long as they stay below 2^63). Returns int64 [N, O, H', W']."""
-    stride, padding = nn.modules.utils._pair(stride), nn.modules.utils._pair(padding)
-    kh, kw = w.shape[2:]
-    cols = _columns(a, (kh, kw), stride, padding)
-    out = w.reshape(len(w), -1) @ cols                  # [N, O, L], int64 matmul
-    height = (a.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
-    return out.view(len(a), len(w), height, -1)
+    cols, shape = _unfold(a, w, stride, padding)
+    return (w.reshape(len(w), -1) @ cols).view(shape)          # int64 matmul
 
 
 def power_of_two_parts(w: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -106,33 +108,44 @@ def shift_add_conv2d(a: torch.Tensor, w: torch.Tensor, stride=1, padding=0) -> t
     """:func:`integer_conv2d` without a multiplier: each weight is split into its power-of-two parts
     (:func:`power_of_two_parts`), and every part adds or subtracts the activation shifted left by
     its exponent, on int64. a: int64 [N, C, H, W] >= 0; w: int64 [O, C, kh, kw]. Returns int64 [N, O, H', W']."""
-    stride, padding = nn.modules.utils._pair(stride), nn.modules.utils._pair(padding)
-    kh, kw = w.shape[2:]
-    cols = _columns(a, (kh, kw), stride, padding)       # [N, K, L]
+    cols, shape = _unfold(a, w, stride, padding)          # [N, K, L]
     out = cols.new_zeros(len(a), len(w), cols.shape[2])
     for shift, sign in power_of_two_parts(w.reshape(len(w), -1)):          # [O, K] each
         for o in range(len(w)):
             shifted = cols << shift[o].view(1, -1, 1)                       # a · 2^shift, as shifts
             out[:, o] += (shifted * sign[o].view(1, -1, 1)).sum(1)          # ±: an add or a subtract
-    height = (a.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
-    return out.view(len(a), len(w), height, -1)
+    return out.view(shape)
+
+
+def accumulator_bound(a_max: int, w: torch.Tensor) -> int:
+    """The largest |partial sum| a convolution of integer activations in [0, a_max] with integer
+    weights w [O, C, kh, kw] can reach: a_max · max_o Σ |w[o]|."""
+    return a_max * int(w.abs().flatten(1).sum(1).max())
 
 
 def exact_in_float64(a_max: int, w: torch.Tensor) -> bool:
-    """Whether a float64 convolution of integer activations in [0, a_max] with integer weights w
-    [O, C, kh, kw] is exact: every product and partial sum is an integer of magnitude at most
-    a_max · max_o Σ |w[o]|, and float64 holds every integer below 2^53 exactly, whatever the order of
-    the summation."""
-    return a_max * int(w.abs().flatten(1).sum(1).max()) < FLOAT64_EXACT
+    """Whether a float64 convolution of integer activations in [0, a_max] with integer weights w is exact:
+    every product and partial sum is an integer of magnitude at most :func:`accumulator_bound`, and
+    float64 holds every integer below 2^53 exactly, whatever the order of the summation."""
+    return accumulator_bound(a_max, w) < FLOAT64_EXACT
+
+
+def folded_scale(act_alpha: torch.Tensor, weight_alpha: torch.Tensor, bits: int, scheme: str = "apot",
+                 terms: int | None = None) -> torch.Tensor:
+    """s = α_a · α_w / (I_a,max · I_w,max), float64, one value per weight α (1 per layer, or C_out)."""
+    tops = int(integer_levels(bits, scheme, terms)[-1]) * int(integer_levels(bits - 1, scheme, terms)[-1])
+    return (act_alpha.detach().double() * weight_alpha.detach().double() / tops).reshape(-1)
+
+
+def in_order(sorted_values: torch.Tensor, listed: torch.Tensor) -> torch.Tensor:
+    """``sorted_values`` (one per level of a set, ascending) rearranged to follow the order in which
+    ``listed`` gives the set's levels (e.g. :func:`apot_utils.levels.projection_order`)."""
+    return sorted_values[torch.searchsorted(listed.sort().values, listed)]
 
 
 def _level_values(integers: torch.Tensor, release: torch.Tensor, levels: str) -> torch.Tensor:
     """The level values in ``release``'s order: the release's float32 ones, or I / I_max in float64."""
-    if levels == "release":
-        return release
-    exact = integers.double() / integers[-1]
-    rank = torch.searchsorted(release.sort().values, release)     # position of each listed level when sorted
-    return exact[rank]
+    return release if levels == "release" else in_order(integers.double() / integers[-1], release)
 
 
 class IntegerConv2d(nn.Module):
@@ -148,7 +161,7 @@ class IntegerConv2d(nn.Module):
         super().__init__()
         if levels not in LEVEL_VALUES:
             raise ValueError(f"levels must be one of {LEVEL_VALUES}, got {levels!r}")
-        self.stride, self.padding, self.bits, self.integer = stride, padding, bits, False
+        self.stride, self.padding, self.integer = stride, padding, False
         act_integers, weight_integers = integer_levels(bits, scheme, terms), integer_levels(bits - 1, scheme, terms)
         act_order = projection_order(bits, scheme, terms)
         act_values = _level_values(act_integers, act_order, levels)
@@ -163,8 +176,7 @@ class IntegerConv2d(nn.Module):
         # the fake-quantized weight, in the quantizer's order of operations: level · sign · α
         self.register_buffer("weight", magnitudes[index].mul(sign.to(dtype)).mul(self.weight_alpha))
         self.register_buffer("weight_int", weight_integers[index] * sign)     # c_w
-        self.register_buffer("scale", (act_alpha.double() * weight_alpha.double()
-                                       / (int(act_integers[-1]) * int(weight_integers[-1]))).view(-1))
+        self.register_buffer("scale", folded_scale(act_alpha, weight_alpha, bits, scheme, terms))
         if not exact_in_float64(int(act_integers[-1]), self.weight_int):
             raise ValueError("this layer's integer convolution could overflow float64's exact range")
 
@@ -175,8 +187,7 @@ class IntegerConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.integer:
-            alpha = self.act_alpha.to(x.dtype)
-            x = project(x, self.act_levels.to(x.dtype), scale=alpha, divisor=alpha)
+            x = quantize_activation(x, self.act_alpha.to(x.dtype), self.act_levels.to(x.dtype))
             return F.conv2d(x, self.weight.to(x.dtype), None, self.stride, self.padding)
         acc = F.conv2d(self.activation_integers(x).double(), self.weight_int.double(), None, self.stride, self.padding)
         return acc.mul_(self.scale.view(1, -1, 1, 1)).to(x.dtype)      # exact integers, one rescale

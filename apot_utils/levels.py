@@ -217,11 +217,8 @@ def integer_levels(bits: int, scheme: str = "apot", terms: int | None = None) ->
     return torch.tensor(sorted(sums), dtype=torch.int64)
 
 
-def shift_add_terms(bits: int, scheme: str = "apot", terms: int | None = None) -> int:
-    """Power-of-two terms one multiplication by a level costs (shift-and-add operations).
+def max_set_bits(bits: int, scheme: str = "apot", terms: int | None = None) -> int:
+    """The most set bits of any :func:`integer_levels` integer: the shifted copies a multiplication by a
+    level needs (APoT: n, PoT: 1, uniform: b)."""
+    return max(bin(int(v)).count("1") for v in integer_levels(bits, scheme, terms))
 
-    Uniform levels are b-bit integers (up to ``bits`` shifted copies); PoT one shift;
-    APoT one shift per additive term.
-    """
-    bits, scheme, terms = _validate(bits, scheme, terms, MIN_BITS)
-    return terms

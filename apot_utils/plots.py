@@ -465,7 +465,6 @@ def integer_layer(trace: dict, name: str):
         values, counts = torch.unique(trace[key], return_counts=True)
         ax.bar(range(len(values)), counts.numpy(), color="tab:blue")
         ax.set_xticks(range(len(values)), [str(v) for v in values.tolist()], fontsize=8, rotation=90 if len(values) > 12 else 0)
-        ax.set_yscale("log")
         ax.set_title(title)
         ax.set_ylabel("count")
     fake = trace["fake"].double().flatten()

@@ -242,10 +242,15 @@ def normalize_weight(w: torch.Tensor, stats_grad: bool = True) -> torch.Tensor:
     return (w - mean) / std
 
 
+def eight_bit_codes(w: torch.Tensor) -> torch.Tensor:
+    """The 8-bit layers' integer codes ``round(w / max(w) · 127)`` (w's dtype, no gradient)."""
+    w = w.detach()
+    return w.div(w.max()).mul(127).round()
+
+
 def quantize_8bit(w: torch.Tensor) -> torch.Tensor:
-    """8-bit first/last layer weights: ``round(w / max(w) · 127) / 127 · max(w)``, straight through."""
-    top = w.detach().max()
-    wq = w.div(top).mul(127).round().div(127).mul(top)
+    """8-bit first/last layer weights: ``eight_bit_codes(w) / 127 · max(w)``, straight through."""
+    wq = eight_bit_codes(w).div(127).mul(w.detach().max())
     return (wq - w).detach() + w
 
 
