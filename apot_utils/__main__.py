@@ -108,6 +108,8 @@ def main(argv=None) -> int:
         return 0
     if args.arch not in ARCHS[args.dataset]:
         parser.error(f"--arch for {args.dataset} must be one of {sorted(ARCHS[args.dataset])}")
+    from .evaluate import reuse_freed_memory
+    reuse_freed_memory()
     try:
         if args.command == "quantize":
             from .ptq import Calibration, quantize_checkpoint

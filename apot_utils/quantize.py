@@ -20,11 +20,12 @@ import logging
 import os
 import warnings
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from .levels import level_set, projection_order, weight_projection_order
+from .levels import projection_order, weight_projection_order
 
 _INT_VIEW = {torch.float32: (torch.int32, 23), torch.float64: (torch.int64, 52)}
 
@@ -44,21 +45,46 @@ def _nearest_index(x: torch.Tensor, levels: torch.Tensor, rows: int = 4096) -> t
                       for i in range(0, x.numel(), rows)])
 
 
+def _checked_levels(levels: torch.Tensor, dtype: torch.dtype) -> tuple[float, ...]:
+    """The levels as a tuple of ``dtype`` values (their order kept), after checking both."""
+    if dtype not in _INT_VIEW:
+        raise TypeError(f"project supports float32 and float64 inputs, got {dtype}")
+    values = tuple(levels.to(dtype).tolist()) if levels.dim() == 1 else ()
+    if len(values) < 2 or min(values) != 0 or max(values) != 1 or len(set(values)) != len(values):
+        raise ValueError("levels must be a 1-D set of distinct levels from 0 to 1")
+    return values
+
+
+class _Decisions(NamedTuple):
+    """Where the nearest level changes, for one level set, dtype and α (see :func:`_decisions`).
+
+    thresholds: [L - 1] in the input's units, ascending: an input x gets the i-th sorted level
+    (i = 0 .. L-1) where ``thresholds[i-1] <= x < thresholds[i]``. levels: [L], sorted. The
+    bucket table serves the same decisions by lookup: bucket = (x's bit pattern >> shift), clamped
+    to [first_key, last_key]; the level is ``base[bucket] + (x >= bucket_threshold[bucket])``.
+    """
+    thresholds: torch.Tensor
+    levels: torch.Tensor
+    shift: int
+    first_key: int
+    last_key: int
+    bucket_threshold: torch.Tensor
+    base: torch.Tensor
+
+
 @lru_cache(maxsize=256)
-def _lookup_table(values: tuple[float, ...], dtype: torch.dtype, device: torch.device, divisor: float | None = None):
-    """Bucket table for :func:`project`; ``values``: the levels in their tie order.
+def _decisions(values: tuple[float, ...], dtype: torch.dtype, device: torch.device, divisor: float | None = None):
+    """The decision thresholds of :func:`project` for levels ``values`` (in their tie order).
 
-    divisor: a table for inputs x that the caller would divide by ``divisor`` (α) first: its decisions
-    are those for fl(x / divisor) in ``dtype`` (every bisection step evaluates exactly that), so the
-    lookup gives the same level without the division pass. None: for x itself.
+    divisor: thresholds for inputs x that the caller would divide by ``divisor`` (α) first: the
+    decisions are those for fl(x / divisor) in ``dtype``, so no division pass is needed. None: for x.
 
-    A non-negative float's bit pattern, read as an integer, grows with its value; its top bits
-    (exponent and the first m mantissa bits) name a bucket. The table is refined until every
-    bucket of [0, 1] holds at most one change of nearest level; for each bucket it stores the
-    nearest level at its start (``base``, an index into the sorted levels) and the smallest value
-    in it whose nearest level is the next one (``threshold``, found by bisection on the bit
-    patterns with the argmin rule over ``values`` in their given order; NaN where the bucket
-    holds no change, so that no comparison, not even with +inf, steps past the top level).
+    A non-negative float's bit pattern, read as an integer, grows with its value, and so does the
+    index of its nearest level (argmin over ``values`` in their order, the way the reference computes
+    it): each threshold, the smallest value whose nearest level is the i-th or above, is found by
+    bisection on the bit patterns between 0 and the top (1, or α). The bucket table uses the top bits
+    of the pattern (exponent and the first m mantissa bits), m just large enough to give every
+    threshold a bucket of its own.
     """
     int_dtype, mantissa = _INT_VIEW[dtype]
     given = torch.tensor(values, dtype=dtype)
@@ -67,34 +93,32 @@ def _lookup_table(values: tuple[float, ...], dtype: torch.dtype, device: torch.d
     rank[order] = torch.arange(len(order))
     alpha = torch.tensor(1.0 if divisor is None else divisor, dtype=dtype)
 
-    def nearest(x):          # index into the sorted levels of argmin over the given order (of x / α)
+    def nearest(bits):     # index into the sorted levels of argmin over the given order (of x / α)
+        x = bits.to(int_dtype).view(dtype)
         return rank[_nearest_index(x if divisor is None else x / alpha, given)]
 
     top = int(alpha.view(int_dtype))
-    # Values below a quarter of the smallest positive level all go to 0: one bucket for them.
-    floor_bits = int((levels[1] * alpha / 4).view(int_dtype))
-    for m in range(4, mantissa):
-        shift = mantissa - m
-        keys = torch.arange(floor_bits >> shift, (top >> shift) + 1, dtype=torch.int64)
-        first = (keys << shift).to(int_dtype)
-        first[0] = 0
-        last = (((keys + 1) << shift) - 1).clamp(max=top).to(int_dtype)
-        lo_idx = nearest(first.view(dtype))
-        hi_idx = nearest(last.view(dtype))
-        if int((hi_idx - lo_idx).max()) <= 1:
-            break
-    else:
-        raise ValueError("level set too dense for a projection table")
-    flips = (hi_idx > lo_idx).nonzero().squeeze(1)
-    lo, hi = first[flips].long(), last[flips].long()      # invariant: nearest(hi) is the next level
+    wanted = torch.arange(1, len(levels))
+    lo, hi = torch.zeros_like(wanted), torch.full_like(wanted, top)    # invariant: nearest(hi) >= wanted
     while bool((hi > lo).any()):
         mid = lo + (hi - lo) // 2          # not (lo + hi) // 2: float64 bit patterns above 2^62 would overflow
-        upper = nearest(mid.to(int_dtype).view(dtype)) > lo_idx[flips]
+        upper = nearest(mid) >= wanted
         hi, lo = torch.where(upper, mid, hi), torch.where(upper, lo, mid + 1)
-    threshold = torch.full((keys.numel(),), float("nan"), dtype=dtype)
-    threshold[flips] = hi.to(int_dtype).view(dtype)
-    return (shift, int(keys[0]), int(keys[-1]), threshold.to(device),
-            lo_idx.to(torch.int32).to(device), levels.to(device))
+    if not (bool((nearest(hi) == wanted).all()) and bool((nearest(hi - 1) == wanted - 1).all())):
+        raise ValueError("level set too dense for exact thresholds: a level is nearest to no float")
+    for shift in range(mantissa - 4, -1, -1):
+        buckets = hi >> shift
+        if bool((buckets[1:] > buckets[:-1]).all()):
+            break
+    first_key, last_key = int(buckets[0]), top >> shift
+    if last_key - first_key >= 1 << 22:
+        raise ValueError("level set too dense for a projection table")
+    keys = torch.arange(first_key, last_key + 1)
+    base = torch.searchsorted(hi, keys << shift)           # thresholds below each bucket's start
+    bucket_threshold = torch.full((keys.numel(),), float("nan"), dtype=dtype)   # NaN: no change in the bucket
+    bucket_threshold[buckets - first_key] = hi.to(int_dtype).view(dtype)
+    return _Decisions(hi.to(int_dtype).view(dtype).to(device), levels.to(device), shift, first_key, last_key,
+                      bucket_threshold.to(device), base.to(torch.int32).to(device))
 
 
 def project(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor | None = None,
@@ -109,104 +133,230 @@ def project(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor | None = 
     release's choice). scale: optional 0-d tensor; the result is then ``levels[...] * scale``,
     the same values as multiplying afterwards, in the same pass. divisor: optional positive 0-d
     tensor α; the result is then that of ``project(x / α, ...)``, bit for bit, without the division
-    (the decisions are folded into a table built for that α).
+    (the decisions are folded into thresholds computed for that α).
 
     The result equals the argmin over the N×L distance table computed in x's precision, without
-    building that table: three lookups into a small per-set table (:func:`_lookup_table`),
+    building that table: comparisons with the L - 1 decision thresholds (:func:`_decisions`),
     memory O(N), independent of L. Large inputs run through a kernel fused by ``torch.compile``
-    where it is available (same integer arithmetic, same result; ``APOT_COMPILE=0`` turns it off).
+    where it is available (``APOT_COMPILE=0`` turns it off): up to ``_TREE_MAX_LEVELS`` levels a
+    binary search written as vector compares and selects (:func:`_select_tree`), above that a lookup
+    in a bucket table (:func:`_lookup`, also the eager kernel); all give the same result.
     """
-    if x.dtype not in _INT_VIEW:
-        raise TypeError(f"project supports float32 and float64 inputs, got {x.dtype}")
-    values = tuple(levels.to(x.dtype).tolist()) if levels.dim() == 1 else ()
-    if len(values) < 2 or min(values) != 0 or max(values) != 1 or len(set(values)) != len(values):
-        raise ValueError("levels must be a 1-D set of distinct levels from 0 to 1")
+    values = _checked_levels(levels, x.dtype)
     key = None if divisor is None else float(divisor.detach().to(x.dtype))
     if key is not None and not (key > 0 and key != float("inf")):
         raise ValueError(f"divisor must be a finite positive number, got {key}")
-    shift, first_key, last_key, threshold, base, table_values = _lookup_table(values, x.dtype, x.device, key)
-    if scale is not None:
-        table_values = table_values * scale.to(x.dtype)
-    kernel = _lookup
-    if x.numel() >= _COMPILE_MIN_NUMEL and _compiled_lookup(x.device.type) is not None:
-        kernel = _compiled_lookup(x.device.type)
-    return kernel(x.contiguous(), shift, first_key, last_key, threshold, base, table_values)
+    decisions = _decisions(values, x.dtype, x.device, key)
+    outputs = decisions.levels if scale is None else decisions.levels * scale.to(x.dtype)
+    return _run("project", x.reshape(-1), decisions, outputs).view_as(x)
 
 
 _COMPILE_MIN_NUMEL = 1 << 16
+_TREE_MAX_LEVELS = 16      # up to here the select tree is faster than the lookup (benchmarks/bench_projection.py)
 
 
-def _lookup(x, shift: int, first_key: int, last_key: int, threshold, base, values):
-    key = (x.view(_INT_VIEW[x.dtype][0]) >> shift).clamp_(first_key, last_key).sub_(first_key).view(-1)
-    upper = x.reshape(-1) >= threshold.index_select(0, key)
-    index = base.index_select(0, key)
+def _lookup(x: torch.Tensor, d: _Decisions, outputs: torch.Tensor) -> torch.Tensor:
+    """x: 1-D. The level of every element from its bucket: ``outputs[base + (x >= threshold)]``."""
+    key = (x.view(_INT_VIEW[x.dtype][0]) >> d.shift).clamp_(d.first_key, d.last_key).sub_(d.first_key)
+    upper = x >= d.bucket_threshold.index_select(0, key)
+    index = d.base.index_select(0, key)
     del key
     index += upper
     del upper
-    return values.index_select(0, index).view_as(x).masked_fill_(x.isnan(), float("nan"))   # NaN stays NaN
+    return outputs.index_select(0, index).masked_fill_(x.isnan(), float("nan"))   # NaN stays NaN
+
+
+def _select_tree(x: torch.Tensor, d: _Decisions, outputs: torch.Tensor) -> torch.Tensor:
+    """x: 1-D. The level of every element by a binary search over the thresholds written as nested selects
+    (L - 1 comparisons an element, no lookups, short dependency chains: torch.compile fuses it into one pass
+    of vector compares and blends; eager it would take L passes)."""
+    t = d.thresholds
+
+    def between(lo: int, hi: int) -> torch.Tensor:      # the output where x lies between sorted levels lo and hi
+        if lo == hi:
+            return outputs[lo]
+        mid = (lo + hi + 1) // 2
+        return torch.where(x >= t[mid - 1], between(mid, hi), between(lo, mid - 1))
+
+    return torch.where(x != x, x, between(0, t.shape[0]))     # NaN stays NaN (x != x vectorizes, isnan does not)
+
+
+def _clip_parts(project_kernel, x: torch.Tensor, d: _Decisions, levels: torch.Tensor, alpha: torch.Tensor):
+    """x: 1-D activations. The activation quantizer's forward and all its backward needs, in one tensor:
+    (α · q, code) with u = x / α, q = project(u) (u below 0 to 0, above 1 to 1) and ``code`` the slope
+    of the output with respect to α where 0 <= u <= 1 (q - u, always finite), +inf where u > 1 (slope 1)
+    and NaN below 0 or for NaN (slope 0): no gradient reaches x exactly where the code is not finite."""
+    u = x / alpha
+    q = project_kernel(u, d, levels)
+    inside = (u >= 0) & (u <= 1)
+    code = torch.where(inside, q - u, torch.where(u > 1, float("inf"), float("nan")))
+    return q * alpha, code
+
+
+def _clip_grads(grad: torch.Tensor, code: torch.Tensor):
+    """The activation quantizer's backward from :func:`_clip_parts`' code: (gradient of x, per-element
+    gradient of α) = (g · [0 <= u <= 1], g · slope), the same products as with a separate mask and slope."""
+    inside = (code - code) == 0                  # finite (inf - inf and NaN - NaN are NaN); vectorizes
+    slope = torch.where(inside, code, (code == float("inf")).to(code.dtype))
+    return grad * inside.to(grad.dtype), grad * slope
+
+
+def _clip_tree(x, d, levels, alpha):
+    return _clip_parts(_select_tree, x, d, levels, alpha)
+
+
+def _clip_lookup(x, d, levels, alpha):
+    return _clip_parts(_lookup, x, d, levels, alpha)
+
+
+# One function each (torch.compile keeps its compiled graphs per function's code: one per dtype and number of levels).
+_KERNELS = {"project tree": _select_tree, "project lookup": _lookup, "clip tree": _clip_tree,
+            "clip lookup": _clip_lookup, "clip grads": _clip_grads}
+
+
+def _run(kind: str, x: torch.Tensor, d: _Decisions, *args):
+    """The ``kind`` ('project' or 'clip') kernel on 1-D x: fused by torch.compile for large inputs (a
+    select tree up to ``_TREE_MAX_LEVELS`` levels, else the lookup), the eager lookup otherwise."""
+    if x.numel() >= _COMPILE_MIN_NUMEL:
+        name = f"{kind} tree" if len(d.levels) <= _TREE_MAX_LEVELS else f"{kind} lookup"
+        t = d.thresholds
+
+        def probe():
+            sweep = torch.linspace(-0.5, 1.5, 4093, dtype=t.dtype, device=t.device)
+            special = t.new_tensor([float("inf"), -float("inf"), float("nan")])
+            return torch.cat([x[:4096], t, torch.nextafter(t, torch.zeros_like(t)), sweep, special]), d, *args
+        kernel = _compiled(name, (x.device.type, x.dtype, len(d.levels)), probe)
+        if kernel is not None:
+            return kernel(x, d, *args)
+    return _KERNELS[f"{kind} lookup"](x, d, *args)
+
+
+def _run_clip_grads(grad: torch.Tensor, code: torch.Tensor):
+    """:func:`_clip_grads` on 1-D tensors, fused by torch.compile for large inputs."""
+    if grad.numel() >= _COMPILE_MIN_NUMEL:
+        def probe():
+            return (torch.cat([grad[:4096], grad.new_tensor([1.0, -2.0, float("nan"), -1.0, 3.0, float("inf")])]),
+                    torch.cat([code[:4096], code.new_tensor([float("inf"), float("nan"), 0.0, -0.0, -0.25, 0.25])]))
+        kernel = _compiled("clip grads", (grad.device.type, grad.dtype), probe)
+        if kernel is not None:
+            return kernel(grad, code)
+    return _clip_grads(grad, code)
 
 
 def compile_pending(device_type: str) -> bool:
-    """Whether the next large projection on ``device_type`` will first compile the fused kernel
-    (a one-off wait of several seconds a process; ``APOT_COMPILE=0`` turns compiling off)."""
+    """Whether the next large projection on ``device_type`` will first compile a fused kernel
+    (a one-off wait of a few seconds a process; ``APOT_COMPILE=0`` turns compiling off)."""
     if os.environ.get("APOT_COMPILE", "1") == "0":
         return False
-    return device_type not in _compiled_devices
+    return not any(device == device_type for _, device, *_ in _checked)
 
 
-_compiled_devices: set[str] = set()     # where _compiled_lookup has run (and compiled)
+_checked: dict[tuple, object] = {}     # (kernel, device type, dtype, levels) -> compiled kernel, or None
+
+
+def _same(a, b) -> bool:
+    """Equal tensors (or tuples of them), NaN equal to NaN."""
+    if isinstance(a, tuple):
+        return all(_same(x, y) for x, y in zip(a, b))
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+def _compiled(name: str, kind: tuple, probe):
+    """The kernel ``name`` fused by torch.compile, checked against itself run eagerly on ``probe()`` (its
+    arguments, chosen by the caller: the input's first values, the thresholds, ±inf, NaN) the first time
+    it meets each ``kind`` of input (device, dtype, number of levels). None where compiling is off, fails,
+    or disagrees (with a warning)."""
+    if os.environ.get("APOT_COMPILE", "1") == "0":
+        return None
+    key = (name, *kind)
+    if key not in _checked:
+        _checked[key] = None
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" on CPUs
+        kernel = _compiled_kernel(name)
+        try:
+            args = probe()
+            if _same(kernel(*args), _KERNELS[name](*args)):
+                _checked[key] = kernel
+            else:
+                warnings.warn(f"the compiled kernel ({name}) disagreed with the eager one; using eager kernels")
+        except Exception as error:  # no C++ compiler or Triton: say why once, stay eager
+            warnings.warn(f"torch.compile unavailable for the projection ({type(error).__name__}: {error}); "
+                          "using eager kernels")
+    return _checked[key]
 
 
 @lru_cache(maxsize=None)
-def _compiled_lookup(device_type: str):
-    """``_lookup`` fused into one kernel by torch.compile: the same integer and comparison
-    arithmetic, so the same result. None where it is turned off or cannot be built."""
-    if os.environ.get("APOT_COMPILE", "1") == "0":
-        return None
-    _compiled_devices.add(device_type)
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" on CPUs
-    kernel = torch.compile(_lookup, dynamic=True)
-    probe = torch.linspace(-0.5, 1.5, 1 << 16, device=device_type)
-    table = _lookup_table(tuple(level_set(3).tolist()), torch.float32, probe.device)
-    try:
-        if torch.equal(kernel(probe, *table), _lookup(probe, *table)):
-            return kernel
-        warnings.warn("the compiled projection disagreed with the eager one; using eager kernels")
-    except Exception as error:  # no C++ compiler or Triton: say why once, stay eager
-        warnings.warn(f"torch.compile unavailable for the projection ({type(error).__name__}: {error}); "
-                      "using eager kernels")
-    return None
+def _compiled_kernel(name: str):
+    return torch.compile(_KERNELS[name], dynamic=True)
 
 
 class _ClippedProjection(torch.autograd.Function):
     """α · project(clip(x / α)) with the straight-through / reparameterized gradients.
 
-    The forward keeps only what the backward needs: the per-element slope of the output with respect
-    to α (q − u inside the clipping range, sign(u) or 1 beyond it, 0 below 0 for activations) and,
-    where the input gradient is masked, a boolean mask: 5 bytes an element (4 for weights without
-    gradient clipping) instead of u and q, 8 bytes."""
+    The forward keeps only what the backward needs, the per-element slope of the output with respect to
+    α (q − u inside the clipping range, sign(u) or 1 beyond it, 0 below 0 for activations): for
+    activations one float an element, the code of :func:`_clip_parts`, which also marks where the input
+    gradient is masked; for weights the slope and, with ``clip_grad``, a boolean mask. 4 bytes an element
+    (5 for clipped weight gradients) instead of u and q, 8 bytes."""
+
+    @staticmethod
+    def forward(ctx, x, alpha, levels, signed: bool, grad_scale: float, clip_grad: bool = False):
+        if signed:
+            u = x / alpha
+            clipped = u.clamp(-1, 1)
+            q = project(clipped.abs(), levels).mul_(clipped.sign())
+            outside = u.abs() > 1
+            slope = torch.where(outside, u.sign(), q - u)
+            keep = (u.abs() <= 1) if clip_grad else None
+            out = q * alpha
+        else:
+            d = _decisions(_checked_levels(levels, x.dtype), x.dtype, x.device)
+            out, code = _run("clip", x.detach().reshape(-1), d, d.levels, alpha.detach())
+            out, slope, keep = out.view_as(x), code.view_as(x), None
+        ctx.save_for_backward(slope, keep)
+        ctx.grad_scale, ctx.alpha_shape, ctx.signed = grad_scale, tuple(alpha.shape), signed
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        slope, keep = ctx.saved_tensors
+        if ctx.signed:
+            grad_x = grad_out if keep is None else grad_out * keep
+            per_element = grad_out * slope
+        else:        # slope: the code of _clip_parts
+            grad_x, per_element = (g.view_as(slope) for g in _run_clip_grads(grad_out.detach().reshape(-1),
+                                                                               slope.reshape(-1)))
+        grad_alpha = per_element.sum() if ctx.alpha_shape == () else per_element.sum_to_size(ctx.alpha_shape)
+        return grad_x, grad_alpha.mul(ctx.grad_scale), None, None, None, None
+
+
+class ReferenceClippedProjection(torch.autograd.Function):
+    """The release's formulation of the quantizer, kept to check and to time :class:`_ClippedProjection`
+    against: :func:`argmin_project` (memory O(N·L)), u = x / α and q kept for the backward, the masks and
+    the slope recomputed there. The same values and gradients bit for bit (``tests/test_gradients.py``)."""
 
     @staticmethod
     def forward(ctx, x, alpha, levels, signed: bool, grad_scale: float, clip_grad: bool = False):
         u = x / alpha
         if signed:
             clipped = u.clamp(-1, 1)
-            q = project(clipped.abs(), levels).mul_(clipped.sign())
-            outside = u.abs() > 1
-            slope = torch.where(outside, u.sign(), q - u)
-            keep = (u.abs() <= 1) if clip_grad else None
+            q = argmin_project(clipped.abs(), levels) * clipped.sign()
         else:
-            q = project(u, levels)   # project maps u < 0 to 0 and u > 1 to 1: the clip
-            keep = (u >= 0) & (u <= 1)
-            slope = torch.where(keep, q - u, (u > 1).to(u.dtype))
-        ctx.save_for_backward(slope, keep)
-        ctx.grad_scale, ctx.alpha_shape = grad_scale, tuple(alpha.shape)
+            q = argmin_project(u.clamp(0, 1), levels)
+        ctx.save_for_backward(u, q)
+        ctx.signed, ctx.grad_scale, ctx.clip_grad, ctx.alpha_shape = signed, grad_scale, clip_grad, tuple(alpha.shape)
         return q * alpha
 
     @staticmethod
     def backward(ctx, grad_out):
-        slope, keep = ctx.saved_tensors
-        grad_x = grad_out if keep is None else grad_out * keep
+        u, q = ctx.saved_tensors
+        if ctx.signed:
+            grad_x = grad_out * (u.abs() <= 1) if ctx.clip_grad else grad_out
+            slope = torch.where(u.abs() > 1, u.sign(), q - u)
+        else:
+            inside = (u >= 0) & (u <= 1)
+            grad_x = grad_out * inside
+            slope = torch.where(inside, q - u, (u > 1).to(u.dtype))
         per_element = grad_out * slope
         grad_alpha = per_element.sum() if ctx.alpha_shape == () else per_element.sum_to_size(ctx.alpha_shape)
         return grad_x, grad_alpha.mul(ctx.grad_scale), None, None, None, None

@@ -89,17 +89,19 @@ def table(rows: list[dict]) -> None:
 
 @contextmanager
 def reference_formulation():
-    """The release's formulation: argmin over the N×L table, weights re-quantized every forward."""
+    """The release's formulation: argmin over the N×L table, weights re-quantized every forward, u and q
+    kept for the backward."""
     from apot_utils import layers, quantize
 
     def argmin_with_scale(x, levels, scale=None, divisor=None):
         q = quantize.argmin_project((x if divisor is None else x / divisor).clamp(0, 1), levels)
         return q if scale is None else q * scale
 
-    saved = quantize.project, layers.frozen_weights
+    saved = quantize.project, layers.frozen_weights, quantize._ClippedProjection
     quantize.project = argmin_with_scale
     layers.frozen_weights = nullcontext          # validation then quantizes the weights in every forward
+    quantize._ClippedProjection = quantize.ReferenceClippedProjection
     try:
         yield
     finally:
-        quantize.project, layers.frozen_weights = saved
+        quantize.project, layers.frozen_weights, quantize._ClippedProjection = saved

@@ -13,7 +13,7 @@ from _common import reference_formulation, table, timed, write
 
 from apot_utils.levels import level_set
 from apot_utils.models import build_model
-from apot_utils.quantize import _compiled_lookup, _lookup, _lookup_table, argmin_project, project
+from apot_utils.quantize import _decisions, _lookup, argmin_project, project
 
 
 def resnet18_rows(batch: int = 256):
@@ -52,12 +52,10 @@ def bandwidth_rows(n: int = 1 << 28):
     rows = [{"kernel": "copy (clone)", "levels": 0, "GB_s": 8 * n / copy_s / 1e9, "x_copy": 1.0}]
     for bits in (2, 4, 6):
         levels = level_set(bits).cuda()
-        table_ = _lookup_table(tuple(levels.tolist()), torch.float32, x.device)
-        compiled = _compiled_lookup("cuda")
-        variants = [("project (eager)", lambda: _lookup(x, *table_))]
-        if compiled is not None:
-            variants.append(("project (compiled)", lambda: compiled(x, *table_)))
-            assert torch.equal(compiled(x, *table_), _lookup(x, *table_))
+        d = _decisions(tuple(levels.tolist()), torch.float32, x.device)
+        variants = [("project (eager lookup)", lambda: _lookup(x, d, d.levels)),
+                    ("project (compiled where it works)", lambda: project(x, levels))]
+        assert torch.equal(project(x, levels), _lookup(x, d, d.levels))
         small = x[: 1 << 22]
         assert torch.equal(project(small, levels), argmin_project(small, levels))
         variants.append(("argmin reference", lambda: argmin_project(small, levels)))

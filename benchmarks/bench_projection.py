@@ -1,6 +1,7 @@
 """Projection to a level set: apot_utils.project against the argmin reference.
 
-Time for L = 4..64 levels and N = 10^5..10^7 float32 values (CPU, and CUDA when present), and
+Time for L = 4..64 levels and N = 10^5..10^7 float32 values (CPU, and CUDA when present), at N = 10^6
+the two fused kernels project chooses between (select tree, bucket lookup) against each other, and
 the extra peak memory each needs (in units of the input's size; CPU: measured in a fresh
 process at N = 2^24), as ratios measured in the same run.
 Run: python benchmarks/bench_projection.py [--quick]
@@ -16,7 +17,7 @@ import torch
 from _common import table, timed, write
 
 from apot_utils.levels import level_set
-from apot_utils.quantize import argmin_project, project
+from apot_utils.quantize import _compiled_kernel, _decisions, _lookup, argmin_project, project
 
 PEAK = """
 import sys, torch
@@ -70,7 +71,12 @@ def main():
                 assert torch.equal(project(x, levels), argmin_project(x, levels))
                 row = {"device": device, "levels": 2**bits, "n": n, "argmin_ms": t_ref * 1e3,
                        "project_ms": t_ours * 1e3, "speedup": t_ref / t_ours}
-                if n == 10**6:
+                if n == 10**6:          # the two fused kernels project chooses between (by number of levels)
+                    d = _decisions(tuple(levels.tolist()), torch.float32, x.device)
+                    for kernel in ("tree", "lookup"):
+                        fused = _compiled_kernel(f"project {kernel}")
+                        assert torch.equal(fused(x, d, d.levels), _lookup(x, d, d.levels))
+                        row[f"compiled_{kernel}_ms"] = timed(lambda: fused(x, d, d.levels), 5, device) * 1e3
                     input_bytes = 4 * n
                     if device == "cpu":   # in a fresh process, at 2^24 values to rise above its start-up peak
                         row["project_peak_x_input"] = cpu_extra_peak("project", bits, 1 << 24) / (4 << 24)

@@ -13,6 +13,7 @@ import argparse
 import torch
 from _common import interleaved, reference_formulation, write
 
+from apot_utils.evaluate import reuse_freed_memory
 from apot_utils.models import build_model
 
 
@@ -28,17 +29,19 @@ def step_fn(model, images, labels, reference=False):
 
 
 def saved_bytes(model, images, labels) -> int:
-    total = 0
+    """Bytes of the distinct storages autograd keeps for the backward of one step (a tensor that two
+    operations keep, such as a ReLU's output that the next quantizer keeps too, counted once)."""
+    storages = {}
 
     def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = torch.nn.functional.cross_entropy(model(images), labels)
     loss.backward()
-    return total
+    return sum(storages.values())
 
 
 def main():
@@ -46,6 +49,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--batch", type=int, default=128)
     args = parser.parse_args()
+    reuse_freed_memory()          # as the command line does: the same allocator settings for every case
     torch.manual_seed(0)
     images, labels = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
     models = {b: build_model("cifar10", "resnet20", b).train() for b in (32, 2, 3, 4, 5)}

@@ -4,13 +4,15 @@ up, then interleaved rounds; median, min and max).
 
 - end to end: ``python -m apot_utils validate --bit B --data test_jpeg.npz`` in a fresh process, the
   whole 10,000 images (process start, imports, model load and the first batch's kernel compilation
-  included), and the 3-bit command again with ``APOT_COMPILE=0`` (eager kernels, no compilation);
+  included), the 3-bit command again with ``APOT_COMPILE=0`` (eager kernels, no compilation), and
+  ``pipeline.run_validation`` called from Python at full precision and 3 bits (what a notebook does:
+  without the command line's ``reuse_freed_memory``, glibc's default allocator settings);
 - steady state: in one process, every model warmed up, ``--images`` images each round; the reference
   formulation (argmin over the N×L table, weights re-quantized every forward) on the 3-bit model too,
   with its predictions compared with ours.
 
-Data: $APOT_DATA_DIR/cifar10/test_jpeg.npz (--data). Checkpoints: the released ones (5 bits: random
-weights; speed does not depend on the values). Run: python benchmarks/bench_validate.py
+Data: $APOT_DATA_DIR/cifar10/test_jpeg.npz (--data). Checkpoints: the released ones, and for 5 bits
+this project's (checkpoints/, the release has none). Run: python benchmarks/bench_validate.py
 """
 from __future__ import annotations
 
@@ -22,15 +24,19 @@ from _common import command, interleaved, reference_formulation, write
 
 from apot_utils import checkpoints, data
 from apot_utils.layers import frozen_weights
-from apot_utils.models import build_model
-from apot_utils.pipeline import validate_cifar10
+from apot_utils.evaluate import reuse_freed_memory
+from apot_utils.pipeline import load_model, validate_cifar10
+
+
+FIVE_BIT = checkpoints.SHIPPED_DIR / "resnet20_5bit_apot.pth.tar"     # the release has none: this project's
+
+
+def checkpoint_for(bit) -> str:
+    return str(FIVE_BIT) if bit == 5 else "release"
 
 
 def model_for(bit):
-    model = build_model("cifar10", "resnet20", bit)
-    if ("cifar10", "resnet20", bit) in checkpoints.RELEASED:
-        checkpoints.load_into(model, checkpoints.release_path("cifar10", "resnet20", bit), "cifar10", "resnet20", bit)
-    return model.eval()
+    return load_model("cifar10", "resnet20", bit, checkpoint_for(bit), log=lambda line: None).eval()
 
 
 def main():
@@ -39,16 +45,21 @@ def main():
     parser.add_argument("--images", type=int, default=2000, help="images a steady-state round")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    reuse_freed_memory()          # as the command line does: the same allocator settings for every case
     silent = lambda line: None  # noqa: E731
     test = data.load_npz(args.data)
     subset = test.subset(args.images)
     bits = (32, 2, 3, 4, 5)
 
     cli = {f"{b}-bit" if b != 32 else "full precision": command(["-m", "apot_utils", "validate", "--bit", str(b),
-                                                                 "--data", args.data, "--device", "cpu"])
-           for b in (32, 2, 3, 4)}
+                                                                 "--checkpoint", checkpoint_for(b), "--data", args.data,
+                                                                 "--device", "cpu"])
+           for b in bits}
     cli["3-bit, APOT_COMPILE=0"] = command(["-m", "apot_utils", "validate", "--bit", "3", "--data", args.data,
                                             "--device", "cpu"], env={"APOT_COMPILE": "0"})
+    for b in (32, 3):        # the same validation called from Python, without the command line's allocator settings
+        call = f"from apot_utils.pipeline import run_validation; run_validation(bit={b}, data_source={args.data!r}, device='cpu')"
+        cli[f"{'full precision' if b == 32 else f'{b}-bit'}, run_validation, glibc defaults"] = command(["-c", call])
     end_to_end = interleaved(cli, args.repeat)
 
     models = {b: model_for(b) for b in bits}

@@ -25,27 +25,38 @@ def near_midpoints(levels, dtype, ulps=6):
     return torch.cat(out)
 
 
+def compiled_kernel_used(levels, dtype) -> bool:
+    """Whether project's last large call on the CPU ran a kernel fused by torch.compile."""
+    name = "project tree" if len(levels) <= quantize._TREE_MAX_LEVELS else "project lookup"
+    return quantize._checked.get((name, "cpu", dtype, len(levels))) is not None
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("index", range(len(RELEASED)))
-@pytest.mark.parametrize("compiled", [False, True])
-def test_projection_equals_argmin(index, dtype, compiled, monkeypatch):
-    if not compiled:
-        monkeypatch.setattr(quantize, "_COMPILE_MIN_NUMEL", 1 << 62)
-    elif quantize._compiled_lookup("cpu") is None:
-        pytest.skip("torch.compile is not available here")
+@pytest.mark.parametrize("kernel", ["eager lookup", "eager tree", "compiled"])
+def test_projection_equals_argmin(index, dtype, kernel, monkeypatch):
     levels = RELEASED[index]
+    if kernel == "eager lookup":
+        monkeypatch.setattr(quantize, "_COMPILE_MIN_NUMEL", 1 << 62)
+    elif kernel == "eager tree":
+        monkeypatch.setitem(quantize._KERNELS, "project lookup", quantize._select_tree)
+        monkeypatch.setattr(quantize, "_COMPILE_MIN_NUMEL", 1 << 62)
     g = torch.Generator().manual_seed(index)
     x = torch.cat([torch.rand(1 << 17, generator=g, dtype=dtype) * 1.4 - 0.2, near_midpoints(levels, dtype)])
     assert torch.equal(project(x, levels), argmin_project(x, levels))
+    if kernel == "compiled" and not compiled_kernel_used(levels, dtype):
+        pytest.skip("torch.compile is not available here")
     alpha = torch.tensor(1.7, dtype=dtype)
     assert torch.equal(project(x, levels, scale=alpha), argmin_project(x, levels) * alpha)
+    assert torch.equal(project(x * 1.7, levels, scale=alpha, divisor=alpha), argmin_project(x * 1.7 / alpha, levels) * alpha)
 
 
 @pytest.mark.parametrize("bits, scheme", [(7, "pot"), (8, "apot"), (8, "uniform")])
 def test_projection_dense_sets(bits, scheme):
     levels = level_set(bits, scheme)
-    x = torch.cat([torch.rand(20000), near_midpoints(levels, torch.float32)])
+    x = torch.cat([torch.rand(1 << 17), near_midpoints(levels, torch.float32)])   # large: the compiled lookup
     assert torch.equal(project(x, levels), argmin_project(x, levels))
+    assert torch.equal(project(x[:20000], levels), argmin_project(x[:20000], levels))   # small: the eager lookup
 
 
 PEAK_SCRIPT = """
@@ -94,6 +105,25 @@ def test_activation_gradients_match_formula():
     assert torch.equal(x.grad, g * inside)
     slope = torch.where(u > 1, torch.ones_like(u), torch.where(u < 0, torch.zeros_like(u), q - u))
     assert torch.allclose(alpha.grad, 0.5 * (g * slope).sum())
+
+
+@pytest.mark.parametrize("numel", [10, 1 << 17])        # eager kernels; fused kernels (>= 65,536 elements)
+def test_activation_quantizer_on_edge_values(numel):
+    """Forward, input gradient and α gradient equal the formulas bit for bit, NaN, ±inf, ±0 and both ends included."""
+    levels = level_set(3)
+    edge = torch.tensor([-1.0, -0.0, 0.0, 0.3, 2.0, 2.5, 7.0, float("inf"), -float("inf"), float("nan")])
+    x = edge.repeat(numel // len(edge) + 1)[:numel].clone().requires_grad_()
+    alpha = torch.tensor(2.0, requires_grad=True)
+    g = torch.linspace(-1, 1, numel)
+    out = quantize_activation(x, alpha, levels)
+    out.backward(g)
+    u = x.detach() / 2.0
+    q = argmin_project(u.clamp(0, 1), levels).masked_fill(u.isnan(), float("nan"))
+    assert torch.equal(out.detach().isnan(), u.isnan()) and torch.equal(out.detach().nan_to_num(), (q * 2.0).nan_to_num())
+    inside = (u >= 0) & (u <= 1)
+    assert torch.equal(x.grad, g * inside)
+    slope = torch.where(inside, q - u, (u > 1).to(u.dtype))
+    assert torch.equal(alpha.grad, (g * slope).sum())
 
 
 def test_weight_gradients_match_formula():

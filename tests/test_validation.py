@@ -1,5 +1,6 @@
 """Full-test-set validations of the released models (CPU: about half a minute each)."""
 import os
+import platform
 import subprocess
 import sys
 
@@ -84,3 +85,34 @@ def test_released_models_on_the_exact_first_1000_images(ref):
                                             log=lambda line: None), first1000, "cpu", log=lambda line: None).top1
            for bit in (32, 4, 3, 2)}
     assert {bit: round(acc, 1) for bit, acc in got.items()} == {32: 94.2, 4: 92.6, 3: 93.0, 2: 90.6}
+
+
+RETAIN_SCRIPT = """
+import torch
+from apot_utils.evaluate import reuse_freed_memory
+def faults():
+    return int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[7])   # minflt: minor page faults
+x = torch.rand(1 << 21)                    # 8 MB tensors: above glibc's default mmap threshold
+for _ in range(3):
+    (x * 2).sum()
+before = faults()
+for _ in range(20):
+    (x * 2).sum()
+default = faults() - before
+assert reuse_freed_memory()
+for _ in range(3):
+    (x * 2).sum()
+before = faults()
+for _ in range(20):
+    (x * 2).sum()
+print(default, faults() - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or not os.path.exists("/proc/self/stat"),
+                    reason="glibc's mallopt and /proc page-fault counts are Linux with glibc only")
+def test_reused_memory_stops_the_page_faults_of_every_new_tensor():
+    run = subprocess.run([sys.executable, "-c", RETAIN_SCRIPT], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    default, reused = map(int, run.stdout.split())
+    assert default > 1000 and reused * 20 < default, (default, reused)      # 20 new 8 MB tensors: 2,048 pages each
