@@ -62,9 +62,11 @@ def run_validation(dataset: str = "cifar10", arch: str = "resnet20", bit: int | 
     dev = pick_device(device)
     log(describe_device(dev))
     model = load_model(dataset, arch, bit, checkpoint, scheme, dev, log)
-    from .quantize import compile_pending
-    if getattr(model, "bit", 32) != 32 and compile_pending(dev.type):
-        log("=> the first batch also compiles the fused projection kernel (once per process, several seconds; "
+    from .layers import quantized_layers
+    from .quantize import build_pending
+    layers = quantized_layers(model)
+    if layers and build_pending(layers[0][1].act_levels, device=dev):
+        log("=> the first batch also builds the fused projection kernel for this machine (once, about 15 s; "
             "APOT_COMPILE=0 skips it)")
     log(f"=> loading {dataset} data...")
     if dataset == "cifar10":

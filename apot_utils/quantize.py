@@ -16,7 +16,6 @@ Backward (the paper's reparameterized clipping function, as in the release):
 """
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from functools import lru_cache
@@ -25,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from . import kernels
 from .levels import projection_order, weight_projection_order
 
 _INT_VIEW = {torch.float32: (torch.int32, 23), torch.float64: (torch.int64, 52)}
@@ -60,16 +60,23 @@ class _Decisions(NamedTuple):
 
     thresholds: [L - 1] in the input's units, ascending: an input x gets the i-th sorted level
     (i = 0 .. L-1) where ``thresholds[i-1] <= x < thresholds[i]``. levels: [L], sorted. The
-    bucket table serves the same decisions by lookup: bucket = (x's bit pattern >> shift), clamped
-    to [first_key, last_key]; the level is ``base[bucket] + (x >= bucket_threshold[bucket])``.
+    bucket table serves the same decisions by lookup: bucket_key [3] = (shift, first key, last key), in
+    the integer type of x's bit pattern; bucket = (x's bit pattern >> shift), clamped to the first and
+    last key; the level is ``base[bucket] + (x >= bucket_threshold[bucket])`` ([buckets] each).
     """
     thresholds: torch.Tensor
     levels: torch.Tensor
-    shift: int
-    first_key: int
-    last_key: int
+    bucket_key: torch.Tensor
     bucket_threshold: torch.Tensor
     base: torch.Tensor
+
+    @property
+    def tree_tables(self) -> tuple[torch.Tensor, ...]:
+        return (self.thresholds,)
+
+    @property
+    def lookup_tables(self) -> tuple[torch.Tensor, ...]:
+        return self.bucket_key, self.bucket_threshold, self.base
 
 
 @lru_cache(maxsize=256)
@@ -117,7 +124,8 @@ def _decisions(values: tuple[float, ...], dtype: torch.dtype, device: torch.devi
     base = torch.searchsorted(hi, keys << shift)           # thresholds below each bucket's start
     bucket_threshold = torch.full((keys.numel(),), float("nan"), dtype=dtype)   # NaN: no change in the bucket
     bucket_threshold[buckets - first_key] = hi.to(int_dtype).view(dtype)
-    return _Decisions(hi.to(int_dtype).view(dtype).to(device), levels.to(device), shift, first_key, last_key,
+    bucket_key = torch.tensor([shift, first_key, last_key], dtype=int_dtype)
+    return _Decisions(hi.to(int_dtype).view(dtype).to(device), levels.to(device), bucket_key.to(device),
                       bucket_threshold.to(device), base.to(torch.int32).to(device))
 
 
@@ -137,8 +145,8 @@ def project(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor | None = 
 
     The result equals the argmin over the N×L distance table computed in x's precision, without
     building that table: comparisons with the L - 1 decision thresholds (:func:`_decisions`),
-    memory O(N), independent of L. Large inputs run through a kernel fused by ``torch.compile``
-    where it is available (``APOT_COMPILE=0`` turns it off): up to ``_TREE_MAX_LEVELS`` levels a
+    memory O(N), independent of L. Large inputs run through a fused kernel compiled ahead of time
+    (:mod:`apot_utils.kernels`; ``APOT_COMPILE=0`` turns it off): up to ``_TREE_MAX_LEVELS`` levels a
     binary search written as vector compares and selects (:func:`_select_tree`), above that a lookup
     in a bucket table (:func:`_lookup`, also the eager kernel); all give the same result.
     """
@@ -152,25 +160,27 @@ def project(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor | None = 
 
 
 _COMPILE_MIN_NUMEL = 1 << 16
-_TREE_MAX_LEVELS = 16      # up to here the select tree is faster than the lookup (benchmarks/bench_projection.py)
+_TREE_MAX_LEVELS = 32      # up to here the select tree is faster than the lookup (benchmarks/bench_projection.py)
 
 
-def _lookup(x: torch.Tensor, d: _Decisions, outputs: torch.Tensor) -> torch.Tensor:
-    """x: 1-D. The level of every element from its bucket: ``outputs[base + (x >= threshold)]``."""
-    key = (x.view(_INT_VIEW[x.dtype][0]) >> d.shift).clamp_(d.first_key, d.last_key).sub_(d.first_key)
-    upper = x >= d.bucket_threshold.index_select(0, key)
-    index = d.base.index_select(0, key)
+def _lookup(x: torch.Tensor, bucket_key: torch.Tensor, bucket_threshold: torch.Tensor, base: torch.Tensor,
+            outputs: torch.Tensor) -> torch.Tensor:
+    """x: 1-D. The level of every element from its bucket (:class:`_Decisions`): ``outputs[base + (x >= threshold)]``."""
+    first = bucket_key[1]
+    key = (x.view(bucket_key.dtype) >> bucket_key[0]).clamp_(first, bucket_key[2]).sub_(first)
+    upper = x >= bucket_threshold.index_select(0, key)
+    index = base.index_select(0, key)
     del key
     index += upper
     del upper
     return outputs.index_select(0, index).masked_fill_(x.isnan(), float("nan"))   # NaN stays NaN
 
 
-def _select_tree(x: torch.Tensor, d: _Decisions, outputs: torch.Tensor) -> torch.Tensor:
+def _select_tree(x: torch.Tensor, thresholds: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
     """x: 1-D. The level of every element by a binary search over the thresholds written as nested selects
-    (L - 1 comparisons an element, no lookups, short dependency chains: torch.compile fuses it into one pass
-    of vector compares and blends; eager it would take L passes)."""
-    t = d.thresholds
+    (L - 1 comparisons an element, no lookups, short dependency chains: compiled, one pass of vector compares
+    and blends; eager it would take L passes)."""
+    t = thresholds
 
     def between(lo: int, hi: int) -> torch.Tensor:      # the output where x lies between sorted levels lo and hi
         if lo == hi:
@@ -181,13 +191,13 @@ def _select_tree(x: torch.Tensor, d: _Decisions, outputs: torch.Tensor) -> torch
     return torch.where(x != x, x, between(0, t.shape[0]))     # NaN stays NaN (x != x vectorizes, isnan does not)
 
 
-def _clip_parts(project_kernel, x: torch.Tensor, d: _Decisions, levels: torch.Tensor, alpha: torch.Tensor):
+def _clip_parts(project_kernel, x: torch.Tensor, tables: tuple, levels: torch.Tensor, alpha: torch.Tensor):
     """x: 1-D activations. The activation quantizer's forward and all its backward needs, in one tensor:
     (α · q, code) with u = x / α, q = project(u) (u below 0 to 0, above 1 to 1) and ``code`` the slope
     of the output with respect to α where 0 <= u <= 1 (q - u, always finite), +inf where u > 1 (slope 1)
     and NaN below 0 or for NaN (slope 0): no gradient reaches x exactly where the code is not finite."""
     u = x / alpha
-    q = project_kernel(u, d, levels)
+    q = project_kernel(u, *tables, levels)
     inside = (u >= 0) & (u <= 1)
     code = torch.where(inside, q - u, torch.where(u > 1, float("inf"), float("nan")))
     return q * alpha, code
@@ -201,57 +211,77 @@ def _clip_grads(grad: torch.Tensor, code: torch.Tensor):
     return grad * inside.to(grad.dtype), grad * slope
 
 
-def _clip_tree(x, d, levels, alpha):
-    return _clip_parts(_select_tree, x, d, levels, alpha)
+def _clip_tree(x, thresholds, levels, alpha):
+    return _clip_parts(_select_tree, x, (thresholds,), levels, alpha)
 
 
-def _clip_lookup(x, d, levels, alpha):
-    return _clip_parts(_lookup, x, d, levels, alpha)
+def _clip_lookup(x, bucket_key, bucket_threshold, base, levels, alpha):
+    return _clip_parts(_lookup, x, (bucket_key, bucket_threshold, base), levels, alpha)
 
 
-# One function each (torch.compile keeps its compiled graphs per function's code: one per dtype and number of levels).
-_KERNELS = {"project tree": _select_tree, "project lookup": _lookup, "clip tree": _clip_tree,
-            "clip lookup": _clip_lookup, "clip grads": _clip_grads}
+# name -> (kernel, the dimensions of its arguments that vary between calls; every other one is compiled in).
+_N, _TABLE = {0: "n"}, {0: "buckets"}
+_KERNELS = {"project tree": (_select_tree, (_N, None, None)),
+            "project lookup": (_lookup, (_N, None, _TABLE, _TABLE, {0: "levels"})),
+            "clip tree": (_clip_tree, (_N, None, None, None)),
+            "clip lookup": (_clip_lookup, (_N, None, _TABLE, _TABLE, {0: "levels"}, None)),
+            "clip grads": (_clip_grads, (_N, _N))}
+
+
+def _kernel_for(kind: str, d: _Decisions) -> tuple[str, tuple[torch.Tensor, ...]]:
+    """The fused kernel for ``kind`` ('project' or 'clip') and these decisions, and its tables: the select
+    tree up to ``_TREE_MAX_LEVELS`` levels, the lookup above."""
+    if len(d.levels) <= _TREE_MAX_LEVELS:
+        return f"{kind} tree", d.tree_tables
+    return f"{kind} lookup", d.lookup_tables
 
 
 def _run(kind: str, x: torch.Tensor, d: _Decisions, *args):
-    """The ``kind`` ('project' or 'clip') kernel on 1-D x: fused by torch.compile for large inputs (a
-    select tree up to ``_TREE_MAX_LEVELS`` levels, else the lookup), the eager lookup otherwise."""
+    """The ``kind`` ('project' or 'clip') kernel on 1-D x: fused (:mod:`apot_utils.kernels`) for large inputs,
+    the eager lookup otherwise. args: the outputs of the sorted levels ('project'); levels and α ('clip')."""
     if x.numel() >= _COMPILE_MIN_NUMEL:
-        name = f"{kind} tree" if len(d.levels) <= _TREE_MAX_LEVELS else f"{kind} lookup"
+        name, tables = _kernel_for(kind, d)
         t = d.thresholds
 
         def probe():
             sweep = torch.linspace(-0.5, 1.5, 4093, dtype=t.dtype, device=t.device)
             special = t.new_tensor([float("inf"), -float("inf"), float("nan")])
-            return torch.cat([x[:4096], t, torch.nextafter(t, torch.zeros_like(t)), sweep, special]), d, *args
-        kernel = _compiled(name, (x.device.type, x.dtype, len(d.levels)), probe)
+            return torch.cat([x[:4096], t, torch.nextafter(t, torch.zeros_like(t)), sweep, special]), *tables, *args
+        kernel = _fused(name, (x.device.type, x.dtype, len(d.levels)), probe)
         if kernel is not None:
-            return kernel(x, d, *args)
-    return _KERNELS[f"{kind} lookup"](x, d, *args)
+            out = kernel(x, *tables, *args)
+            return out[0] if kind == "project" else out
+    return _KERNELS[f"{kind} lookup"][0](x, *d.lookup_tables, *args)
 
 
 def _run_clip_grads(grad: torch.Tensor, code: torch.Tensor):
-    """:func:`_clip_grads` on 1-D tensors, fused by torch.compile for large inputs."""
+    """:func:`_clip_grads` on 1-D tensors, fused for large inputs."""
     if grad.numel() >= _COMPILE_MIN_NUMEL:
         def probe():
             return (torch.cat([grad[:4096], grad.new_tensor([1.0, -2.0, float("nan"), -1.0, 3.0, float("inf")])]),
                     torch.cat([code[:4096], code.new_tensor([float("inf"), float("nan"), 0.0, -0.0, -0.25, 0.25])]))
-        kernel = _compiled("clip grads", (grad.device.type, grad.dtype), probe)
+        kernel = _fused("clip grads", (grad.device.type, grad.dtype), probe)
         if kernel is not None:
             return kernel(grad, code)
     return _clip_grads(grad, code)
 
 
-def compile_pending(device_type: str) -> bool:
-    """Whether the next large projection on ``device_type`` will first compile a fused kernel
-    (a one-off wait of a few seconds a process; ``APOT_COMPILE=0`` turns compiling off)."""
-    if os.environ.get("APOT_COMPILE", "1") == "0":
+def _fusing() -> bool:
+    return os.environ.get("APOT_COMPILE", "1") != "0"
+
+
+def build_pending(levels: torch.Tensor, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> bool:
+    """Whether the next large projection onto ``levels`` (in ``dtype`` on ``device``) will first build its fused
+    kernel: a one-off wait on a machine, about 15 s (:mod:`apot_utils.kernels`; ``APOT_COMPILE=0``: never)."""
+    if not _fusing():
         return False
-    return not any(device == device_type for _, device, *_ in _checked)
+    d = _decisions(_checked_levels(levels, dtype), dtype, torch.device(device))
+    name, tables = _kernel_for("project", d)
+    example = torch.zeros(2, dtype=dtype, device=d.levels.device)
+    return kernels.pending(_KERNELS[name][0], (example, *tables, d.levels), _KERNELS[name][1])
 
 
-_checked: dict[tuple, object] = {}     # (kernel, device type, dtype, levels) -> compiled kernel, or None
+_checked: dict[tuple, object] = {}     # (kernel, device type, dtype, levels) -> fused kernel, or None
 
 
 def _same(a, b) -> bool:
@@ -261,33 +291,29 @@ def _same(a, b) -> bool:
     return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
 
 
-def _compiled(name: str, kind: tuple, probe):
-    """The kernel ``name`` fused by torch.compile, checked against itself run eagerly on ``probe()`` (its
-    arguments, chosen by the caller: the input's first values, the thresholds, ±inf, NaN) the first time
-    it meets each ``kind`` of input (device, dtype, number of levels). None where compiling is off, fails,
-    or disagrees (with a warning)."""
-    if os.environ.get("APOT_COMPILE", "1") == "0":
+def _fused(name: str, kind: tuple, probe):
+    """The kernel ``name`` compiled ahead of time (:func:`apot_utils.kernels.load`: built once per machine, then
+    loaded), checked against itself run eagerly on ``probe()`` (its arguments, chosen by the caller: the input's
+    first values, the thresholds, ±inf, NaN) the first time a process meets each ``kind`` of input (device,
+    dtype, number of levels). None where fusing is off (``APOT_COMPILE=0``), fails, or disagrees (with a warning)."""
+    if not _fusing():
         return None
     key = (name, *kind)
     if key not in _checked:
         _checked[key] = None
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" on CPUs
-        kernel = _compiled_kernel(name)
+        fn, dynamic = _KERNELS[name]
         try:
             args = probe()
-            if _same(kernel(*args), _KERNELS[name](*args)):
+            kernel = kernels.load(fn, args, dynamic)
+            out = kernel(*args)
+            if _same(out if len(out) > 1 else out[0], fn(*args)):
                 _checked[key] = kernel
             else:
                 warnings.warn(f"the compiled kernel ({name}) disagreed with the eager one; using eager kernels")
-        except Exception as error:  # no C++ compiler or Triton: say why once, stay eager
-            warnings.warn(f"torch.compile unavailable for the projection ({type(error).__name__}: {error}); "
+        except Exception as error:  # no C++ compiler, no Triton: say why once, stay eager
+            warnings.warn(f"the fused kernel ({name}) is unavailable ({type(error).__name__}: {error}); "
                           "using eager kernels")
     return _checked[key]
-
-
-@lru_cache(maxsize=None)
-def _compiled_kernel(name: str):
-    return torch.compile(_KERNELS[name], dynamic=True)
 
 
 class _ClippedProjection(torch.autograd.Function):

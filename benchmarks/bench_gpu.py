@@ -53,9 +53,9 @@ def bandwidth_rows(n: int = 1 << 28):
     for bits in (2, 4, 6):
         levels = level_set(bits).cuda()
         d = _decisions(tuple(levels.tolist()), torch.float32, x.device)
-        variants = [("project (eager lookup)", lambda: _lookup(x, d, d.levels)),
+        variants = [("project (eager lookup)", lambda: _lookup(x, *d.lookup_tables, d.levels)),
                     ("project (compiled where it works)", lambda: project(x, levels))]
-        assert torch.equal(project(x, levels), _lookup(x, d, d.levels))
+        assert torch.equal(project(x, levels), _lookup(x, *d.lookup_tables, d.levels))
         small = x[: 1 << 22]
         assert torch.equal(project(small, levels), argmin_project(small, levels))
         variants.append(("argmin reference", lambda: argmin_project(small, levels)))

@@ -17,7 +17,8 @@ import torch
 from _common import table, timed, write
 
 from apot_utils.levels import level_set
-from apot_utils.quantize import _compiled_kernel, _decisions, _lookup, argmin_project, project
+from apot_utils import kernels
+from apot_utils.quantize import _KERNELS, _decisions, _lookup, argmin_project, project
 
 PEAK = """
 import sys, torch
@@ -73,10 +74,11 @@ def main():
                        "project_ms": t_ours * 1e3, "speedup": t_ref / t_ours}
                 if n == 10**6:          # the two fused kernels project chooses between (by number of levels)
                     d = _decisions(tuple(levels.tolist()), torch.float32, x.device)
-                    for kernel in ("tree", "lookup"):
-                        fused = _compiled_kernel(f"project {kernel}")
-                        assert torch.equal(fused(x, d, d.levels), _lookup(x, d, d.levels))
-                        row[f"compiled_{kernel}_ms"] = timed(lambda: fused(x, d, d.levels), 5, device) * 1e3
+                    for kernel, tables in (("tree", d.tree_tables), ("lookup", d.lookup_tables)):
+                        fn, dynamic = _KERNELS[f"project {kernel}"]
+                        fused = kernels.load(fn, (x, *tables, d.levels), dynamic)
+                        assert torch.equal(fused(x, *tables, d.levels)[0], _lookup(x, *d.lookup_tables, d.levels))
+                        row[f"compiled_{kernel}_ms"] = timed(lambda: fused(x, *tables, d.levels), 5, device) * 1e3
                     input_bytes = 4 * n
                     if device == "cpu":   # in a fresh process, at 2^24 values to rise above its start-up peak
                         row["project_peak_x_input"] = cpu_extra_peak("project", bits, 1 << 24) / (4 << 24)

@@ -1,5 +1,4 @@
 """Full-test-set validations of the released models (CPU: about half a minute each)."""
-import os
 import platform
 import subprocess
 import sys
@@ -7,7 +6,9 @@ import sys
 import pytest
 
 from apot_utils import data
+from apot_utils.levels import level_set
 from apot_utils.pipeline import load_model, validate_cifar10
+from apot_utils.quantize import build_pending
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +36,7 @@ def test_quantized_within_2_5_points_of_full_precision(accuracies, bit):
 
 def test_cli_validate_first_batch(ref):
     path = ref("cifar10/test_first100_lossless.npz")
+    pending = build_pending(level_set(3))        # whether this machine has yet to build the 3-bit kernel
     out = subprocess.run([sys.executable, "-m", "apot_utils", "validate", "--bit", "3", "--data", str(path),
                           "--device", "cpu"], capture_output=True, text=True, check=True).stdout
     lines = out.splitlines()
@@ -42,8 +44,8 @@ def test_cli_validate_first_batch(ref):
     assert lines[1:3] == ["=> Building model...", "=> loading the 3-bit quantized model from checkpoint"]
     assert sum(line.startswith("weight alpha: ") for line in lines) == 20
     assert "=> loading cifar10 data..." in lines
-    compiles = [line for line in lines if "first batch also compiles the fused projection kernel" in line]
-    assert len(compiles) == (0 if os.environ.get("APOT_COMPILE") == "0" else 1)     # the wait is announced
+    builds = [line for line in lines if "first batch also builds the fused projection kernel" in line]
+    assert len(builds) == (1 if pending else 0)                   # the one-off wait is announced
     assert lines[-1] == " * Prec 96.000% "
     assert lines.count(" * Prec 96.000% ") == 1
 

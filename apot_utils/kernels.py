@@ -1,0 +1,103 @@
+"""Fused kernels compiled ahead of time by AOTInductor, kept on disk and loaded in milliseconds.
+
+``torch.compile`` traces and compiles in every process: importing its compiler and tracing took seconds
+before the first batch (``benchmarks/results/README.md``). Here a kernel, a function of tensors, is
+exported once per machine with ``torch.export``, compiled by AOTInductor into a shared library packaged
+as a ``.pt2`` file under :data:`KERNEL_DIR` (written atomically), and every later process only loads that
+library: no compiler, no tracing, no import of the compiler's Python side.
+
+A package's name covers everything its code depends on: the kernel's module source, its argument dtypes
+and static shapes (dimensions not listed as dynamic are compiled in), the device, the torch version and
+the CPU's instruction-set flags (AOTInductor compiles with ``-march=native``).
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import os
+import platform
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+KERNEL_DIR = Path(os.environ.get("APOT_KERNEL_DIR", Path(__file__).resolve().parent.parent / "data" / "kernels"))
+
+
+@lru_cache(maxsize=None)
+def _machine(device_type: str) -> str:
+    """What the compiled code may depend on besides its source: torch, and the CPU or GPU it was built for."""
+    parts = [torch.__version__, platform.machine(), device_type]
+    if device_type == "cuda":
+        parts += [torch.cuda.get_device_name(), str(torch.cuda.get_device_capability())]
+    try:
+        with open("/proc/cpuinfo") as f:
+            parts.append(next((line for line in f if line.startswith("flags")), ""))
+    except OSError:
+        parts.append(platform.processor())
+    return "|".join(parts)
+
+
+def package_path(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, str] | None, ...]) -> Path:
+    """Where the package of ``fn`` for arguments like ``args`` lives (see :func:`load`)."""
+    static = [(str(a.dtype), [None if d and i in d else n for i, n in enumerate(a.shape)], d) for a, d in zip(args, dynamic)]
+    source = inspect.getsource(inspect.getmodule(fn))
+    digest = hashlib.sha256(repr((fn.__qualname__, source, static, _machine(args[0].device.type))).encode())
+    return KERNEL_DIR / f"{fn.__name__.strip('_')}-{args[0].device.type}-{digest.hexdigest()[:16]}.pt2"
+
+
+class _Call(torch.nn.Module):
+    def __init__(self, fn: Callable):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args):
+        out = self.fn(*args)
+        return out if isinstance(out, tuple) else (out,)
+
+
+def _build(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, str] | None, ...], path: Path) -> None:
+    import torch._inductor
+    from torch.export import Dim, export
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)    # "no CUDA runtime" on CPUs
+    dims: dict[str, Dim] = {}
+    shapes = tuple(None if d is None else {i: dims.setdefault(name, Dim(name, min=2)) for i, name in d.items()}
+                   for d in dynamic)
+    program = export(_Call(fn), args, dynamic_shapes=(shapes,))      # forward(*args): one input, a tuple
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".building-") as scratch:
+        built = torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(scratch, path.name))
+        os.replace(built, path)
+
+
+def pending(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, str] | None, ...]) -> bool:
+    """Whether :func:`load` would first have to build this package (a one-off wait on this machine)."""
+    return not package_path(fn, args, dynamic).exists()
+
+
+def load(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, str] | None, ...]) -> Callable:
+    """``fn`` compiled for tensors like ``args``: a callable that takes tensors and returns a tuple of tensors.
+
+    dynamic: for each argument, the dimensions that may vary from call to call, by name (dimensions with the
+    same name are equal in every call), or None; every other dimension is fixed at its size in ``args``.
+    The package is built on first use on a machine (about 15 s on 2 CPU cores; a lock keeps concurrent
+    processes from building it twice) and loaded from disk after that.
+    """
+    path = package_path(fn, args, dynamic)
+    if not path.exists():
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(KERNEL_DIR / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not path.exists():
+                _build(fn, args, dynamic, path)
+    device = args[0].device
+    index = -1 if device.type == "cpu" else (device.index if device.index is not None else torch.cuda.current_device())
+    # The loader behind torch._inductor.package.load_package, without that module's imports (0.9 s).
+    runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, index)
+    return lambda *tensors: tuple(runner.run(list(tensors)))
