@@ -98,6 +98,8 @@ def load(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, 
                 _build(fn, args, dynamic, path)
     device = args[0].device
     index = -1 if device.type == "cpu" else (device.index if device.index is not None else torch.cuda.current_device())
-    # The loader behind torch._inductor.package.load_package, without that module's imports (0.9 s).
-    runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, index)
+    try:   # the loader behind torch._inductor.package.load_package, without that module's imports (0.9 s)
+        runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, index)
+    except RuntimeError as error:
+        raise RuntimeError(f"could not load the kernel package {path} ({error}); delete it to rebuild it") from None
     return lambda *tensors: tuple(runner.run(list(tensors)))

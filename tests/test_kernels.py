@@ -61,3 +61,11 @@ def test_package_named_by_what_its_code_depends_on(kernel_dir):
     assert kernels.package_path(affine, (x, torch.ones(2)), DYNAMIC) != name                      # a static shape
     assert kernels.package_path(affine, (x, w), (None, None)) != name                             # what may vary
     assert name.parent == kernel_dir
+
+
+def test_a_damaged_package_is_named(kernel_dir):
+    x, w = torch.randn(10), torch.tensor(3.0)
+    path = kernels.package_path(affine, (x, w), DYNAMIC)
+    path.write_bytes(b"not a package")
+    with pytest.raises(RuntimeError, match=f"could not load the kernel package {path}.*delete it to rebuild"):
+        kernels.load(affine, (x, w), DYNAMIC)

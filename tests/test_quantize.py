@@ -1,11 +1,12 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 
-from apot_utils import quantize
+from apot_utils import kernels, quantize
 from apot_utils.layers import QuantConv2d
 from apot_utils.levels import level_set, projection_order, weight_magnitudes
 from apot_utils.quantize import argmin_project, project, quantize_activation, quantize_weight
@@ -210,3 +211,19 @@ def test_division_by_alpha_folded_into_the_table(bits, scheme, dtype):
         assert torch.equal(folded.nan_to_num(7.0), expected.nan_to_num(7.0)), a
     with pytest.raises(ValueError, match="finite positive"):
         project(x, levels, divisor=torch.tensor(0.0, dtype=dtype))
+
+
+def test_projection_falls_back_to_eager_when_no_kernel_can_be_built(tmp_path, monkeypatch):
+    """No C++ compiler, an unwritable kernel folder: one warning, the eager lookup, the same values."""
+    def fail(*args):
+        raise OSError("no compiler")
+    monkeypatch.setattr(kernels, "KERNEL_DIR", tmp_path)
+    monkeypatch.setattr(kernels, "_build", fail)
+    monkeypatch.setattr(quantize, "_checked", {})
+    levels = level_set(3)
+    x = torch.rand(1 << 17) * 1.4 - 0.2
+    with pytest.warns(UserWarning, match=r"fused kernel \(project tree\) is unavailable \(OSError: no compiler\)"):
+        assert torch.equal(project(x, levels), argmin_project(x, levels))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                  # said once a process
+        assert torch.equal(project(x, levels), argmin_project(x, levels))
