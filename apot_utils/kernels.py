@@ -49,14 +49,13 @@ def package_path(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[di
     return KERNEL_DIR / f"{fn.__name__.strip('_')}-{args[0].device.type}-{digest.hexdigest()[:16]}.pt2"
 
 
-class _Call(torch.nn.Module):
+class _Call(torch.nn.Module):      # torch.export takes modules
     def __init__(self, fn: Callable):
         super().__init__()
         self.fn = fn
 
     def forward(self, *args):
-        out = self.fn(*args)
-        return out if isinstance(out, tuple) else (out,)
+        return self.fn(*args)
 
 
 def _build(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, str] | None, ...], path: Path) -> None:
@@ -80,7 +79,8 @@ def pending(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[in
 
 
 def load(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, str] | None, ...]) -> Callable:
-    """``fn`` compiled for tensors like ``args``: a callable that takes tensors and returns a tuple of tensors.
+    """``fn`` compiled for tensors like ``args``: a callable that takes tensors and returns what ``fn`` returns,
+    a tensor or a tuple of two or more.
 
     dynamic: for each argument, the dimensions that may vary from call to call, by name (dimensions with the
     same name are equal in every call), or None; every other dimension is fixed at its size in ``args``.
@@ -102,4 +102,8 @@ def load(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, 
         runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, index)
     except RuntimeError as error:
         raise RuntimeError(f"could not load the kernel package {path} ({error}); delete it to rebuild it") from None
-    return lambda *tensors: tuple(runner.run(list(tensors)))
+
+    def call(*tensors):
+        out = runner.run(list(tensors))
+        return out[0] if len(out) == 1 else tuple(out)
+    return call

@@ -159,7 +159,7 @@ def project(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor | None = 
     return _run("project", x.reshape(-1), decisions, outputs).view_as(x)
 
 
-_COMPILE_MIN_NUMEL = 1 << 16
+_FUSED_MIN_NUMEL = 1 << 16
 _TREE_MAX_LEVELS = 32      # up to here the select tree is faster than the lookup (benchmarks/bench_projection.py)
 
 
@@ -239,7 +239,7 @@ def _kernel_for(kind: str, d: _Decisions) -> tuple[str, tuple[torch.Tensor, ...]
 def _run(kind: str, x: torch.Tensor, d: _Decisions, *args):
     """The ``kind`` ('project' or 'clip') kernel on 1-D x: fused (:mod:`apot_utils.kernels`) for large inputs,
     the eager lookup otherwise. args: the outputs of the sorted levels ('project'); levels and α ('clip')."""
-    if x.numel() >= _COMPILE_MIN_NUMEL:
+    if x.numel() >= _FUSED_MIN_NUMEL:
         name, tables = _kernel_for(kind, d)
         t = d.thresholds
 
@@ -249,14 +249,13 @@ def _run(kind: str, x: torch.Tensor, d: _Decisions, *args):
             return torch.cat([x[:4096], t, torch.nextafter(t, torch.zeros_like(t)), sweep, special]), *tables, *args
         kernel = _fused(name, (x.device.type, x.dtype, len(d.levels)), probe)
         if kernel is not None:
-            out = kernel(x, *tables, *args)
-            return out[0] if kind == "project" else out
+            return kernel(x, *tables, *args)
     return _KERNELS[f"{kind} lookup"][0](x, *d.lookup_tables, *args)
 
 
 def _run_clip_grads(grad: torch.Tensor, code: torch.Tensor):
     """:func:`_clip_grads` on 1-D tensors, fused for large inputs."""
-    if grad.numel() >= _COMPILE_MIN_NUMEL:
+    if grad.numel() >= _FUSED_MIN_NUMEL:
         def probe():
             return (torch.cat([grad[:4096], grad.new_tensor([1.0, -2.0, float("nan"), -1.0, 3.0, float("inf")])]),
                     torch.cat([code[:4096], code.new_tensor([float("inf"), float("nan"), 0.0, -0.0, -0.25, 0.25])]))
@@ -305,11 +304,10 @@ def _fused(name: str, kind: tuple, probe):
         try:
             args = probe()
             kernel = kernels.load(fn, args, dynamic)
-            out = kernel(*args)
-            if _same(out if len(out) > 1 else out[0], fn(*args)):
+            if _same(kernel(*args), fn(*args)):
                 _checked[key] = kernel
             else:
-                warnings.warn(f"the compiled kernel ({name}) disagreed with the eager one; using eager kernels")
+                warnings.warn(f"the fused kernel ({name}) disagreed with the eager one; using eager kernels")
         except Exception as error:  # no C++ compiler, no Triton: say why once, stay eager
             warnings.warn(f"the fused kernel ({name}) is unavailable ({type(error).__name__}: {error}); "
                           "using eager kernels")

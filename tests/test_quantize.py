@@ -38,7 +38,7 @@ def compiled_kernel_used(levels, dtype) -> bool:
 def test_projection_equals_argmin(index, dtype, kernel, monkeypatch):
     levels = RELEASED[index]
     if kernel == "eager lookup":
-        monkeypatch.setattr(quantize, "_COMPILE_MIN_NUMEL", 1 << 62)
+        monkeypatch.setattr(quantize, "_FUSED_MIN_NUMEL", 1 << 62)
     elif kernel == "eager tree":
         monkeypatch.setattr(quantize, "_run", lambda kind, x, d, outputs: quantize._select_tree(x, *d.tree_tables, outputs))
     g = torch.Generator().manual_seed(index)
