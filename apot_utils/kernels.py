@@ -79,8 +79,9 @@ def pending(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[in
 
 
 def load(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, str] | None, ...]) -> Callable:
-    """``fn`` compiled for tensors like ``args``: a callable that takes tensors and returns what ``fn`` returns,
-    a tensor or a tuple of two or more.
+    """``fn`` compiled for tensors like ``args``: a callable that takes tensors of any layout (views and
+    non-contiguous tensors are made contiguous first) and returns what ``fn`` returns, a tensor or a tuple
+    of two or more.
 
     dynamic: for each argument, the dimensions that may vary from call to call, by name (dimensions with the
     same name are equal in every call), or None; every other dimension is fixed at its size in ``args``.
@@ -104,6 +105,8 @@ def load(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, 
         raise RuntimeError(f"could not load the kernel package {path} ({error}); delete it to rebuild it") from None
 
     def call(*tensors):
-        out = runner.run(list(tensors))
+        # The compiled code reads each argument as dense row-major memory (the layout it was exported
+        # with): an expanded, sliced, transposed or channels-last view is copied to that layout first.
+        out = runner.run([t.contiguous() for t in tensors])
         return out[0] if len(out) == 1 else tuple(out)
     return call
