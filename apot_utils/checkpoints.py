@@ -8,7 +8,10 @@ it was.
 Formats understood:
 - the release's CIFAR-10 files: ``{'epoch', 'state_dict', 'best_prec', 'optimizer'}`` with
   ``module.`` prefixes and ``<layer>.weight_quant.wgt_alpha``;
-- the release's ImageNet layout: ``module.`` prefixes, ``<layer>.weight_alpha``;
+- the release's ImageNet layout: ``module.`` prefixes, ``<layer>.weight_alpha``, either as its
+  ``main.py`` saves a run (``{'epoch', 'arch', 'state_dict', 'best_acc1', 'optimizer'}``) or as the files it
+  hands out for progressive initialization, which its ``--pretrained`` reads as ``checkpoint['model']``;
+  its full-precision layers carry ``act_alpha`` = 6.0 and ``weight_alpha`` = 3.0, never used;
 - a plain state dict, or ``{'state_dict': ..., 'meta': {'dataset', 'arch', 'bit', ...}}``
   (``meta``, when present, is checked against the requested model).
 """
@@ -192,6 +195,9 @@ def read_checkpoint(path: str | Path) -> dict:
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         reason = str(error).splitlines()[0] or type(error).__name__
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt): {reason}") from None
+    if isinstance(content, dict) and "state_dict" not in content and isinstance(content.get("model"), dict):
+        content = {**content, "state_dict": content["model"]}        # the release's ImageNet initialization files
+        del content["model"]
     if isinstance(content, dict) and "state_dict" not in content and all(
             isinstance(v, torch.Tensor) for v in content.values()):
         content = {"state_dict": content}
@@ -210,6 +216,23 @@ def to_model_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
         key = key.removeprefix("module.").replace("weight_quant.wgt_alpha", "weight_alpha")
         out[key] = value
     return out
+
+
+# The release's QuantConv2d creates both thresholds at every bitwidth; at 32 bits its forward never reads
+# them and they keep their initial values.
+_RELEASE_UNUSED_ALPHAS = {"act_alpha": 6.0, "weight_alpha": 3.0}
+
+
+def _without_unused_alphas(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A full-precision state dict less the release's never-used thresholds: every ``act_alpha`` /
+    ``weight_alpha`` that the model lacks, provided each still holds the release's initial value (a trained
+    threshold means a quantized checkpoint, which :func:`check_state_dict` then refuses)."""
+    expected = model.state_dict()
+    extra = {k for k in state_dict if k not in expected and k.rsplit(".", 1)[-1] in _RELEASE_UNUSED_ALPHAS}
+    if not extra or any(state_dict[k].numel() != 1 or float(state_dict[k]) != _RELEASE_UNUSED_ALPHAS[k.rsplit(".", 1)[-1]]
+                        for k in extra):
+        return state_dict
+    return {k: v for k, v in state_dict.items() if k not in extra}
 
 
 def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -265,6 +288,8 @@ def load_into(model: nn.Module, path: str | Path, dataset: str, arch: str, bit: 
         raise CheckpointError(f"{path} was made with level-set rule {meta['level_rule']!r}; this version builds "
                               f"{LEVEL_RULE!r}, so its levels would differ")
     state_dict = to_model_keys(content["state_dict"])
+    if bit == 32:
+        state_dict = _without_unused_alphas(model, state_dict)
     check_state_dict(model, state_dict, str(path))
     check_alphas(state_dict, str(path))
     model.load_state_dict(state_dict)

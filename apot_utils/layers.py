@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .levels import projection_order, weight_projection_order
-from .quantize import normalize_weight, quantize_8bit, quantize_activation, quantize_weight
+from .quantize import normalize_weight, quantize_8bit, quantize_activation, quantize_weight, reference_active
 
 FULL_PRECISION = 32
 
@@ -32,8 +32,9 @@ class _QuantizedWeight:
 @contextmanager
 def frozen_weights(model: nn.Module):
     """Inside the block, every quantized layer of ``model`` uses the weight it had on entry,
-    quantized once (inference without gradients: validation). Modules are unchanged on exit."""
-    layers = [m for m in model.modules() if isinstance(m, _QuantizedWeight)]
+    quantized once (inference without gradients: validation). Modules are unchanged on exit. Under
+    :func:`apot_utils.quantize.reference_formulation` nothing is frozen: every forward quantizes again."""
+    layers = [] if reference_active() else [m for m in model.modules() if isinstance(m, _QuantizedWeight)]
     try:
         with torch.no_grad():
             for m in layers:   # a plain attribute, never a registered parameter or buffer

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -154,9 +155,36 @@ def project(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor | None = 
     key = None if divisor is None else float(divisor.detach().to(x.dtype))
     if key is not None and not (key > 0 and key != float("inf")):
         raise ValueError(f"divisor must be a finite positive number, got {key}")
+    if _reference[0]:
+        q = argmin_project((x if divisor is None else x / divisor).clamp(0, 1), levels)
+        return q if scale is None else q * scale
     decisions = _decisions(values, x.dtype, x.device, key)
     outputs = decisions.levels if scale is None else decisions.levels * scale.to(x.dtype)
     return _run("project", x.reshape(-1), decisions, outputs).view_as(x)
+
+
+_reference = [False]      # inside reference_formulation()
+
+
+@contextmanager
+def reference_formulation():
+    """Inside the block the quantizers compute as the release's code did, the definition the fast path is
+    tested against: :func:`project` is :func:`argmin_project` over the N×L table (after dividing by α and
+    clipping), the training quantizer is :class:`ReferenceClippedProjection` (u and q kept for the backward),
+    and :func:`apot_utils.layers.frozen_weights` quantizes the weights again in every forward. The values and
+    gradients are the same bit for bit on any one machine (tests); memory and time are not (``benchmarks/``).
+    Not thread-safe: it switches the whole process."""
+    saved = _reference[0]
+    _reference[0] = True
+    try:
+        yield
+    finally:
+        _reference[0] = saved
+
+
+def reference_active() -> bool:
+    """Whether :func:`reference_formulation` is in force."""
+    return _reference[0]
 
 
 _FUSED_MIN_NUMEL = 1 << 16
@@ -390,7 +418,8 @@ def quantize_weight(w_normalized: torch.Tensor, alpha: torch.Tensor, magnitudes:
                     grad_scale: float = 1.0, clip_grad: bool = False) -> torch.Tensor:
     """Signed quantization of already normalized weights: α · sign(c) · project(|c|), c = clip(w/α, -1, 1).
     ``clip_grad``: no gradient to weights beyond ±α (default: straight through everywhere)."""
-    return _ClippedProjection.apply(w_normalized, alpha, magnitudes, True, grad_scale, clip_grad)
+    quantizer = ReferenceClippedProjection if _reference[0] else _ClippedProjection
+    return quantizer.apply(w_normalized, alpha, magnitudes, True, grad_scale, clip_grad)
 
 
 def quantize_activation(x: torch.Tensor, alpha: torch.Tensor, levels: torch.Tensor,
@@ -401,7 +430,8 @@ def quantize_activation(x: torch.Tensor, alpha: torch.Tensor, levels: torch.Tens
     lookup (a table for each α): one pass over x instead of five, the same values.
     """
     if torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad):
-        return _ClippedProjection.apply(x, alpha, levels, False, grad_scale)
+        quantizer = ReferenceClippedProjection if _reference[0] else _ClippedProjection
+        return quantizer.apply(x, alpha, levels, False, grad_scale)
     return project(x, levels, scale=alpha.detach(), divisor=alpha)
 
 

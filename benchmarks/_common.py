@@ -7,7 +7,6 @@ import os
 import platform
 import sys
 import time
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -85,23 +84,3 @@ def table(rows: list[dict]) -> None:
     print("  ".join(f"{k:>14}" for k in keys))
     for r in rows:
         print("  ".join(f"{v:>14.4g}" if isinstance(v, float) else f"{v!s:>14}" for v in r.values()))
-
-
-@contextmanager
-def reference_formulation():
-    """The release's formulation: argmin over the N×L table, weights re-quantized every forward, u and q
-    kept for the backward."""
-    from apot_utils import layers, quantize
-
-    def argmin_with_scale(x, levels, scale=None, divisor=None):
-        q = quantize.argmin_project((x if divisor is None else x / divisor).clamp(0, 1), levels)
-        return q if scale is None else q * scale
-
-    saved = quantize.project, layers.frozen_weights, quantize._ClippedProjection
-    quantize.project = argmin_with_scale
-    layers.frozen_weights = nullcontext          # validation then quantizes the weights in every forward
-    quantize._ClippedProjection = quantize.ReferenceClippedProjection
-    try:
-        yield
-    finally:
-        quantize.project, layers.frozen_weights, quantize._ClippedProjection = saved

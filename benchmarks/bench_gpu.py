@@ -9,7 +9,8 @@ Run: python benchmarks/bench_gpu.py
 from __future__ import annotations
 
 import torch
-from _common import reference_formulation, table, timed, write
+from _common import table, timed, write
+from apot_utils.quantize import reference_formulation
 
 from apot_utils.levels import level_set
 from apot_utils.models import build_model

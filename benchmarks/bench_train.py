@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import interleaved, reference_formulation, write
+from _common import interleaved, write
+from apot_utils.quantize import reference_formulation
 
 from apot_utils.evaluate import reuse_freed_memory
 from apot_utils.models import build_model

@@ -23,7 +23,8 @@ import os
 import tempfile
 
 import torch
-from _common import command, interleaved, reference_formulation, write
+from _common import command, interleaved, write
+from apot_utils.quantize import reference_formulation
 
 from apot_utils import checkpoints, data
 from apot_utils.layers import frozen_weights

@@ -40,9 +40,12 @@ def test_3bit_alphas_are_the_published_ones(ref, capsys):
 
 
 def test_3bit_first_batch_matches_published_output(ref):
+    """The release's README (a GPU): Loss 0.2144, Prec 96.000% on the first 100 test images. Another machine's
+    float32 summation order moves activations that sit on a level midpoint (tests/test_validation.py), so the
+    loss is compared within 0.005 and the accuracy within one image."""
     model = load_model("cifar10", "resnet20", 3, release_file(ref, 3))
     result = validate_cifar10(model, data.load_npz(ref("cifar10/test_first100_lossless.npz")), "cpu")
-    assert f"{result.top1:.3f}" == "96.000"
+    assert abs(result.top1 - 96.0) <= 1.0
     assert abs(result.loss - 0.2144) < 0.005
 
 

@@ -1,6 +1,6 @@
 """The quantizer's backward keeps less (for activations one coded slope, for weights a slope and a mask,
 instead of u and q) and runs fused: its gradients must be bit for bit those of the formulation that kept
-u and q with the argmin projection, quantize.ReferenceClippedProjection."""
+u and q with the argmin projection, quantize.reference_formulation()."""
 import pytest
 import torch
 
@@ -15,7 +15,7 @@ def _gradients(model, images, labels):
 
 
 @pytest.mark.parametrize("bit, clip", [(2, False), (3, False), (4, False), (4, True)])
-def test_gradients_bit_identical_to_the_formulation_that_kept_u_and_q(ref, monkeypatch, bit, clip):
+def test_gradients_bit_identical_to_the_formulation_that_kept_u_and_q(ref, bit, clip):
     first100 = data.load_npz(ref("cifar10/test_first100_lossless.npz"))
     images, labels = next(data.batches(first100, 64))
     model = load_model("cifar10", "resnet20", bit, "release", log=lambda line: None).train()
@@ -25,8 +25,8 @@ def test_gradients_bit_identical_to_the_formulation_that_kept_u_and_q(ref, monke
     state = {k: v.clone() for k, v in model.state_dict().items()}
     ours = _gradients(model, images, labels)
     model.load_state_dict(state)                                  # BatchNorm statistics moved: put them back
-    monkeypatch.setattr(quantize, "_ClippedProjection", quantize.ReferenceClippedProjection)
-    reference = _gradients(model, images, labels)
+    with quantize.reference_formulation():
+        reference = _gradients(model, images, labels)
     assert ours.keys() == reference.keys() and len(ours) > 40
     for name in ours:
         assert torch.equal(ours[name], reference[name]), name
