@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from . import checkpoints
-from .integer import Fixed8bit, IntegerConv2d, folded_scale, in_order, pack_codes, unpack_codes, weight_codes
+from .integer import (Fixed8bit, FixedOrderBatchNorm2d, FixedOrderGlobalPool, IntegerConv2d, folded_scale, in_order,
+                      pack_codes, unpack_codes, weight_codes)
 from .layers import FirstConv8bit, LastLinear8bit, QuantConv2d
 from .levels import integer_levels, projection_order, weight_projection_order
 from .models import build_model
@@ -105,8 +106,9 @@ def load_exported(path: str | Path, levels: str = "release", dataset: str | None
                   bit: int | None = None) -> nn.Module:
     """The model of an exported file, in eval mode: the architecture of its metadata, with every
     quantized convolution an :class:`~apot_utils.integer.IntegerConv2d` and the 8-bit layers
-    :class:`~apot_utils.integer.Fixed8bit` (float arithmetic by default; see
-    :func:`~apot_utils.integer.integer_arithmetic`). dataset / arch / bit, when given, must match the file."""
+    :class:`~apot_utils.integer.Fixed8bit`, BatchNorm and the average pool their fixed-order counterparts
+    (float arithmetic by default, the float model's bit for bit; inside
+    :func:`~apot_utils.integer.integer_arithmetic` integers and fixed-order rounding, the same on every machine). dataset / arch / bit, when given, must match the file."""
     tensors, meta = read_exported(path)
     for name, wanted in (("dataset", dataset), ("arch", arch), ("bit", bit)):
         if wanted is not None and meta.get(name) != wanted:
@@ -130,9 +132,11 @@ def load_exported(path: str | Path, levels: str = "release", dataset: str | None
                 replacement = Fixed8bit(tensors[f"{name}.weight_codes"].long(), tensors[f"{name}.weight_max"],
                                         tensors.get(f"{name}.bias"))
             elif isinstance(module, nn.BatchNorm2d):
+                replacement = FixedOrderBatchNorm2d(module.num_features, module.eps)
                 for key in ("weight", "bias", "running_mean", "running_var"):
-                    getattr(module, key).data.copy_(tensors[f"{name}.{key}"])
-                continue
+                    getattr(replacement, key).data.copy_(tensors[f"{name}.{key}"])
+            elif isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+                replacement = FixedOrderGlobalPool(module)
             else:
                 continue
             parent, _, child = name.rpartition(".")

@@ -15,6 +15,17 @@ n − 1 additions (:func:`shift_add_conv2d`).
 (``integer = False``: the float model's arithmetic) or in integers (``integer = True``). Its level
 values are the release's float32 roundings (``levels='release'``: bit for bit the float model's)
 or the exact ratios I / I_max in float64 (``levels='exact'``).
+
+**The same predictions on every machine.** A float32 convolution sums in an order that depends on the
+CPU's instruction set (oneDNN, BLAS and NNPACK pick other kernels), and a quantized network turns a
+last-bit difference into another level wherever an activation sits within rounding of a midpoint. Inside
+:func:`integer_arithmetic` nothing depends on such a choice: every quantized convolution is an exact
+integer sum (:func:`exact_integer_conv2d`), and every rounding after it happens in one fixed order and
+precision: the rescale by s, BatchNorm as three elementwise operations (:class:`FixedOrderBatchNorm2d`),
+the residual additions, the average pool, and the 8-bit first convolution and last linear layer summed tap
+by tap (:func:`fixed_order_conv2d`, :func:`fixed_order_linear`). Elementwise IEEE operations round the
+same way on every machine, so the logits are the same bits on any CPU (tested under other oneDNN
+instruction sets and with oneDNN off).
 """
 from __future__ import annotations
 
@@ -28,6 +39,7 @@ from .levels import integer_levels, projection_order, weight_projection_order
 from .quantize import normalize_weight, project, quantize_activation
 
 FLOAT64_EXACT = 2**53     # integers up to this magnitude, and their sums, are exact in float64
+FLOAT32_EXACT = 2**24     # the same in float32
 LEVEL_VALUES = ("release", "exact")
 
 
@@ -130,6 +142,64 @@ def exact_in_float64(a_max: int, w: torch.Tensor) -> bool:
     return accumulator_bound(a_max, w) < FLOAT64_EXACT
 
 
+def exact_integer_conv2d(a: torch.Tensor, w: torch.Tensor, stride=1, padding=0, bound: int | None = None) -> torch.Tensor:
+    """conv2d of integer activations a [N, C, H, W] (any dtype) with integer weights w [O, C, kh, kw], exact and
+    fast: im2col (a copy) and one matrix product, in float32 when every partial sum stays below 2^24
+    (``bound``: :func:`accumulator_bound`), else in float64 (below 2^53). A matrix product of integers that
+    stay in that range is exact in any summation order; no transform of the operands (Winograd, FFT) is
+    possible on this path, as it would be inside ``F.conv2d``. Returns the integers as a float tensor
+    [N, O, H', W'] (float32 or float64)."""
+    if bound is None:
+        bound = accumulator_bound(int(a.max()), w)
+    if bound >= FLOAT64_EXACT:
+        raise ValueError(f"integer convolution bound {bound} exceeds float64's exact range")
+    single = bound < FLOAT32_EXACT and torch.get_float32_matmul_precision() == "highest"
+    dtype = torch.float32 if single else torch.float64
+    stride, padding = nn.modules.utils._pair(stride), nn.modules.utils._pair(padding)
+    kh, kw = w.shape[2:]
+    cols = F.unfold(a.to(dtype), (kh, kw), padding=padding, stride=stride)             # [N, C·kh·kw, L]
+    height = (a.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
+    width = (a.shape[3] + 2 * padding[1] - kw) // stride[1] + 1
+    return (w.reshape(len(w), -1).to(dtype) @ cols).view(len(a), len(w), height, width)
+
+
+def fixed_order_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1,
+                       padding=0) -> torch.Tensor:
+    """conv2d of x [N, C, H, W] with weight [O, C, kh, kw], every output summed tap by tap in one order (input
+    channel, kernel row, kernel column), each product and each partial sum rounded in x's dtype, then the
+    bias added: the same bits on every machine. For the 8-bit first convolution (27 taps in a CIFAR ResNet,
+    147 in an ImageNet one)."""
+    stride, padding = nn.modules.utils._pair(stride), nn.modules.utils._pair(padding)
+    o, _, kh, kw = weight.shape
+    cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)                      # [N, C·kh·kw, L], a copy
+    w = weight.reshape(o, -1).to(x.dtype)
+    acc = cols[:, 0:1, :] * w[:, 0].view(1, o, 1)
+    for k in range(1, w.shape[1]):
+        acc.add_(cols[:, k:k + 1, :] * w[:, k].view(1, o, 1))
+    if bias is not None:
+        acc.add_(bias.to(x.dtype).view(1, o, 1))
+    height = (x.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
+    return acc.view(len(x), o, height, -1)
+
+
+def fixed_order_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear of x [N, K] with weight [O, K], summed over k = 0, 1, … in that order in x's dtype, then the bias."""
+    w = weight.to(x.dtype)
+    acc = x[:, 0:1] * w[:, 0]
+    for k in range(1, w.shape[1]):
+        acc.add_(x[:, k:k + 1] * w[:, k])
+    return acc if bias is None else acc.add_(bias.to(x.dtype))
+
+
+def fixed_order_global_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean over H and W of x [N, C, H, W], positions added in row-major order, then divided: [N, C, 1, 1]."""
+    flat = x.flatten(2)
+    acc = flat[..., 0].clone()
+    for k in range(1, flat.shape[2]):
+        acc.add_(flat[..., k])
+    return acc.div_(flat.shape[2]).view(*x.shape[:2], 1, 1)
+
+
 def folded_scale(act_alpha: torch.Tensor, weight_alpha: torch.Tensor, bits: int, scheme: str = "apot",
                  terms: int | None = None) -> torch.Tensor:
     """s = α_a · α_w / (I_a,max · I_w,max), float64, one value per weight α (1 per layer, or C_out)."""
@@ -177,7 +247,8 @@ class IntegerConv2d(nn.Module):
         self.register_buffer("weight", magnitudes[index].mul(sign.to(dtype)).mul(self.weight_alpha))
         self.register_buffer("weight_int", weight_integers[index] * sign)     # c_w
         self.register_buffer("scale", folded_scale(act_alpha, weight_alpha, bits, scheme, terms))
-        if not exact_in_float64(int(act_integers[-1]), self.weight_int):
+        self.bound = accumulator_bound(int(act_integers[-1]), self.weight_int)
+        if self.bound >= FLOAT64_EXACT:
             raise ValueError("this layer's integer convolution could overflow float64's exact range")
 
     def activation_integers(self, x: torch.Tensor) -> torch.Tensor:
@@ -189,14 +260,16 @@ class IntegerConv2d(nn.Module):
         if not self.integer:
             x = quantize_activation(x, self.act_alpha.to(x.dtype), self.act_levels.to(x.dtype))
             return F.conv2d(x, self.weight.to(x.dtype), None, self.stride, self.padding)
-        acc = F.conv2d(self.activation_integers(x).double(), self.weight_int.double(), None, self.stride, self.padding)
-        return acc.mul_(self.scale.view(1, -1, 1, 1)).to(x.dtype)      # exact integers, one rescale
+        acc = exact_integer_conv2d(self.activation_integers(x), self.weight_int, self.stride, self.padding, self.bound)
+        return acc.double().mul_(self.scale.view(1, -1, 1, 1)).to(x.dtype)      # exact integers, one rescale
 
 
 class Fixed8bit(nn.Module):
     """The 8-bit first convolution or last linear layer from its codes: weight = code / 127 · max,
     computed in the input's dtype (the float model's arithmetic). codes: int64 of the weight's shape;
     weight_max: 0-d; conv: (stride, padding) for a convolution, None for the linear layer."""
+
+    integer = False        # inside integer_arithmetic: summed in one fixed order (fixed_order_conv2d / _linear)
 
     def __init__(self, codes, weight_max, bias=None, conv: tuple | None = None):
         super().__init__()
@@ -209,14 +282,49 @@ class Fixed8bit(nn.Module):
         weight = self.codes.to(x.dtype).div(127).mul(self.weight_max.to(x.dtype))
         bias = None if self.bias is None else self.bias.to(x.dtype)
         if self.conv is None:
-            return F.linear(x, weight, bias)
-        return F.conv2d(x, weight, bias, *self.conv)
+            return fixed_order_linear(x, weight, bias) if self.integer else F.linear(x, weight, bias)
+        return fixed_order_conv2d(x, weight, bias, *self.conv) if self.integer else F.conv2d(x, weight, bias, *self.conv)
+
+
+class FixedOrderBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d (eval) whose arithmetic inside :func:`integer_arithmetic` is fixed: (x − mean) · (γ / √(var + ε))
+    + β, each an elementwise operation in x's dtype (ATen's kernel folds these differently per instruction set)."""
+    integer = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.integer:
+            return super().forward(x)
+        shape = (1, -1, 1, 1)
+        scale = self.weight.to(x.dtype) / (self.running_var.to(x.dtype) + self.eps).sqrt()
+        return (x - self.running_mean.to(x.dtype).view(shape)).mul_(scale.view(shape)).add_(self.bias.to(x.dtype).view(shape))
+
+
+class FixedOrderGlobalPool(nn.Module):
+    """A global average pool (``AvgPool2d`` over the whole map, ``AdaptiveAvgPool2d(1)``): ``pool`` itself, inside
+    :func:`integer_arithmetic` :func:`fixed_order_global_mean`. Input [N, C, H, W], output [N, C, 1, 1]."""
+    integer = False
+
+    def __init__(self, pool: nn.Module):
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.pool(x)
+        if not self.integer:
+            return out
+        if out.shape[2:] != (1, 1):
+            raise ValueError(f"{self.pool} does not pool the whole {tuple(x.shape[2:])} map: not a global pool")
+        return fixed_order_global_mean(x)
+
+
+_FIXED_ORDER = (IntegerConv2d, Fixed8bit, FixedOrderBatchNorm2d, FixedOrderGlobalPool)
 
 
 @contextmanager
 def integer_arithmetic(model: nn.Module):
-    """Inside the block every :class:`IntegerConv2d` of ``model`` computes in integers."""
-    layers = [m for m in model.modules() if isinstance(m, IntegerConv2d)]
+    """Inside the block every :class:`IntegerConv2d` of ``model`` computes in integers and the rest of an exported
+    model in one fixed order (module docstring): the same logits on every machine."""
+    layers = [m for m in model.modules() if isinstance(m, _FIXED_ORDER)]
     for m in layers:
         m.integer = True
     try:

@@ -1,0 +1,72 @@
+"""The same answers on every machine, tested on this one by changing its float arithmetic the way another CPU
+does: with oneDNN's convolutions off PyTorch takes its own convolution, which sums in another order (and so
+would a CPU with other vector instructions; ``ONEDNN_MAX_CPU_ISA=AVX2`` or ``SSE41`` has the same kind of
+effect where the CPU has more). Under each variant, in a fresh process:
+
+- the float path's predictions equal those of the release's arithmetic (``reference_formulation``) computed
+  under the same variant: the project follows the release on whatever arithmetic it runs on;
+- the integer path's logits (exact integer convolutions, every later rounding in one fixed order) are the
+  same bits under every variant, and so are its predictions."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = r"""
+import hashlib, json, sys, tempfile
+import torch
+if sys.argv[1] == "onednn-off":
+    torch.backends.mkldnn.enabled = False
+from apot_utils import data, export, integer, quantize
+from apot_utils.pipeline import load_model, validate_cifar10
+
+test = data.load_npz(sys.argv[2])
+out, silent = {}, (lambda line: None)
+for bit in (3, 2):
+    model = load_model("cifar10", "resnet20", bit, "release", log=silent)
+    fast = validate_cifar10(model, test, "cpu", log=silent).predictions
+    with torch.no_grad():
+        float_logits = torch.cat([model(x) for x, _ in data.batches(test, 100)])
+    with quantize.reference_formulation():
+        release = validate_cifar10(model, test, "cpu", log=silent).predictions
+    path = export.export_checkpoint("cifar10", "resnet20", bit, "release", f"{tempfile.mkdtemp()}/r{bit}.safetensors", log=silent)
+    exported = export.load_exported(path)
+    with torch.no_grad(), integer.integer_arithmetic(exported):
+        logits = torch.cat([exported(x) for x, _ in data.batches(test, 100)])
+    out[bit] = {"float": fast.tolist(), "release": release.tolist(), "integer": logits.argmax(1).tolist(),
+                "integer_logits_sha256": hashlib.sha256(logits.numpy().tobytes()).hexdigest(),
+                "float_logits_sha256": hashlib.sha256(float_logits.numpy().tobytes()).hexdigest()}
+print(json.dumps(out))
+"""
+
+VARIANTS = {"default": {}, "onednn-off": {}}
+
+
+def run_variant(name: str, images, env_extra: dict) -> dict:
+    import os
+
+    env = {**os.environ, **env_extra}
+    run = subprocess.run([sys.executable, "-c", SCRIPT, name, str(images)], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.splitlines()[-1])
+
+
+def test_float_path_follows_the_release_and_integer_path_is_the_same_everywhere(ref):
+    images = ref("cifar10/test_first1000_lossless.npz")
+    results = {name: run_variant(name, images, env) for name, env in VARIANTS.items()}
+    for name, per_bit in results.items():
+        for bit, r in per_bit.items():
+            differ = [i for i, (a, b) in enumerate(zip(r["float"], r["release"])) if a != b]
+            assert differ == [], f"{name}, {bit} bits: images {differ} differ from the release's arithmetic"
+            assert len(r["float"]) == len(r["integer"]) == 1000
+    first, *others = results.values()
+    for other in others:
+        for bit in first:
+            assert other[bit]["integer_logits_sha256"] == first[bit]["integer_logits_sha256"], bit
+            assert other[bit]["integer"] == first[bit]["integer"], bit
+    # the variants do change the float arithmetic (otherwise this test would show nothing)
+    for bit in first:
+        assert results["default"][bit]["float_logits_sha256"] != results["onednn-off"][bit]["float_logits_sha256"], bit
