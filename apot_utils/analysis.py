@@ -301,3 +301,51 @@ def with_full_precision_fc(model: nn.Module) -> nn.Module:
     plain.load_state_dict(model.fc.state_dict())
     twin.fc = plain.to(model.fc.weight.device)
     return twin
+
+
+def nearest_midpoints(model: nn.Module, images: torch.Tensor, index: int, count: int = 5) -> list[dict]:
+    """The ``count`` activations of ``images[index]`` that lie nearest to a midpoint between two levels, over every
+    quantized layer of ``model`` (run on the batch ``images`` [N, 3, H, W], weights frozen as in validation), and
+    what each does to the prediction: ``layer``, ``position`` (flat index into that layer's input), ``u`` (input / α),
+    ``midpoint``, ``distance`` = u − midpoint (units of α), ``ulps`` (that distance in float32 steps at the
+    midpoint), ``prediction`` (the image's predicted class) and ``if_flipped`` (its prediction when only this
+    activation is moved to the other side of the midpoint, to the level the other arithmetic would pick)."""
+    from .layers import frozen_weights, quantized_layers
+
+    found = []
+
+    def census(name):
+        def hook(module, args):
+            u = (args[0][index] / module.act_alpha).reshape(-1).double()
+            levels = module.act_levels.double().sort().values
+            mids = (levels[1:] + levels[:-1]) / 2
+            distance, which = (u[:, None] - mids).abs().min(1)
+            for position in distance.argsort()[:count].tolist():
+                mid = mids[which[position]].item()
+                ulp = (torch.nextafter(torch.tensor(mid, dtype=torch.float32), torch.tensor(2.0)) - mid).item()
+                found.append({"layer": name, "position": position, "u": u[position].item(), "midpoint": mid,
+                              "distance": u[position].item() - mid, "ulps": (u[position].item() - mid) / ulp})
+        return hook
+
+    layers = quantized_layers(model)
+    model.eval()
+    with frozen_weights(model), torch.no_grad():
+        handles = [m.register_forward_pre_hook(census(n)) for n, m in layers]
+        try:
+            prediction = int(model(images)[index].argmax())
+        finally:
+            for h in handles:
+                h.remove()
+        found = sorted(found, key=lambda r: abs(r["distance"]))[:count]
+        for row in found:
+            def flip(module, args, row=row):
+                x = args[0].clone()
+                mirrored = row["midpoint"] - row["distance"]         # the same distance on the other side
+                x[index].view(-1)[row["position"]] = mirrored * module.act_alpha
+                return (x,)
+            handle = model.get_submodule(row["layer"]).register_forward_pre_hook(flip)
+            try:
+                row["prediction"], row["if_flipped"] = prediction, int(model(images)[index].argmax())
+            finally:
+                handle.remove()
+    return found

@@ -18,8 +18,7 @@ pytestmark = pytest.mark.slow
 SCRIPT = r"""
 import hashlib, json, sys, tempfile
 import torch
-if sys.argv[1] == "onednn-off":
-    torch.backends.mkldnn.enabled = False
+torch.backends.mkldnn.enabled = sys.argv[1] != "onednn-off"    # explicit: a run may have turned it off for all
 from apot_utils import data, export, integer, quantize
 from apot_utils.pipeline import load_model, validate_cifar10
 
