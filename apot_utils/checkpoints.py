@@ -196,8 +196,7 @@ def read_checkpoint(path: str | Path) -> dict:
         reason = str(error).splitlines()[0] or type(error).__name__
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt): {reason}") from None
     if isinstance(content, dict) and "state_dict" not in content and isinstance(content.get("model"), dict):
-        content = {**content, "state_dict": content["model"]}        # the release's ImageNet initialization files
-        del content["model"]
+        content = {("state_dict" if k == "model" else k): v for k, v in content.items()}   # the release's ImageNet init files
     if isinstance(content, dict) and "state_dict" not in content and all(
             isinstance(v, torch.Tensor) for v in content.values()):
         content = {"state_dict": content}

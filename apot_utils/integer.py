@@ -81,14 +81,19 @@ def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     return (stream.view(count, bits) << torch.arange(bits)).sum(1)
 
 
-def _unfold(a: torch.Tensor, w: torch.Tensor, stride, padding) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """im2col of integer activations a [N, C, H, W] for weights w [O, C, kh, kw]: int64 columns
-    [N, C·kh·kw, L] (exact: unfolding copies values) and the output shape [N, O, H', W']."""
+def _unfold(a: torch.Tensor, w: torch.Tensor, stride, padding, dtype: torch.dtype = torch.int64
+            ) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """im2col of a [N, C, H, W] for weights w [O, C, kh, kw]: columns [N, C·kh·kw, L] in ``dtype`` (exact:
+    unfolding copies values; int64 columns are unfolded through float64, so integers must stay below 2^53)
+    and the output shape [N, O, H', W']."""
     stride, padding = nn.modules.utils._pair(stride), nn.modules.utils._pair(padding)
-    if int(a.abs().max()) >= FLOAT64_EXACT:
-        raise ValueError("activation integers too large to unfold exactly")
     kh, kw = w.shape[2:]
-    cols = F.unfold(a.double(), (kh, kw), padding=padding, stride=stride).long()
+    if dtype == torch.int64:
+        if int(a.abs().max()) >= FLOAT64_EXACT:
+            raise ValueError("activation integers too large to unfold exactly")
+        cols = F.unfold(a.double(), (kh, kw), padding=padding, stride=stride).long()
+    else:
+        cols = F.unfold(a.to(dtype), (kh, kw), padding=padding, stride=stride)
     height = (a.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
     width = (a.shape[3] + 2 * padding[1] - kw) // stride[1] + 1
     return cols, (len(a), len(w), height, width)
@@ -155,12 +160,8 @@ def exact_integer_conv2d(a: torch.Tensor, w: torch.Tensor, stride=1, padding=0, 
         raise ValueError(f"integer convolution bound {bound} exceeds float64's exact range")
     single = bound < FLOAT32_EXACT and torch.get_float32_matmul_precision() == "highest"
     dtype = torch.float32 if single else torch.float64
-    stride, padding = nn.modules.utils._pair(stride), nn.modules.utils._pair(padding)
-    kh, kw = w.shape[2:]
-    cols = F.unfold(a.to(dtype), (kh, kw), padding=padding, stride=stride)             # [N, C·kh·kw, L]
-    height = (a.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
-    width = (a.shape[3] + 2 * padding[1] - kw) // stride[1] + 1
-    return (w.reshape(len(w), -1).to(dtype) @ cols).view(len(a), len(w), height, width)
+    cols, shape = _unfold(a, w, stride, padding, dtype)
+    return (w.reshape(len(w), -1).to(dtype) @ cols).view(shape)
 
 
 def fixed_order_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1,
@@ -169,17 +170,15 @@ def fixed_order_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     channel, kernel row, kernel column), each product and each partial sum rounded in x's dtype, then the
     bias added: the same bits on every machine. For the 8-bit first convolution (27 taps in a CIFAR ResNet,
     147 in an ImageNet one)."""
-    stride, padding = nn.modules.utils._pair(stride), nn.modules.utils._pair(padding)
-    o, _, kh, kw = weight.shape
-    cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)                      # [N, C·kh·kw, L], a copy
+    cols, shape = _unfold(x, weight, stride, padding, x.dtype)                        # [N, C·kh·kw, L], a copy
+    o = len(weight)
     w = weight.reshape(o, -1).to(x.dtype)
     acc = cols[:, 0:1, :] * w[:, 0].view(1, o, 1)
     for k in range(1, w.shape[1]):
         acc.add_(cols[:, k:k + 1, :] * w[:, k].view(1, o, 1))
     if bias is not None:
         acc.add_(bias.to(x.dtype).view(1, o, 1))
-    height = (x.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
-    return acc.view(len(x), o, height, -1)
+    return acc.view(shape)
 
 
 def fixed_order_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

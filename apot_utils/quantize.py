@@ -414,12 +414,16 @@ class ReferenceClippedProjection(torch.autograd.Function):
         return grad_x, grad_alpha.mul(ctx.grad_scale), None, None, None, None
 
 
+def _quantizer() -> type[torch.autograd.Function]:
+    """The training quantizer in force: the fused one, or the release's under :func:`reference_formulation`."""
+    return ReferenceClippedProjection if _reference[0] else _ClippedProjection
+
+
 def quantize_weight(w_normalized: torch.Tensor, alpha: torch.Tensor, magnitudes: torch.Tensor,
                     grad_scale: float = 1.0, clip_grad: bool = False) -> torch.Tensor:
     """Signed quantization of already normalized weights: α · sign(c) · project(|c|), c = clip(w/α, -1, 1).
     ``clip_grad``: no gradient to weights beyond ±α (default: straight through everywhere)."""
-    quantizer = ReferenceClippedProjection if _reference[0] else _ClippedProjection
-    return quantizer.apply(w_normalized, alpha, magnitudes, True, grad_scale, clip_grad)
+    return _quantizer().apply(w_normalized, alpha, magnitudes, True, grad_scale, clip_grad)
 
 
 def quantize_activation(x: torch.Tensor, alpha: torch.Tensor, levels: torch.Tensor,
@@ -430,8 +434,7 @@ def quantize_activation(x: torch.Tensor, alpha: torch.Tensor, levels: torch.Tens
     lookup (a table for each α): one pass over x instead of five, the same values.
     """
     if torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad):
-        quantizer = ReferenceClippedProjection if _reference[0] else _ClippedProjection
-        return quantizer.apply(x, alpha, levels, False, grad_scale)
+        return _quantizer().apply(x, alpha, levels, False, grad_scale)
     return project(x, levels, scale=alpha.detach(), divisor=alpha)
 
 
