@@ -11,9 +11,9 @@ def pytest_collection_modifyitems(config, items):
 
     Without APOT_DATA_DIR the notebook cells are skipped with the reason (the tests skip themselves, in
     ``ref``); under APOT_REQUIRE_DATA=1 they run (and fail loudly)."""
-    from apot_utils.checkpoints import data_dir
+    from apot_utils.paths import reference_dir
 
-    root = data_dir()
+    root = reference_dir()
     have_data = (root is not None and root.is_dir()) or os.environ.get("APOT_REQUIRE_DATA") == "1"
     skip = pytest.mark.skip(reason="notebook outputs are computed from the reference data: set APOT_DATA_DIR")
     for item in items:

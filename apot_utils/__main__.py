@@ -9,6 +9,10 @@ from .levels import SCHEMES
 from .models import ARCHS, BITS
 
 
+RECIPE_FLAGS = ("lr", "weight_decay", "momentum", "act_alpha_lr", "act_alpha_weight_decay", "weight_alpha_lr",
+                "weight_alpha_weight_decay", "alpha_grad_scale", "clip_weight_grad")
+
+
 def _at_least(low: int):
     """argparse type: an integer of at least ``low``."""
     def parse(text: str) -> int:
@@ -54,15 +58,21 @@ def main(argv=None) -> int:
     t = commands.add_parser("train", help="quantization-aware training with the release's recipe (torchrun for several processes)")
     _common(t)
     t.add_argument("--init", default=None, help="start from 'release' (the authors' checkpoint of --init-bit) or a path")
-    t.add_argument("--init-bit", type=int, default=32, help="with --init release: which released bitwidth (default 32)")
+    t.add_argument("--init-bit", type=int, choices=BITS, default=None,
+                   help="with --init release: which released bitwidth (default 32); with a path: its bitwidth, when the "
+                        "file does not record it (the authors' ImageNet files)")
+    t.add_argument("--terms", type=_positive, default=None,
+                   help="n, the number of additive terms (default: a quantized --init's, else the release's, ceil(b/2))")
+    t.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
+                   help="one weight α per output channel (default: as a quantized --init of the same bitwidth was made, else no)")
     t.add_argument("--out", default=None, help="run folder (default runs/<arch>_<bit>bit)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint, with the recipe it was started with")
     t.add_argument("--val-data", default=None, help="cifar10: test .npz / .zip (default as validate); imagenet: val ImageFolder")
     t.add_argument("--epochs", type=_positive, default=None, help="a shorter (or longer) schedule; decay epochs scale with it")
     t.add_argument("--milestones", type=_positive, nargs="*", default=None, help="epochs at which every lr is multiplied by 0.1")
-    for name in ("lr", "weight-decay", "momentum", "act-alpha-lr", "act-alpha-weight-decay", "weight-alpha-lr",
-                 "weight-alpha-weight-decay", "alpha-grad-scale"):
-        t.add_argument(f"--{name}", type=float, default=None, help="override the recipe's value")
+    for name in RECIPE_FLAGS[:-1]:
+        t.add_argument(f"--{name.replace('_', '-')}", type=float, default=None, help="override the recipe's value")
     t.add_argument("--clip-weight-grad", action=argparse.BooleanOptionalAction, default=None,
                    help="stop weight gradients beyond ±α above 2 bits (default: the recipe's; ImageNet yes, CIFAR-10 no)")
     t.add_argument("--subset", type=_positive, default=None, help="train on N images drawn by a seeded shuffle")
@@ -145,19 +155,20 @@ def _train_config(args):
     from .train import TrainConfig, default_recipe, shortened
 
     bit = 4 if args.bit is None else args.bit
-    recipe = default_recipe(args.dataset, bit, args.arch)
-    if args.epochs is not None:
-        recipe = shortened(recipe, args.epochs)
-    overrides = {k: getattr(args, k) for k in ("lr", "weight_decay", "momentum", "act_alpha_lr", "act_alpha_weight_decay",
-                                               "weight_alpha_lr", "weight_alpha_weight_decay", "alpha_grad_scale",
-                                               "clip_weight_grad")
-                 if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k) is not None}
     if args.batch_size is not None:
         overrides["batch_size"] = args.batch_size
     if args.milestones is not None:
         overrides["milestones"] = tuple(args.milestones)
+    recipe = None      # --resume without recipe options: the run's own (train checks any that are given)
+    if not args.resume or overrides or args.epochs is not None:
+        recipe = default_recipe(args.dataset, bit, args.arch)
+        if args.epochs is not None:
+            recipe = shortened(recipe, args.epochs)
+        recipe = dataclasses.replace(recipe, **overrides)
     return TrainConfig(dataset=args.dataset, arch=args.arch, bit=bit, scheme=args.scheme or "apot",
-                       out=args.out or f"runs/{args.arch}_{bit}bit", recipe=dataclasses.replace(recipe, **overrides),
+                       out=args.out or f"runs/{args.arch}_{bit}bit", recipe=recipe, terms=args.terms,
+                       per_channel=args.per_channel,
                        init=args.init, init_bit=args.init_bit, resume=args.resume, data_source=args.data,
                        val_source=args.val_data, subset=args.subset, val_subset=args.val_subset, max_steps=args.max_steps,
                        device=args.device, data_on_device=args.data_on_device, workers=_workers(args.workers), seed=args.seed,

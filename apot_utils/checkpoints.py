@@ -17,6 +17,7 @@ Formats understood:
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
@@ -33,15 +34,23 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .paths import DATA_ROOT, reference_dir
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CACHE_DIR = PROJECT_ROOT / "data" / "checkpoints"
-SHIPPED_DIR = PROJECT_ROOT / "checkpoints"        # checkpoints this project made and ships (see its README)
+
+CACHE_DIR = DATA_ROOT / "checkpoints"
 _RELEASE_URL = "https://github.com/yhhhli/APoT_Quantization/raw/master/CIFAR10/result/res20_{bit}bit/model_best.pth.tar"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used for the requested model."""
+
+
+class DownloadError(CheckpointError):
+    """A download that could not reach its server (offline): ``url`` and ``reason``."""
+
+    def __init__(self, message: str, url: str = "", reason: str = ""):
+        super().__init__(message)
+        self.url, self.reason = url, reason
 
 
 @dataclass(frozen=True)
@@ -79,12 +88,6 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def data_dir() -> Path | None:
-    """``APOT_DATA_DIR`` (the reference data copy) if set."""
-    value = os.environ.get("APOT_DATA_DIR")
-    return Path(value) if value else None
-
-
 def release_path(dataset: str, arch: str, bit: int, download: bool = True) -> Path:
     """Local path of a released checkpoint, verified by sha256.
 
@@ -100,8 +103,8 @@ def release_path(dataset: str, arch: str, bit: int, download: bool = True) -> Pa
                               f"(there: {known}){hint}")
     entry = RELEASED[key]
     candidates = [CACHE_DIR / entry.filename]
-    if data_dir() is not None:
-        candidates.insert(0, data_dir() / "checkpoints" / dataset / entry.filename)
+    if reference_dir() is not None:
+        candidates.insert(0, reference_dir() / "checkpoints" / dataset / entry.filename)
     for path in candidates:
         if path.is_file():
             if sha256_of(path) != entry.sha256:
@@ -109,7 +112,13 @@ def release_path(dataset: str, arch: str, bit: int, download: bool = True) -> Pa
             return path
     if not download:
         raise CheckpointError(f"{entry.filename} not found in {', '.join(map(str, candidates))}")
-    return download_verified(entry.url, CACHE_DIR / entry.filename, entry.sha256)
+    try:
+        return download_verified(entry.url, CACHE_DIR / entry.filename, entry.sha256)
+    except DownloadError as error:
+        if reference_dir() is None:
+            raise
+        raise DownloadError(f"{candidates[0]} does not exist (APOT_DATA_DIR is {reference_dir()}, which lacks it) "
+                            f"and {error.url} could not be downloaded ({error.reason})", error.url, error.reason) from None
 
 
 def _new_folders(folder: Path) -> list[Path]:
@@ -165,8 +174,8 @@ def download_verified(url: str, dest: Path, sha256: str) -> Path:
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         if isinstance(error, urllib.error.URLError):
-            raise CheckpointError(f"could not download {url} ({error.reason}); offline, set APOT_DATA_DIR to a "
-                                  "copy of the reference data or pass --checkpoint PATH") from None
+            raise DownloadError(f"could not download {url} ({error.reason}); offline, set APOT_DATA_DIR to a "
+                                "copy of the reference data or pass --checkpoint PATH", url, str(error.reason)) from None
         raise
     return dest
 
@@ -234,6 +243,22 @@ def _without_unused_alphas(model: nn.Module, state_dict: dict[str, torch.Tensor]
     return {k: v for k, v in state_dict.items() if k not in extra}
 
 
+def has_trained_alphas(path: str | Path) -> bool:
+    """Whether the checkpoint at ``path`` holds clipping thresholds that something set: a quantized model's
+    (the release's full-precision files carry ``act_alpha`` 6.0 and ``weight_alpha`` 3.0, never used)."""
+    state = to_model_keys(read_checkpoint(path)["state_dict"])
+    return any(key.rsplit(".", 1)[-1] in _RELEASE_UNUSED_ALPHAS
+               and not (value.numel() == 1 and float(value) == _RELEASE_UNUSED_ALPHAS[key.rsplit(".", 1)[-1]])
+               for key, value in state.items())
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` naming the first floating-point tensor with a NaN or an infinity."""
+    for key, value in state_dict.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{source}: {key} holds NaN or infinite values (the checkpoint of a run that diverged?)")
+
+
 def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Raise :class:`CheckpointError` unless ``state_dict`` fits ``model`` exactly (keys and shapes)."""
     expected = model.state_dict()
@@ -291,6 +316,7 @@ def load_into(model: nn.Module, path: str | Path, dataset: str, arch: str, bit: 
         state_dict = _without_unused_alphas(model, state_dict)
     check_state_dict(model, state_dict, str(path))
     check_alphas(state_dict, str(path))
+    check_finite(state_dict, str(path))
     model.load_state_dict(state_dict)
     return {k: v for k, v in content.items() if k not in ("state_dict", "optimizer")}
 
@@ -298,20 +324,42 @@ def load_into(model: nn.Module, path: str | Path, dataset: str, arch: str, bit: 
 LEVEL_RULE = "apot-position-v1"   # apot_utils.levels' exponent rule; recorded in every checkpoint this project writes
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _disk_full(error: BaseException) -> bool:
+    """Whether ``error`` or an error it was raised from is "no space left on device". torch.save reports a
+    full disk as "[enforce fail at inline_container.cc] ... unexpected pos", the OSError as its context."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(file)`` on a temporary file in ``path``'s folder, flush it to disk, then rename it
-    over ``path``. An interrupted write leaves the previous file as it was and no temporary behind."""
+    over ``path``. An interrupted write leaves the previous file as it was and no temporary behind; a full
+    disk is an OSError that says so. The file gets the permissions a plain ``open`` would give it (0666
+    less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if _disk_full(error):
+            kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
+            raise OSError(errno.ENOSPC, f"no space left on the device of {path.parent} ({kept})") from None
         raise
     return path
 

@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoints import PROJECT_ROOT, data_dir
+from .paths import DATA_ROOT, reference_dir
 
 CIFAR10_MEAN = (0.491, 0.482, 0.447)
 CIFAR10_STD = (0.247, 0.243, 0.262)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-DATA_ROOT = PROJECT_ROOT / "data"
 
 
 @dataclass
@@ -59,7 +58,10 @@ def load_npz(path: str | Path, num_classes: int = 10) -> ImageArrays:
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR-10 file {path} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as f:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path} is a single array (.npy), not an .npz file with arrays 'x' and 'y'")
+        with f:
             if "x" not in f or "y" not in f:
                 raise ValueError(f"{path} must hold arrays 'x' (uint8 [N,32,32,3]) and 'y' [N]")
             x, y = f["x"], f["y"]
@@ -86,7 +88,7 @@ def load_npz(path: str | Path, num_classes: int = 10) -> ImageArrays:
 
 def display_path(path: str | Path) -> str:
     """``path`` with the reference-data folder written as ``$APOT_DATA_DIR``."""
-    root = data_dir()
+    root = reference_dir()
     if root is not None and Path(path).resolve().is_relative_to(root.resolve()):
         return "$APOT_DATA_DIR/" + str(Path(path).resolve().relative_to(root.resolve()))
     return str(path)
@@ -94,9 +96,12 @@ def display_path(path: str | Path) -> str:
 
 def reference_file(relative: str) -> Path:
     """A file of the reference data copy (``$APOT_DATA_DIR/<relative>``), or a clear error."""
-    root = data_dir()
-    if root is None or not (root / relative).is_file():
+    root = reference_dir()
+    if root is None:
         raise FileNotFoundError(f"{relative} not found: set APOT_DATA_DIR to the folder of the reference data copy")
+    if not (root / relative).is_file():
+        raise FileNotFoundError(f"{root / relative} does not exist: APOT_DATA_DIR ({root}) lacks {relative} "
+                                f"(python -m apot_utils fetch --dest {root} builds the layout)")
     return root / relative
 
 
@@ -128,7 +133,6 @@ def load_jpeg_zip(path: str | Path, split: str, sample: int | None = None, seed:
     Test images come back in the official order within each class; classes in index order.
     sample: decode only that many files, drawn as :meth:`ImageArrays.sample` would draw them.
     """
-    from PIL import Image
     from tqdm.auto import tqdm
 
     xs, ys = [], []
@@ -142,15 +146,38 @@ def load_jpeg_zip(path: str | Path, split: str, sample: int | None = None, seed:
         names = sorted(n for n in archive.namelist() if n.startswith(f"{split}/") and n.endswith(".jpg"))
         if not names:
             raise ValueError(f"{path} has no {split}/<class>/*.jpg files")
+        unknown = sorted({n.split("/")[1] for n in names} - set(CIFAR10_CLASSES))
+        if unknown:
+            raise ValueError(f"{path}: {split}/ has folders that are not CIFAR-10 classes: {unknown[:5]} "
+                             f"(the classes: {', '.join(CIFAR10_CLASSES)})")
         if sample is not None:
             names = [names[i] for i in _sample_indices(len(names), sample, seed)]
         for name in tqdm(names, desc=f"decoding {split} JPEGs", unit="img", mininterval=2,
                          disable=not progress or len(names) < 5000):
-            label = CIFAR10_CLASSES.index(name.split("/")[1])
-            xs.append(np.asarray(Image.open(io.BytesIO(archive.read(name))).convert("RGB")))
-            ys.append(label)
+            xs.append(_decode_member(archive, name, path))
+            ys.append(CIFAR10_CLASSES.index(name.split("/")[1]))
     what = f"{split}, JPEG copy" + (f", {len(names)} sampled (seed {seed})" if sample is not None else "")
     return ImageArrays(torch.from_numpy(np.stack(xs)), torch.tensor(ys), f"{display_path(path)} ({what})")
+
+
+def _decode_member(archive: zipfile.ZipFile, name: str, path) -> np.ndarray:
+    """One 32×32 RGB image of the zip, uint8 [32, 32, 3]; a ValueError naming the member otherwise."""
+    import zlib
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        raw = archive.read(name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
+        raise ValueError(f"{path}: member {name} is damaged ({error})") from None
+    try:
+        image = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        reason = "not an image" if isinstance(error, UnidentifiedImageError) else str(error)
+        raise ValueError(f"{path}: member {name} is not a readable image ({reason})") from None
+    if image.shape != (32, 32, 3):
+        raise ValueError(f"{path}: member {name} is {image.shape[1]}×{image.shape[0]} pixels; CIFAR-10 images are 32×32")
+    return image
 
 
 def load_cifar10(source: str | Path | None = None, train: bool = False, sample: int | None = None,
@@ -165,7 +192,7 @@ def load_cifar10(source: str | Path | None = None, train: bool = False, sample: 
     if sample is not None and sample < 1:
         raise ValueError(f"sample must be at least 1, got {sample}")
     if sample is not None and (str(source).endswith(".zip") or (source is None and train and not _torchvision_cached(train))):
-        zip_path = Path(source) if source is not None else (data_dir() / "cifar10" / "jpeg_files.zip" if data_dir() else None)
+        zip_path = Path(source) if source is not None else (reference_dir() / "cifar10" / "jpeg_files.zip" if reference_dir() else None)
         if zip_path is not None and zip_path.is_file():
             return load_jpeg_zip(zip_path, "train" if train else "test", sample, seed, progress)
     arrays = _load_cifar10(source, train, progress)
@@ -181,7 +208,7 @@ def _load_cifar10(source, train: bool, progress: bool = True) -> ImageArrays:
         try:
             return load_torchvision(train)
         except Exception as error:  # offline: fall back to the mirror, saying why
-            mirror = data_dir() / "cifar10" / ("jpeg_files.zip" if train else "test_jpeg.npz") if data_dir() else None
+            mirror = reference_dir() / "cifar10" / ("jpeg_files.zip" if train else "test_jpeg.npz") if reference_dir() else None
             if mirror is None or not mirror.is_file():
                 raise FileNotFoundError(
                     f"CIFAR-10 could not be downloaded ({error}) and no offline copy was given: "
@@ -252,44 +279,86 @@ def num_batches(data: ImageArrays, batch_size: int) -> int:
     return (len(data) + batch_size - 1) // batch_size
 
 
-def imagenet_train_loader(root: str | Path, batch_size: int, workers: int = 4, rank: int = 0, world: int = 1,
-                          seed: int = 0):
-    """ImageNet training ImageFolder as the release read it: Resize((256, 256)), RandomCrop(224),
-    horizontal flip, normalize; ``batch_size`` per process, a DistributedSampler across ``world``
-    processes (call ``loader.sampler.set_epoch(epoch)`` each epoch)."""
-    import torchvision.transforms as T
-    from torch.utils.data.distributed import DistributedSampler
+class UnreadableImage(ValueError):
+    """An image file that cannot be decoded, named in the message. Raised inside a DataLoader worker, it
+    reaches the main process rebuilt from the worker's traceback text; it keeps only its own line."""
+
+    def __init__(self, message: str):
+        if "Original Traceback" in message:
+            message = message.strip().splitlines()[-1].removeprefix(f"{__name__}.UnreadableImage: ")
+        super().__init__(message)
+
+
+def _open_image(path: str):
+    """Decode one image file as RGB (every pixel read now, so a truncated file fails here, named)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        reason = "not an image, or empty" if isinstance(error, UnidentifiedImageError) else str(error)
+        raise UnreadableImage(f"{path} is not a readable image ({reason})") from None
+
+
+def image_folder(root: str | Path, transform, what: str, num_classes: int = 1000):
+    """``torchvision.datasets.ImageFolder`` of ``root`` (``<root>/<class>/<image>``) whose class folders
+    must number ``num_classes`` (the model's outputs, in sorted folder order); images decoded by
+    :func:`_open_image`. ``what`` names the folder in errors ('ImageNet validation')."""
     from torchvision.datasets import ImageFolder
 
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"ImageNet training folder {root} does not exist (expected <root>/<class>/<image>)")
+        raise FileNotFoundError(f"{what} folder {root} does not exist (expected <root>/<class>/<image>)")
+    try:
+        dataset = ImageFolder(str(root), transform, loader=_open_image)
+    except FileNotFoundError as error:   # no class folders, or class folders without images
+        raise FileNotFoundError(f"{what} folder {root}: {str(error).splitlines()[0]}") from None
+    if len(dataset.classes) != num_classes:
+        shown = ", ".join(dataset.classes[:5]) + (", ..." if len(dataset.classes) > 5 else "")
+        raise ValueError(f"{what} folder {root} has {len(dataset.classes)} class folders ({shown}); the model has "
+                         f"{num_classes} classes, one folder each (pass the folder whose subfolders are the classes)")
+    return dataset
+
+
+def imagenet_train_loader(root: str | Path, batch_size: int, workers: int = 4, rank: int = 0, world: int = 1,
+                          seed: int = 0, subset: int | None = None, num_classes: int = 1000):
+    """ImageNet training ImageFolder as the release read it: Resize((256, 256)), RandomCrop(224),
+    horizontal flip, normalize; ``batch_size`` per process, a DistributedSampler across ``world``
+    processes (call ``loader.sampler.set_epoch(epoch)`` each epoch). subset: N images drawn by a
+    seeded shuffle (:meth:`ImageArrays.sample`'s draw)."""
+    import torchvision.transforms as T
+    from torch.utils.data.distributed import DistributedSampler
+
     transform = T.Compose([T.Resize((256, 256)), T.RandomCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
                            T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    dataset = ImageFolder(str(root), transform)
+    dataset = image_folder(root, transform, "ImageNet training", num_classes)
+    if subset is not None:
+        dataset = torch.utils.data.Subset(dataset, _sample_indices(len(dataset), subset, seed).tolist())
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                                        pin_memory=torch.cuda.is_available(), drop_last=True)
 
 
-def imagenet_val_loader(root: str | Path, batch_size: int = 256, workers: int = 4):
-    """ImageNet-style validation ImageFolder: Resize(256), CenterCrop(224), normalize."""
+def imagenet_val_loader(root: str | Path, batch_size: int = 256, workers: int = 4, limit: int | None = None,
+                        num_classes: int = 1000):
+    """ImageNet-style validation ImageFolder: Resize(256), CenterCrop(224), normalize. limit: the first N
+    images (in the folder's sorted order)."""
     import torchvision.transforms as T
-    from torchvision.datasets import ImageFolder
 
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"ImageNet validation folder {root} does not exist (expected <root>/<class>/<image>)")
     transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    dataset = ImageFolder(str(root), transform)
+    dataset = image_folder(root, transform, "ImageNet validation", num_classes)
+    if limit is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                        pin_memory=torch.cuda.is_available())
 
 
-def make_synthetic_imagefolder(root: str | Path, classes: int = 4, per_class: int = 3, size: int = 256,
+def make_synthetic_imagefolder(root: str | Path, classes: int = 1000, per_class: int = 1, size: int = 32,
                                seed: int = 0) -> Path:
-    """A tiny ImageFolder of random-noise JPEGs (``root/class_k/img_i.jpg``) that exercises the
-    ImageNet code path without ImageNet. Its accuracy means nothing."""
+    """A small ImageFolder of random-noise JPEGs (``root/class_kkk/img_i.jpg``, ImageNet's 1,000 classes by
+    default) that exercises the ImageNet code path without ImageNet. Its accuracy means nothing."""
     from PIL import Image
 
     root = Path(root)

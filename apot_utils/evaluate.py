@@ -40,16 +40,27 @@ class ValidationResult:
 
 
 def pick_device(requested: str = "auto") -> torch.device:
-    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is an error.
+    """'auto' -> CUDA when available, else CPU; 'cpu', 'cuda', 'cuda:N'. Any other device type, or
+    'cuda' without a GPU, is an error.
 
     On CUDA, TF32 is turned off for convolutions and matrix products: with its 10-bit
     mantissa, activations land on the other side of a level midpoint for several percent of
     the images, where full float32 (what the release's GPUs computed) moves only a few.
     """
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested)
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {requested!r}"
+                         + (" (this project runs on CPUs and CUDA GPUs only)" if device is not None else ""))
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("--device cuda was asked for, but CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     return device

@@ -98,8 +98,35 @@ def read_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if raw.get("level_rule") != checkpoints.LEVEL_RULE:
         raise checkpoints.CheckpointError(f"{path} was made with level-set rule {raw.get('level_rule')!r}, this "
                                           f"version builds {checkpoints.LEVEL_RULE!r}")
-    meta = {k: json.loads(v) for k, v in raw.items() if k not in ("format", "level_rule")}
+    meta = {}
+    for key, value in raw.items():
+        if key not in ("format", "level_rule"):
+            try:
+                meta[key] = json.loads(value)
+            except json.JSONDecodeError:
+                raise checkpoints.CheckpointError(f"{path}: its metadata {key!r} is not JSON ({value[:40]!r})") from None
+    missing = [k for k in ("dataset", "arch", "bit", "scheme") if k not in meta]
+    if missing:
+        raise checkpoints.CheckpointError(f"{path}: its metadata lacks {', '.join(missing)}")
     return tensors, meta
+
+
+def _tensor(tensors: dict[str, torch.Tensor], key: str, shape: tuple | None, path, dtypes=None,
+            positive: bool = False) -> torch.Tensor:
+    """``tensors[key]``, checked: present, of ``shape`` (None: any), of one of ``dtypes`` (None: floating),
+    finite, and with ``positive`` greater than 0; a CheckpointError naming the file and the tensor."""
+    if key not in tensors:
+        raise checkpoints.CheckpointError(f"{path} lacks tensor {key!r}: another architecture, or a damaged file?")
+    t = tensors[key]
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise checkpoints.CheckpointError(f"{path}: {key} has shape {tuple(t.shape)}, the model needs {tuple(shape)}")
+    if dtypes is None and not t.is_floating_point() or dtypes is not None and t.dtype not in dtypes:
+        raise checkpoints.CheckpointError(f"{path}: {key} is {t.dtype}, expected {dtypes or 'a floating-point tensor'}")
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise checkpoints.CheckpointError(f"{path}: {key} holds values that are not finite")
+    if positive and not bool((t > 0).all()):
+        raise checkpoints.CheckpointError(f"{path}: {key} is {t.flatten()[:4].tolist()}; it must be positive")
+    return t
 
 
 def load_exported(path: str | Path, levels: str = "release", dataset: str | None = None, arch: str | None = None,
@@ -108,41 +135,60 @@ def load_exported(path: str | Path, levels: str = "release", dataset: str | None
     quantized convolution an :class:`~apot_utils.integer.IntegerConv2d` and the 8-bit layers
     :class:`~apot_utils.integer.Fixed8bit`, BatchNorm and the average pool their fixed-order counterparts
     (float arithmetic by default, the float model's bit for bit; inside
-    :func:`~apot_utils.integer.integer_arithmetic` integers and fixed-order rounding, the same on every machine). dataset / arch / bit, when given, must match the file."""
+    :func:`~apot_utils.integer.integer_arithmetic` integers and fixed-order rounding, the same on every machine). dataset / arch / bit, when given, must match the file.
+    Every tensor is checked as a checkpoint is (shape, dtype, finite; α, ``weight_max`` and the running
+    variances positive; the 8-bit codes' largest 127) before the model is built from it."""
     tensors, meta = read_exported(path)
     for name, wanted in (("dataset", dataset), ("arch", arch), ("bit", bit)):
         if wanted is not None and meta.get(name) != wanted:
+            asked = " ".join(part for part in (bit and f"{bit}-bit", arch, dataset) if part)
             raise checkpoints.CheckpointError(f"{path} is a {meta.get('bit')}-bit {meta.get('arch')} {meta.get('dataset')} "
-                                              f"model, not {bit}-bit {arch} {dataset}")
-    model = build_model(meta["dataset"], meta["arch"], meta["bit"], meta["scheme"], meta.get("terms"),
-                        bool(meta.get("per_channel")))
+                                              f"model, not {asked}")
+    try:
+        model = build_model(meta["dataset"], meta["arch"], meta["bit"], meta["scheme"], meta.get("terms"),
+                            bool(meta.get("per_channel")))
+    except ValueError as error:
+        raise checkpoints.CheckpointError(f"{path}: its metadata describes no model this version builds ({error})") from None
     if not torch.equal(tensors.get("levels.act", torch.empty(0)), projection_order(meta["bit"], meta["scheme"], meta.get("terms"))):
         raise checkpoints.CheckpointError(f"{path}: its level sets differ from those this version builds")
-    try:
-        for name, module in list(model.named_modules()):
-            if isinstance(module, QuantConv2d) and module.quantized:
-                shape = tuple(tensors[f"{name}.weight_shape"].tolist())
-                codes = unpack_codes(tensors[f"{name}.weight_codes"], module.bit, int(torch.tensor(shape).prod())).view(shape)
-                replacement = IntegerConv2d(codes, tensors[f"{name}.weight_alpha"], tensors[f"{name}.act_alpha"],
-                                            module.stride, module.padding, module.bit, module.scheme, module.terms, levels)
-            elif isinstance(module, FirstConv8bit):
-                replacement = Fixed8bit(tensors[f"{name}.weight_codes"].long(), tensors[f"{name}.weight_max"],
-                                        conv=(module.stride, module.padding))
-            elif isinstance(module, LastLinear8bit):
-                replacement = Fixed8bit(tensors[f"{name}.weight_codes"].long(), tensors[f"{name}.weight_max"],
-                                        tensors.get(f"{name}.bias"))
-            elif isinstance(module, nn.BatchNorm2d):
-                replacement = FixedOrderBatchNorm2d(module.num_features, module.eps)
-                for key in ("weight", "bias", "running_mean", "running_var"):
-                    getattr(replacement, key).data.copy_(tensors[f"{name}.{key}"])
-            elif isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
-                replacement = FixedOrderGlobalPool(module)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QuantConv2d) and module.quantized:
+            shape = tuple(module.weight.shape)
+            _tensor(tensors, f"{name}.weight_shape", (4,), path, (torch.int64,))
+            if tuple(tensors[f"{name}.weight_shape"].tolist()) != shape:
+                raise checkpoints.CheckpointError(f"{path}: {name}.weight_shape is {tensors[f'{name}.weight_shape'].tolist()}, "
+                                                  f"the model's layer is {list(shape)}")
+            packed = _tensor(tensors, f"{name}.weight_codes", None, path, (torch.uint8,))
+            try:
+                codes = unpack_codes(packed, module.bit, module.weight.numel()).view(shape)
+            except ValueError as error:
+                raise checkpoints.CheckpointError(f"{path}: {name}.weight_codes: {error}") from None
+            replacement = IntegerConv2d(
+                codes, _tensor(tensors, f"{name}.weight_alpha", module.weight_alpha.shape, path, positive=True),
+                _tensor(tensors, f"{name}.act_alpha", (), path, positive=True),
+                module.stride, module.padding, module.bit, module.scheme, module.terms, levels)
+        elif isinstance(module, (FirstConv8bit, LastLinear8bit)):
+            codes = _tensor(tensors, f"{name}.weight_codes", module.weight.shape, path, (torch.int8, torch.int16))
+            if int(codes.max()) != 127:       # round(w / max(w) · 127): the largest weight's code is 127
+                raise checkpoints.CheckpointError(f"{path}: {name}.weight_codes reach {int(codes.max())}; the largest "
+                                                  "8-bit code is 127")
+            weight_max = _tensor(tensors, f"{name}.weight_max", (), path, positive=True)
+            if isinstance(module, FirstConv8bit):
+                replacement = Fixed8bit(codes.long(), weight_max, conv=(module.stride, module.padding))
             else:
-                continue
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, replacement)
-    except KeyError as missing:
-        raise checkpoints.CheckpointError(f"{path} lacks tensor {missing} of a {meta['arch']}: another architecture?") from None
+                bias = None if module.bias is None else _tensor(tensors, f"{name}.bias", module.bias.shape, path)
+                replacement = Fixed8bit(codes.long(), weight_max, bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            replacement = FixedOrderBatchNorm2d(module.num_features, module.eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(replacement, key).data.copy_(_tensor(tensors, f"{name}.{key}", (module.num_features,), path,
+                                                             positive=key == "running_var"))
+        elif isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+            replacement = FixedOrderGlobalPool(module)
+        else:
+            continue
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, replacement)
     return model.eval()
 
 

@@ -24,7 +24,8 @@ from typing import Callable
 import numpy as np
 
 from .checkpoints import RELEASED, CheckpointError, download_verified, sha256_of, write_atomically
-from .data import DATA_ROOT
+from .data import load_npz
+from .paths import DATA_ROOT
 
 DEFAULT_DEST = DATA_ROOT / "reference"
 _REPO = "https://github.com/yhhhli/APoT_Quantization/raw/master"
@@ -65,9 +66,14 @@ EXACT_TEST_DIGESTS = {100: "50fb7302833c66eaef94d53895300712a57ce75fb93bff3209a3
                       1000: "970081de537b57c64040520c751d650e64731341be62dd0e3209bd2235bead47"}
 
 
-def images_digest(path: Path) -> str:
-    with np.load(path) as arrays:
-        return hashlib.sha256(arrays["x"].astype(np.uint8).tobytes() + arrays["y"].astype(np.int64).tobytes()).hexdigest()
+def images_digest(path: Path) -> str | None:
+    """sha256 of the pixels and labels of an image file (:data:`EXACT_TEST_DIGESTS`), or None when it is not a
+    readable CIFAR-10 .npz (truncated, not an archive, other arrays)."""
+    try:
+        images = load_npz(path)
+    except (ValueError, OSError):
+        return None
+    return hashlib.sha256(images.x.numpy().tobytes() + images.y.numpy().tobytes()).hexdigest()
 
 
 def _copy_verified(source: Path, target: Path, check: Callable[[Path], bool], what: str) -> None:
@@ -83,9 +89,11 @@ def _exact_test_images(dest: Path, source: Path | None, log: Callable[[str], Non
     for count, digest in EXACT_TEST_DIGESTS.items():
         relative = f"cifar10/test_first{count}_lossless.npz"
         target = dest / relative
-        if target.is_file() and images_digest(target) == digest:
-            log(f"ok      {relative}")
-            continue
+        if target.is_file():
+            if images_digest(target) == digest:
+                log(f"ok      {relative}")
+                continue
+            log(f"damaged {relative} (not the expected images): replacing it")
         if source is not None:
             _copy_verified(source / relative, target, lambda p: images_digest(p) == digest, "CIFAR-10 test images")
         else:

@@ -24,7 +24,9 @@ from typing import Callable
 
 import torch
 
-KERNEL_DIR = Path(os.environ.get("APOT_KERNEL_DIR", Path(__file__).resolve().parent.parent / "data" / "kernels"))
+from .paths import kernel_dir
+
+KERNEL_DIR = kernel_dir()
 
 
 @lru_cache(maxsize=None)
@@ -73,6 +75,17 @@ def _build(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int
         os.replace(built, path)
 
 
+def remove_stale_builds() -> list[Path]:
+    """Delete the scratch folders (``.building-*``) of builds that were killed; returns them. Call it only
+    while holding the build lock: a build runs only under that lock, so none of them is in use."""
+    import shutil
+
+    stale = sorted(KERNEL_DIR.glob(".building-*"))
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
+
+
 def pending(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, str] | None, ...]) -> bool:
     """Whether :func:`load` would first have to build this package (a one-off wait on this machine)."""
     return not package_path(fn, args, dynamic).exists()
@@ -95,6 +108,7 @@ def load(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, 
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(KERNEL_DIR / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            remove_stale_builds()
             if not path.exists():
                 _build(fn, args, dynamic, path)
     device = args[0].device

@@ -16,7 +16,8 @@ equal positions the earlier term comes first. For ``b = k·n`` this is the paper
 With ``terms = 1`` the rule gives power-of-two levels, with ``terms = b`` the uniform grid.
 
 Normalization follows the release arithmetic exactly: the sums are rounded to float32 and
-multiplied, in float32, by the float32 reciprocal of their maximum. The released checkpoints
+multiplied, in float32, by the float32 reciprocal of their maximum (the largest level then set to 1,
+which it already is for every released set). The released checkpoints
 were trained with these values, so b = 2..6 at the default ``terms`` match them bit for bit.
 
 Order and ties. ``level_set`` and ``weight_magnitudes`` return sorted sets. The quantizers project
@@ -73,9 +74,13 @@ def _check_int(name: str, value, low: int, high: int) -> int:
 
 
 def _normalize_release_style(values: list[float]) -> torch.Tensor:
-    """float32 tensor of ``values`` (in the given order) times the float32 reciprocal of their maximum."""
+    """float32 tensor of ``values`` (in the given order) times the float32 reciprocal of their maximum,
+    the largest then set to exactly 1 (for a few maxima, such as b = 6 with n = 5, the product rounds to
+    1 − 2^-24; every released set's largest level is 1 already)."""
     tensor = torch.tensor(values, dtype=torch.float32)
-    return tensor.mul(1.0 / tensor.max())
+    tensor = tensor.mul(1.0 / tensor.max())
+    tensor[tensor.argmax()] = 1.0
+    return tensor
 
 
 def _apot_sums(bits: int, terms: int) -> list[float]:

@@ -76,5 +76,5 @@ def run_validation(dataset: str = "cifar10", arch: str = "resnet20", bit: int | 
         return validate_cifar10(model, test, dev, 100 if batch_size is None else batch_size, log=log)
     if data_source is None:
         raise FileNotFoundError("ImageNet needs --data <validation ImageFolder directory>")
-    loader = data.imagenet_val_loader(data_source, 256 if batch_size is None else batch_size, workers)
+    loader = data.imagenet_val_loader(data_source, 256 if batch_size is None else batch_size, workers, limit)
     return validate(model, loader, len(loader), dev, "imagenet", log=log)

@@ -29,7 +29,7 @@ from torch import nn
 
 from .layers import QuantConv2d, quantized_layers
 from .models import build_model
-from .quantize import normalize_weight, quantize_activation, quantize_weight
+from .quantize import normalize_weight, project, quantize_weight
 
 WEIGHT_ALPHA_RANGE = (0.5, 8.0)          # σ: weight α is searched in this range ...
 WEIGHT_ALPHA_STEP = 0.01                  # ... to this resolution
@@ -108,13 +108,19 @@ def activation_alpha(x: torch.Tensor, levels: torch.Tensor, calibration: Calibra
         x = x[pick]
     top = float(x.max())
     if not top > 0:
-        raise ValueError("a layer received only zeros (or non-finite values) on the calibration images")
+        raise ValueError("it received only zeros (or non-finite values) on the calibration images")
     if calibration.act_rule == "percentile":
-        return float(torch.quantile(x, calibration.percentile / 100))
+        alpha = float(torch.quantile(x, calibration.percentile / 100))
+        if not alpha > 0:
+            zeros = 100 * float((x == 0).double().mean())
+            raise ValueError(f"the {calibration.percentile:g}th percentile of its input activations is 0 ({zeros:.1f} % "
+                             f"of them are 0): choose a percentile above {zeros:.1f} or the mse rule")
+        return alpha
 
     def error(fraction: float) -> float:
         with torch.no_grad():
-            return float((quantize_activation(x, torch.tensor(fraction * top, dtype=x.dtype), levels) - x).square().mean())
+            alpha = torch.tensor(fraction * top, dtype=x.dtype)    # project(x / α) · α: quantize_activation's
+            return float((project(x / alpha, levels) * alpha - x).square().mean())   # values, one table for all α
 
     return coarse_to_fine(error, ACT_ALPHA_STEP, 1.0, ACT_ALPHA_STEP) * top
 
@@ -123,8 +129,8 @@ class _Captured(Exception):
     """Raised by a capture hook to stop the forward pass once the wanted tensor is seen."""
 
 
-def _inputs_of(model: nn.Module, module: nn.Module, batches: list[torch.Tensor]) -> torch.Tensor:
-    """What ``module`` receives for every calibration batch (the forward stops there), concatenated."""
+def _inputs_of(model: nn.Module, module: nn.Module, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """What ``module`` receives for every batch of inputs to ``model`` (each forward stops there), one tensor a batch."""
     seen = []
 
     def capture(m, args):
@@ -134,14 +140,53 @@ def _inputs_of(model: nn.Module, module: nn.Module, batches: list[torch.Tensor])
     handle = module.register_forward_pre_hook(capture)
     try:
         with torch.no_grad():
-            for images in batches:
+            for inputs in batches:
                 try:
-                    model(images)
+                    model(inputs)
                 except _Captured:
                     pass
     finally:
         handle.remove()
-    return torch.cat(seen)
+    return seen
+
+
+class _CalibrationInputs:
+    """``inputs(module)``: what a module of ``model`` receives on the calibration batches, concatenated.
+
+    A module inside a block (a child of an ``nn.Sequential``, such as a residual block) is reached by running
+    that block alone on its own inputs, which are kept for the latest block: the same values as a forward from
+    the images, without going through every layer before it again. The next block of the same sequence gets
+    the latest block's outputs; any other block, a forward from the images. This holds while nothing upstream
+    of a block changes once its turn has come: the modules are finished in forward order, as
+    :func:`post_training_quantize` does."""
+
+    def __init__(self, model: nn.Module, batches: list[torch.Tensor]):
+        self.model, self.batches = model, batches
+        self.block_of: dict[nn.Module, nn.Module] = {}
+        self.next_block: dict[nn.Module, nn.Module] = {}
+        for sequence in model.modules():
+            if isinstance(sequence, nn.Sequential):
+                blocks = list(sequence)
+                self.next_block.update(zip(blocks, blocks[1:]))
+                for block in blocks:
+                    for m in block.modules():
+                        self.block_of.setdefault(m, block)        # the outermost block holding m
+        self.block, self.block_inputs = None, None
+
+    def __call__(self, module: nn.Module) -> torch.Tensor:
+        block = self.block_of.get(module)
+        if block is None:
+            return torch.cat(_inputs_of(self.model, module, self.batches))
+        if block is not self.block:
+            if self.block is not None and self.next_block.get(self.block) is block:
+                with torch.no_grad():
+                    inputs = [self.block(x) for x in self.block_inputs]
+            else:
+                inputs = _inputs_of(self.model, block, self.batches)
+            self.block, self.block_inputs = block, inputs
+        if module is block:
+            return torch.cat(self.block_inputs)
+        return torch.cat(_inputs_of(block, module, self.block_inputs))
 
 
 def _channel_moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,19 +257,23 @@ def post_training_quantize(full_precision: nn.Module, dataset: str, arch: str, b
     model, full_precision = model.cpu().eval(), full_precision.cpu().eval()
     batches = list(images.cpu().split(calibration.batch_size))
     fp_modules = dict(full_precision.named_modules())
+    inputs, fp_inputs = _CalibrationInputs(model, batches), _CalibrationInputs(full_precision, batches)
     for _, layer in quantized_layers(model):
         layer.weight_alpha.data.copy_(weight_alpha(layer))
     for name, module in model.named_modules():     # forward order: upstream is final when a module's turn comes
         if isinstance(module, QuantConv2d) and module.quantized:
-            module.act_alpha.data.fill_(activation_alpha(_inputs_of(model, module, batches), module.act_levels, calibration))
+            try:
+                alpha = activation_alpha(inputs(module), module.act_levels, calibration)
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from None
+            module.act_alpha.data.fill_(alpha)
             spread = (f" (per channel {module.weight_alpha.min().item():.2f}–{module.weight_alpha.max().item():.2f})"
                       if module.per_channel else "")
             log(f"{name}: weight alpha {module.weight_alpha.mean().item():.3f} σ{spread}, act alpha {module.act_alpha.item():.3f}")
         elif isinstance(module, nn.BatchNorm2d):
             fp_norm = fp_modules[name]
             _transfer_batchnorm(module, (fp_norm.running_mean.double(), fp_norm.running_var.double()),
-                                _channel_moments(_inputs_of(full_precision, fp_norm, batches)),
-                                _channel_moments(_inputs_of(model, module, batches)))
+                                _channel_moments(fp_inputs(fp_norm)), _channel_moments(inputs(module)))
     if calibration.bn_recalibrate:
         _recalibrate_batchnorm(model, batches)
     return model

@@ -63,7 +63,9 @@ class _Decisions(NamedTuple):
     (i = 0 .. L-1) where ``thresholds[i-1] <= x < thresholds[i]``. levels: [L], sorted. The
     bucket table serves the same decisions by lookup: bucket_key [3] = (shift, first key, last key), in
     the integer type of x's bit pattern; bucket = (x's bit pattern >> shift), clamped to the first and
-    last key; the level is ``base[bucket] + (x >= bucket_threshold[bucket])`` ([buckets] each).
+    last key; the level is ``base[bucket] + (x >= bucket_threshold[bucket])`` ([buckets] each). A set
+    whose table would exceed 2^22 buckets has none (the three are None) and is served by
+    :func:`_search`, a binary search over the thresholds.
     """
     thresholds: torch.Tensor
     levels: torch.Tensor
@@ -78,6 +80,10 @@ class _Decisions(NamedTuple):
     @property
     def lookup_tables(self) -> tuple[torch.Tensor, ...]:
         return self.bucket_key, self.bucket_threshold, self.base
+
+    @property
+    def has_table(self) -> bool:
+        return self.bucket_key is not None
 
 
 @lru_cache(maxsize=256)
@@ -118,15 +124,16 @@ def _decisions(values: tuple[float, ...], dtype: torch.dtype, device: torch.devi
         buckets = hi >> shift
         if bool((buckets[1:] > buckets[:-1]).all()):
             break
+    thresholds = hi.to(int_dtype).view(dtype)
     first_key, last_key = int(buckets[0]), top >> shift
-    if last_key - first_key >= 1 << 22:
-        raise ValueError("level set too dense for a projection table")
+    if last_key - first_key >= 1 << 22:    # levels both tiny and close together (7 bits, n = 2): no table
+        return _Decisions(thresholds.to(device), levels.to(device), None, None, None)
     keys = torch.arange(first_key, last_key + 1)
     base = torch.searchsorted(hi, keys << shift)           # thresholds below each bucket's start
     bucket_threshold = torch.full((keys.numel(),), float("nan"), dtype=dtype)   # NaN: no change in the bucket
-    bucket_threshold[buckets - first_key] = hi.to(int_dtype).view(dtype)
+    bucket_threshold[buckets - first_key] = thresholds
     bucket_key = torch.tensor([shift, first_key, last_key], dtype=int_dtype)
-    return _Decisions(hi.to(int_dtype).view(dtype).to(device), levels.to(device), bucket_key.to(device),
+    return _Decisions(thresholds.to(device), levels.to(device), bucket_key.to(device),
                       bucket_threshold.to(device), base.to(torch.int32).to(device))
 
 
@@ -204,6 +211,17 @@ def _lookup(x: torch.Tensor, bucket_key: torch.Tensor, bucket_threshold: torch.T
     return outputs.index_select(0, index).masked_fill_(x.isnan(), float("nan"))   # NaN stays NaN
 
 
+def _search(x: torch.Tensor, thresholds: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """x: 1-D. The level of every element by ``searchsorted`` over the thresholds: the eager kernel of the
+    sets too dense for a bucket table (:class:`_Decisions`); about log2(L) passes instead of one."""
+    index = torch.searchsorted(thresholds, x.contiguous(), right=True).clamp_(max=outputs.numel() - 1)
+    return outputs.index_select(0, index).masked_fill_(x.isnan(), float("nan"))   # NaN stays NaN
+
+
+def _clip_search(x, thresholds, levels, alpha):
+    return _clip_parts(_search, x, (thresholds,), levels, alpha)
+
+
 def _select_tree(x: torch.Tensor, thresholds: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
     """x: 1-D. The level of every element by a binary search over the thresholds written as nested selects
     (L - 1 comparisons an element, no lookups, short dependency chains: compiled, one pass of vector compares
@@ -266,7 +284,10 @@ def _kernel_for(kind: str, d: _Decisions) -> tuple[str, tuple[torch.Tensor, ...]
 
 def _run(kind: str, x: torch.Tensor, d: _Decisions, *args):
     """The ``kind`` ('project' or 'clip') kernel on 1-D x: fused (:mod:`apot_utils.kernels`) for large inputs,
-    the eager lookup otherwise. args: the outputs of the sorted levels ('project'); levels and α ('clip')."""
+    the eager lookup otherwise (a set without a bucket table: always the eager search). args: the outputs of
+    the sorted levels ('project'); levels and α ('clip')."""
+    if not d.has_table:
+        return (_search if kind == "project" else _clip_search)(x, d.thresholds, *args)
     if x.numel() >= _FUSED_MIN_NUMEL:
         name, tables = _kernel_for(kind, d)
         t = d.thresholds
@@ -303,6 +324,8 @@ def build_pending(levels: torch.Tensor, dtype: torch.dtype = torch.float32, devi
     if not _fusing():
         return False
     d = _decisions(_checked_levels(levels, dtype), dtype, torch.device(device))
+    if not d.has_table:
+        return False
     name, tables = _kernel_for("project", d)
     example = torch.zeros(2, dtype=dtype, device=d.levels.device)
     return kernels.pending(_KERNELS[name][0], (example, *tables, d.levels), _KERNELS[name][1])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoints import data_dir
+from .paths import reference_dir
 
 LOG_URL = "https://github.com/yhhhli/APoT_Quantization/tree/master/ImageNet/events"
 STEPS_PER_EPOCH = 1252   # a log step is one iteration at batch 1,024: 1,281,167 training images / 1,024
@@ -22,7 +22,7 @@ def read_scalars(path: str | Path) -> dict[str, tuple[list[int], list[float]]]:
 def release_logs(root: str | Path | None = None) -> dict[tuple[str, int], dict]:
     """(arch, bit) -> scalars for the released runs in ``root`` (default ``$APOT_DATA_DIR/logs/imagenet``),
     files named ``res{18,34}_{bit}bit.tfevents``."""
-    root = Path(root) if root else (data_dir() / "logs" / "imagenet" if data_dir() else None)
+    root = Path(root) if root else (reference_dir() / "logs" / "imagenet" if reference_dir() else None)
     if root is None or not root.is_dir():
         raise FileNotFoundError(f"no TensorBoard logs at {root}: download them from {LOG_URL} "
                                 "or set APOT_DATA_DIR")

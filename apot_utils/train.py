@@ -2,8 +2,12 @@
 
 One process (CPU or one GPU) when launched plainly; one process per GPU (or CPU worker, gloo)
 under ``torchrun``, wrapped in DistributedDataParallel. The batch size is the global one, split
-over the processes. Every epoch writes ``checkpoint.pth.tar`` (and ``model_best.pth.tar`` when
-the validation accuracy improves) atomically, with the metadata ``validate`` needs, and
+over the processes. One training at a time holds the run folder (:class:`RunFolder`); a run that
+fails before its first checkpoint leaves nothing there; a run stops at the step where the loss or a
+clipping threshold stops being finite (α: positive), and a model with NaN or infinite values is never
+saved. Every epoch writes
+``checkpoint.pth.tar`` (and ``model_best.pth.tar`` when the validation accuracy improves) atomically,
+with the metadata ``validate`` needs, and
 TensorBoard scalars under the run folder: ``loss_train``, ``acc1_train``, ``acc5_train``, ``lr``
 every ``log_every`` steps, ``loss_val``, ``acc1_val``, ``acc5_val`` every epoch (the tags of the
 authors' ImageNet logs) and ``alpha/weight/<layer>``, ``alpha/act/<layer>``.
@@ -12,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +31,7 @@ from torch import nn
 
 from . import checkpoints, data
 from .evaluate import AverageMeter, ValidationResult, describe_device, pick_device, validate
-from .layers import quantized_layers
+from .layers import FULL_PRECISION, alphas, quantized_layers
 from .models import build_model
 from .pipeline import load_model
 
@@ -159,11 +165,16 @@ def parameter_digest(model: nn.Module) -> str:
 class TrainConfig:
     """What ``train`` runs.
 
-    init: checkpoint to start from ('release' = the authors' file for ``init_bit``, or a path whose
-    metadata, when it has some, gives its bitwidth); parameters it lacks, such as the α of a
-    full-precision model, keep their defaults. resume: continue the run in ``out`` from its last
-    checkpoint. subset: N training images drawn by a seeded shuffle; val_subset: the first N test
-    images; max_steps: at most N steps an epoch (quick runs). data_on_device: the CIFAR-10 arrays
+    init: checkpoint to start from ('release' = the authors' file for ``init_bit``, default full precision;
+    or a path whose metadata gives its bitwidth, else ``init_bit``; a quantized file without either is
+    refused, as its bitwidth cannot be read from it); parameters it lacks, such as the α of a
+    full-precision model, keep their defaults. terms / per_channel: the model's number of additive
+    terms and per-channel weight α; None takes them from a quantized ``init`` of the same bitwidth (a
+    post-training checkpoint records them), else the release's (ceil(b/2), one α per layer). resume:
+    continue the run in ``out`` from its last checkpoint, with the recipe, terms and per_channel it was
+    started with (a ``recipe`` that differs is refused). subset: N training images drawn by a seeded
+    shuffle; val_subset: the first N test images (ImageNet: of the validation folder); max_steps: at most
+    N steps an epoch (quick runs). data_on_device: the CIFAR-10 arrays
     live on the GPU. freeze_bn: BatchNorm keeps its running statistics (eval mode) while the rest
     trains, so that training images from another source (the JPEG copy) do not replace them.
     calibrate_init: from a full-precision ``init`` (CIFAR-10), choose the starting α by post-training
@@ -180,7 +191,9 @@ class TrainConfig:
     out: str | Path = "runs/run"
     recipe: Recipe | None = None
     init: str | Path | None = None
-    init_bit: int = 32
+    init_bit: int | None = None
+    terms: int | None = None
+    per_channel: bool | None = None
     resume: bool = False
     data_source: str | Path | None = None
     val_source: str | Path | None = None
@@ -212,11 +225,17 @@ def _load_cifar(cfg: TrainConfig, device) -> tuple[data.ImageArrays, data.ImageA
 
 
 def _check_counts(cfg: TrainConfig, recipe: Recipe) -> None:
-    """Every count must be a positive integer: 0 or a negative number is an error, never 'all'."""
+    """Every count must be a positive integer: 0 or a negative number is an error, never 'all'; every rate
+    a finite number, the learning rate above 0 and the others at least 0."""
     for name, value in (("subset", cfg.subset), ("val_subset", cfg.val_subset), ("max_steps", cfg.max_steps),
                         ("batch_size", recipe.batch_size), ("epochs", recipe.epochs), ("log_every", cfg.log_every)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
+    for name in ("lr", "weight_decay", "momentum", "act_alpha_lr", "act_alpha_weight_decay", "weight_alpha_lr",
+                 "weight_alpha_weight_decay", "alpha_grad_scale", "gamma"):
+        value = getattr(recipe, name)
+        if not (math.isfinite(value) and (value > 0 if name == "lr" else value >= 0)):
+            raise ValueError(f"{name} must be a finite number {'above' if name == 'lr' else 'of at least'} 0, got {value}")
 
 
 def remove_stale_temporaries(out: Path) -> list[Path]:
@@ -228,22 +247,66 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
     return stale
 
 
-def _build(cfg: TrainConfig, recipe: Recipe, device, log, calib_images: torch.Tensor | None = None) -> nn.Module:
-    """The model to train: fresh, or from ``cfg.init``; from a full-precision init with ``calib_images``
-    (normalized [N, 3, H, W]) and ``cfg.calibrate_init``, post-training quantized first."""
-    model = build_model(cfg.dataset, cfg.arch, cfg.bit, cfg.scheme)
+def _init_bit(cfg: TrainConfig, path: Path) -> int:
+    """The bitwidth of the ``init`` checkpoint at ``path``: its metadata's, else ``cfg.init_bit``, else 32 when
+    it has no trained clipping thresholds; a quantized file that records none is refused."""
+    recorded = checkpoints.checkpoint_meta(path).get("bit")
+    if recorded is not None:
+        if cfg.init_bit is not None and cfg.init_bit != recorded and str(cfg.init) != "release":
+            raise checkpoints.CheckpointError(f"{path} records bit {recorded}, not --init-bit {cfg.init_bit}")
+        return recorded
+    if cfg.init_bit is not None:
+        return cfg.init_bit
+    if checkpoints.has_trained_alphas(path):
+        raise checkpoints.CheckpointError(f"{path} is a quantized checkpoint (it has trained clipping thresholds) that "
+                                          "does not record its bitwidth: give it with --init-bit B")
+    return FULL_PRECISION
+
+
+def _inherit(cfg: TrainConfig, source: nn.Module | None, name: str, default):
+    """``cfg``'s terms or per_channel: as given, else the same-bitwidth quantized init's, else ``default``;
+    a given value that contradicts such an init is refused."""
+    given = getattr(cfg, name)
+    inherited = getattr(source, name) if source is not None and source.bit == cfg.bit != FULL_PRECISION else None
+    if inherited is None:
+        return default if given is None else given
+    if given is not None and given != inherited:
+        raise ValueError(f"the {cfg.bit}-bit --init was made with {name}={inherited}, not {given}: drop that option "
+                         "to fine-tune it as made")
+    return inherited
+
+
+def _build(cfg: TrainConfig, recipe: Recipe, device, log, calib_images: torch.Tensor | None = None,
+           terms: int | None = None, per_channel: bool = False) -> nn.Module:
+    """The model to train: fresh (with ``terms`` and ``per_channel``; a resumed run then loads its own state),
+    or from ``cfg.init``; from a full-precision init with ``calib_images`` (normalized [N, 3, H, W]) and
+    ``cfg.calibrate_init``, post-training quantized first."""
+    source = None
     if cfg.init is not None and not cfg.resume:
-        path = checkpoints.release_path(cfg.dataset, cfg.arch, cfg.init_bit) if str(cfg.init) == "release" else Path(cfg.init)
-        init_bit = checkpoints.checkpoint_meta(path).get("bit", cfg.init_bit)
-        source = load_model(cfg.dataset, cfg.arch, init_bit, path, None if init_bit == 32 else cfg.scheme,
+        if str(cfg.init) == "release":
+            path = checkpoints.release_path(cfg.dataset, cfg.arch, FULL_PRECISION if cfg.init_bit is None else cfg.init_bit)
+        else:
+            path = Path(cfg.init)
+        init_bit = _init_bit(cfg, path)
+        source = load_model(cfg.dataset, cfg.arch, init_bit, path, None if init_bit == FULL_PRECISION else cfg.scheme,
                             log=lambda line: None)
-        calibrate = init_bit == 32 and cfg.bit != 32 and cfg.calibrate_init and calib_images is not None
+        terms, per_channel = _inherit(cfg, source, "terms", None), _inherit(cfg, source, "per_channel", False)
+    elif not cfg.resume:
+        terms, per_channel = cfg.terms, bool(cfg.per_channel)
+    model = build_model(cfg.dataset, cfg.arch, cfg.bit, cfg.scheme, terms, per_channel)
+    if source is not None:
+        calibrate = source.bit == FULL_PRECISION and cfg.bit != FULL_PRECISION and cfg.calibrate_init and calib_images is not None
         if calibrate:
             from .ptq import post_training_quantize
 
             source = post_training_quantize(source, cfg.dataset, cfg.arch, cfg.bit, calib_images, cfg.scheme,
-                                            log=lambda line: None)
-        missing, _ = model.load_state_dict(source.state_dict(), strict=False)
+                                            log=lambda line: None, terms=terms, per_channel=per_channel)
+        state, own = source.state_dict(), model.state_dict()
+        wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
+        if wrong:
+            raise checkpoints.CheckpointError(f"{path} does not fit the model to train ({wrong[0]}; per-channel α "
+                                              "against one α per layer?): pass --per-channel or --no-per-channel as it was made")
+        missing, _ = model.load_state_dict(state, strict=False)
         if calibrate:
             log(f"=> initialized from {data.display_path(path)}, α chosen by post-training quantization on "
                 f"{len(calib_images)} training images")
@@ -257,17 +320,19 @@ def _build(cfg: TrainConfig, recipe: Recipe, device, log, calib_images: torch.Te
     return model.to(device)
 
 
-def _meta(cfg: TrainConfig, recipe: Recipe, epoch: int, best: float) -> dict:
+def _meta(cfg: TrainConfig, recipe: Recipe, model: nn.Module, epoch: int, best: float) -> dict:
     return {"dataset": cfg.dataset, "arch": cfg.arch, "bit": cfg.bit, "scheme": cfg.scheme,
+            "terms": model.terms, "per_channel": model.per_channel,
             "level_rule": checkpoints.LEVEL_RULE, "epoch": epoch, "best_acc1": best,
             "recipe": dataclasses.asdict(recipe)}
 
 
 def log_alphas(writer, model: nn.Module, step: int) -> None:
-    """Every quantized layer's α as ``alpha/weight/<layer>`` and ``alpha/act/<layer>`` at ``step``."""
-    for name, layer in quantized_layers(model):
-        writer.add_scalar(f"alpha/weight/{name}", layer.weight_alpha.item(), step)
-        writer.add_scalar(f"alpha/act/{name}", layer.act_alpha.item(), step)
+    """Every quantized layer's α as ``alpha/weight/<layer>`` and ``alpha/act/<layer>`` at ``step`` (per-channel
+    weight α: their mean, as :func:`apot_utils.layers.alphas` reports it)."""
+    for name, weight_alpha, act_alpha in alphas(model):
+        writer.add_scalar(f"alpha/weight/{name}", weight_alpha, step)
+        writer.add_scalar(f"alpha/act/{name}", act_alpha, step)
 
 
 DISTILLATION_TEMPERATURE = 4.0
@@ -322,6 +387,7 @@ def train_one_epoch(model: nn.Module, batches, steps: int, optimizer, device, ep
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        _check_thresholds(alphas_of, epoch, step0 + i + 1)
         with torch.no_grad():
             ranked = output.topk(5, dim=1).indices.eq(labels[:, None])
         n = labels.numel()
@@ -341,6 +407,19 @@ def train_one_epoch(model: nn.Module, batches, steps: int, optimizer, device, ep
     return {"loss": loss_m.avg, "acc1": top1_m.avg, "acc5": top5_m.avg, "seconds": time.perf_counter() - start}
 
 
+def _check_thresholds(model: nn.Module, epoch: int, step: int) -> None:
+    """Stop at the step where a clipping threshold stops being a finite positive number (an α learning rate
+    too high for the run: SGD can push α below zero, where the quantizer means nothing)."""
+    for name, layer in quantized_layers(model):
+        for kind, group in (("act_alpha", "--act-alpha-lr"), ("weight_alpha", "--weight-alpha-lr")):
+            alpha = getattr(layer, kind)
+            if not bool((torch.isfinite(alpha) & (alpha > 0)).all()):
+                raise FloatingPointError(
+                    f"{kind} of layer {name} became {alpha.detach().flatten()[:3].tolist()} at epoch {epoch}, step {step}: "
+                    f"a clipping threshold must stay positive; lower {group} (a short fine-tune from calibrated α "
+                    "wants about a tenth of the recipe's); the last checkpoint is from before it")
+
+
 @dataclass
 class TrainResult:
     """best_acc1 (%), the last validation, per-epoch seconds, and the run folder."""
@@ -351,6 +430,86 @@ class TrainResult:
     digest: str
 
 
+class RunFolder:
+    """The run folder ``out``, held by one training at a time: ``fcntl.flock`` on ``out/.lock`` (released when
+    the process ends, however it ends). A second training into the same folder gets a FileExistsError.
+    :meth:`discard_failed_start` removes what a run that wrote no checkpoint created (the TensorBoard
+    folder, the lock file, the folder itself when it is left empty)."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.created = not self.out.exists()
+        self.tensorboard_existed = (self.out / "tensorboard").exists()
+        self._lock = None
+
+    def __enter__(self) -> "RunFolder":
+        import fcntl
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        lock_path = self.out / ".lock"
+        self.lock_created = not lock_path.exists()
+        self._lock = open(lock_path, "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or "unknown"
+            self._lock.close()
+            raise FileExistsError(f"another training (process {holder}) is running in {self.out}: wait for it to "
+                                  "end, or choose another --out") from None
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(f"{os.getpid()}\n")
+        self._lock.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.close()
+
+    def discard_failed_start(self) -> None:
+        if not self.tensorboard_existed:
+            shutil.rmtree(self.out / "tensorboard", ignore_errors=True)
+        if self.lock_created:
+            (self.out / ".lock").unlink(missing_ok=True)
+        if self.created and not any(self.out.iterdir()):
+            self.out.rmdir()
+
+
+def _saved_run(last_path: Path) -> dict:
+    """The last checkpoint of a run to resume, checked to be one that :func:`train` wrote."""
+    saved = checkpoints.read_checkpoint(last_path)
+    meta = saved.get("meta", {})
+    lacking = [k for k in ("optimizer", "scheduler") if k not in saved] + \
+              [f"meta {k}" for k in ("epoch", "best_acc1", "recipe") if k not in meta]
+    if lacking:
+        raise checkpoints.CheckpointError(
+            f"{last_path} is not the checkpoint of a training run (it lacks {', '.join(lacking)}): to go on from its "
+            f"weights, start a new run with --init {last_path} and another --out")
+    return saved
+
+
+def _resumed_recipe(saved: dict, asked: Recipe | None, out: Path) -> Recipe:
+    """The recipe the run in ``out`` was started with; ``asked`` (when given) must be the same."""
+    recorded = dict(saved["meta"]["recipe"])
+    run = Recipe(**{**recorded, "milestones": tuple(recorded["milestones"])})
+    if asked is not None and asked != run:
+        changed = [f"{f.name} {getattr(asked, f.name)} (the run: {getattr(run, f.name)})"
+                   for f in dataclasses.fields(Recipe) if getattr(asked, f.name) != getattr(run, f.name)]
+        raise ValueError(f"--resume continues the run in {out} with the recipe it was started with; asked for "
+                         f"{'; '.join(changed)}. To train on with another schedule, start a new run with "
+                         f"--init {out / 'checkpoint.pth.tar'} and another --out")
+    return run
+
+
+def _check_finite_parameters(model: nn.Module, epoch: int, last_path: Path) -> None:
+    """Refuse to save a model with NaN or infinite values: the run diverged."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        kept = f"{last_path} is from before it" if last_path.exists() else "no checkpoint was written"
+        raise FloatingPointError(f"after epoch {epoch} the model holds NaN or infinite values ({', '.join(bad[:3])}): "
+                                 f"the run diverged (try a lower --lr); {kept}")
+
+
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     """Train (or fine-tune) one model as ``cfg`` says; see the module docstring for what it writes."""
     device = pick_device(cfg.device)
@@ -358,21 +517,34 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     if device.type == "cuda" and where.world > 1:
         device = torch.device("cuda", where.local_rank)
         torch.cuda.set_device(device)
-    say = log if where.main else (lambda line: None)
-    recipe = cfg.recipe or default_recipe(cfg.dataset, cfg.bit, cfg.arch)
-    _check_counts(cfg, recipe)
-    if recipe.batch_size % where.world:
-        raise ValueError(f"batch size {recipe.batch_size} does not split over {where.world} processes")
     out = Path(cfg.out)
-    last_path, best_path = out / "checkpoint.pth.tar", out / "model_best.pth.tar"
+    last_path = out / "checkpoint.pth.tar"
     if last_path.exists() and not cfg.resume:
         raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or another --out")
     if cfg.resume and not last_path.exists():
         raise FileNotFoundError(f"nothing to resume: {last_path} does not exist")
-    if cfg.resume:
-        done = checkpoints.read_checkpoint(last_path)["meta"]["epoch"]
-        if done >= recipe.epochs:
-            raise ValueError(f"nothing to do: the run in {out} already finished its {recipe.epochs} epochs")
+    if not where.main:
+        return _train(cfg, device, where, out, log)
+    run = RunFolder(out)
+    with run:
+        try:
+            return _train(cfg, device, where, out, log)
+        except BaseException:
+            if not cfg.resume and not last_path.exists():
+                run.discard_failed_start()
+            raise
+
+
+def _train(cfg: TrainConfig, device, where: Distributed, out: Path, log: Callable[[str], None]) -> TrainResult:
+    say = log if where.main else (lambda line: None)
+    last_path, best_path = out / "checkpoint.pth.tar", out / "model_best.pth.tar"
+    saved = _saved_run(last_path) if cfg.resume else None
+    recipe = _resumed_recipe(saved, cfg.recipe, out) if saved else (cfg.recipe or default_recipe(cfg.dataset, cfg.bit, cfg.arch))
+    _check_counts(cfg, recipe)
+    if recipe.batch_size % where.world:
+        raise ValueError(f"batch size {recipe.batch_size} does not split over {where.world} processes")
+    if saved and saved["meta"]["epoch"] >= recipe.epochs:
+        raise ValueError(f"nothing to do: the run in {out} already finished its {recipe.epochs} epochs")
     if where.main:
         remove_stale_temporaries(out)
     say(describe_device(device) + (f", {where.world} processes" if where.world > 1 else ""))
@@ -388,8 +560,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     else:
         if cfg.data_source is None or cfg.val_source is None:
             raise FileNotFoundError("ImageNet training needs --data <train ImageFolder> and --val-data <val ImageFolder>")
-        loader = data.imagenet_train_loader(cfg.data_source, per_process, cfg.workers, where.rank, where.world, cfg.seed)
-        val_loader = data.imagenet_val_loader(cfg.val_source, 256, cfg.workers)
+        loader = data.imagenet_train_loader(cfg.data_source, per_process, cfg.workers, where.rank, where.world, cfg.seed,
+                                            cfg.subset)
+        val_loader = data.imagenet_val_loader(cfg.val_source, 256, cfg.workers, cfg.val_subset)
         steps, val_batches, val_total, style = len(loader), (lambda: val_loader), len(val_loader), "imagenet"
     if cfg.max_steps is not None:
         steps = min(steps, cfg.max_steps)
@@ -398,17 +571,23 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     calib_images = None
     if cfg.dataset == "cifar10" and cfg.init is not None and not cfg.resume and cfg.calibrate_init:
         calib_images = data.normalize(train_set.sample(min(cfg.calib, len(train_set)), cfg.seed).x.cpu())
-    model = _build(cfg, recipe, device, say, calib_images)
+    if saved:
+        run_meta = saved["meta"]
+        for name in ("terms", "per_channel"):
+            if getattr(cfg, name) is not None and getattr(cfg, name) != run_meta.get(name):
+                raise ValueError(f"--resume continues the run in {out} with {name}={run_meta.get(name)}, not {getattr(cfg, name)}")
+        model = _build(cfg, recipe, device, say, terms=run_meta.get("terms"), per_channel=bool(run_meta.get("per_channel")))
+    else:
+        model = _build(cfg, recipe, device, say, calib_images)
     teacher = None
     if cfg.teacher is not None:
-        teacher = load_model(cfg.dataset, cfg.arch, 32, cfg.teacher, log=lambda line: None).to(device).eval()
+        teacher = load_model(cfg.dataset, cfg.arch, FULL_PRECISION, cfg.teacher, log=lambda line: None).to(device).eval()
         say(f"=> distilling from the full-precision model {cfg.teacher}")
     optimizer = torch.optim.SGD(parameter_groups(model, recipe), lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma)
     start_epoch, best = 0, 0.0
-    if cfg.resume:
-        saved = checkpoints.read_checkpoint(last_path)
+    if saved:
         checkpoints.load_into(model, last_path, cfg.dataset, cfg.arch, cfg.bit)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -427,13 +606,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         if start_epoch == 0:
             log_alphas(writer, model, 0)       # the starting thresholds
     epoch_seconds, result = [], None
-    if start_epoch == 0:
-        before = validate(model, val_batches(), val_total, device, style, print_freq=10**9, log=lambda line: None)
-        say(f"=> before the first step: val top-1 {before.top1:.2f} %, loss {before.loss:.4f}")
-        if writer is not None:
-            for tag, value in (("loss_val", before.loss), ("acc1_val", before.top1), ("acc5_val", before.top5)):
-                writer.add_scalar(tag, value, 0)
     try:
+        if start_epoch == 0:
+            before = validate(model, val_batches(), val_total, device, style, print_freq=10**9, log=lambda line: None)
+            say(f"=> before the first step: val top-1 {before.top1:.2f} %, loss {before.loss:.4f}")
+            if writer is not None:
+                for tag, value in (("loss_val", before.loss), ("acc1_val", before.top1), ("acc5_val", before.top5)):
+                    writer.add_scalar(tag, value, 0)
         for epoch in range(start_epoch, recipe.epochs):
             if cfg.dataset == "cifar10":
                 order = data.epoch_order(len(train_set), epoch, cfg.seed, where.rank, where.world)
@@ -446,6 +625,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
                                     cfg.log_every, cfg.progress and where.main, model, cfg.freeze_bn, recipe, teacher)
             scheduler.step()
             epoch_seconds.append(stats["seconds"])
+            _check_finite_parameters(model, epoch, last_path)
             result = validate(model, val_batches(), val_total, device, style, print_freq=10**9, log=say)
             best = max(best, result.top1)
             say(f"=> epoch {epoch}: train loss {stats['loss']:.4f}, train top-1 {stats['acc1']:.2f} %, "
@@ -460,7 +640,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
                 for tag, value in (("loss_val", result.loss), ("acc1_val", result.top1), ("acc5_val", result.top5)):
                     writer.add_scalar(tag, value, step)
                 writer.flush()
-                content = {"state_dict": model.state_dict(), "meta": _meta(cfg, recipe, epoch + 1, best),
+                content = {"state_dict": model.state_dict(), "meta": _meta(cfg, recipe, model, epoch + 1, best),
                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
                 checkpoints.save_checkpoint(content, last_path)
                 if result.top1 >= best:
@@ -471,4 +651,3 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     digest = parameter_digest(model)
     log(f"=> rank {where.rank} parameter digest {digest}")
     return TrainResult(best, result, epoch_seconds, out, digest)
-

@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .analysis import quantization_mse
-from .levels import MAX_BITS, MIN_BITS, SCHEMES, default_terms, weight_magnitudes
+from .levels import MAX_BITS, MIN_BITS, SCHEMES, available_terms, default_terms, weight_magnitudes
 from .plots import SCHEME_NAMES, draw_level_explorer
 
 EXPLORER_ALPHAS = torch.arange(0.25, 8.0001, 0.125, dtype=torch.float64)   # σ, the error curve's grid
@@ -65,9 +65,11 @@ class LevelExplorer:
     def _sync_terms(self) -> None:
         """n counts the terms of the (b − 1)-bit magnitude set: 1..b − 1 (default the release's), APoT only."""
         magnitude_bits = self.bits.value - 1
+        offered = available_terms(magnitude_bits)       # 1..b − 1 up to 8 bits: every n float32 can hold
         self._syncing = True
         try:
-            self.terms.max = magnitude_bits
+            self.terms.max = max(offered)
+            self.terms.min = min(offered)
             self.terms.value = default_terms(magnitude_bits)
         finally:
             self._syncing = False

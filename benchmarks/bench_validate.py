@@ -26,13 +26,13 @@ import torch
 from _common import command, interleaved, write
 from apot_utils.quantize import reference_formulation
 
-from apot_utils import checkpoints, data
+from apot_utils import data, paths
 from apot_utils.layers import frozen_weights
 from apot_utils.evaluate import reuse_freed_memory
 from apot_utils.pipeline import load_model, validate_cifar10
 
 
-FIVE_BIT = checkpoints.SHIPPED_DIR / "resnet20_5bit_apot.pth.tar"     # the release has none: this project's
+FIVE_BIT = paths.SHIPPED_DIR / "resnet20_5bit_apot.pth.tar"     # the release has none: this project's
 
 
 def checkpoint_for(bit) -> str:

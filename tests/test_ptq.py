@@ -29,7 +29,7 @@ def test_deterministic_and_alpha_within_the_data(setup):
     for name, layer in quantized_layers(a):
         w = normalize_weight(layer.weight.detach()).abs()
         assert 0 < layer.weight_alpha.item() <= float(w.max()) + 0.01, name
-        x = ptq._inputs_of(a, layer, list(images.split(32)))
+        x = torch.cat(ptq._inputs_of(a, layer, list(images.split(32))))
         assert 0 < layer.act_alpha.item() <= float(x.max()), name
     assert torch.allclose(fp.bn1.running_mean, a.bn1.running_mean)        # after the unnormalized 8-bit first layer
     ratio = (a.layer1[0].bn1.running_var / fp.layer1[0].bn1.running_var).sqrt()  # after a normalized quantized conv
@@ -37,12 +37,24 @@ def test_deterministic_and_alpha_within_the_data(setup):
     assert ratio.median().item() == pytest.approx(1 / sigma, rel=0.3)           # outputs in units of 1/σ
 
 
+def test_calibration_inputs_from_a_block_equal_a_forward_from_the_images(setup):
+    """What post-training quantization reads of each layer, reached from its block's cached inputs (or the previous
+    block's outputs), is what a forward from the images gives it, bit for bit."""
+    fp, images, _ = setup
+    model = ptq.post_training_quantize(fp, "cifar10", "resnet20", 3, images[:16], log=lambda line: None)
+    batches = list(images[:16].split(8))
+    inputs = ptq._CalibrationInputs(model, batches)
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.ReLU)) or getattr(module, "quantized", False):
+            assert torch.equal(inputs(module), torch.cat(ptq._inputs_of(model, module, batches))), name
+
+
 def test_percentile_rule(setup):
     fp, images, _ = setup
     model = ptq.post_training_quantize(fp, "cifar10", "resnet20", 4, images, calibration=ptq.Calibration("percentile", 99.0),
                                        log=lambda line: None)
     name, layer = quantized_layers(model)[0]
-    x = ptq._inputs_of(model, layer, [images])
+    x = torch.cat(ptq._inputs_of(model, layer, [images]))
     assert layer.act_alpha.item() == pytest.approx(float(torch.quantile(x.double().flatten()[:1 << 20], 0.99)), rel=1e-4)
 
 

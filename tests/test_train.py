@@ -115,13 +115,14 @@ def test_torchrun_two_processes_keep_identical_parameters(sources, tmp_path):
 
 
 def test_imagenet_recipe_runs_on_an_imagefolder(tmp_path):
-    folder = data.make_synthetic_imagefolder(tmp_path / "images", classes=2, per_class=4, size=64)
+    folder = data.make_synthetic_imagefolder(tmp_path / "images")        # 1,000 classes, one image each
     recipe = train.dataclasses.replace(train.shortened(train.default_recipe("imagenet", 2), 1), batch_size=4)
     cfg = train.TrainConfig(dataset="imagenet", arch="resnet18", bit=2, out=tmp_path / "run", recipe=recipe,
-                            data_source=folder, val_source=folder, max_steps=1, device="cpu", workers=0, progress=False)
+                            data_source=folder, val_source=folder, subset=8, val_subset=4, device="cpu", workers=0,
+                            progress=False)
     lines = []
     train.train(cfg, log=lines.append)
-    assert any("1 steps an epoch, batch 4" in line for line in lines)
+    assert any("2 steps an epoch, batch 4" in line for line in lines)      # --subset 8: 8 images, 2 batches
     model = load_model("imagenet", "resnet18", None, tmp_path / "run" / "checkpoint.pth.tar", log=lambda line: None)
     assert model.layer1[0].conv1.bit == 2
 

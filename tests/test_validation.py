@@ -1,4 +1,5 @@
-"""Full-test-set validations of the released models (CPU: about half a minute each)."""
+"""Validations of the released models: half of the JPEG copy of the test set, the exact first 1,000 images,
+the command line."""
 import platform
 import subprocess
 import sys
@@ -15,7 +16,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def jpeg_test_set(ref):
-    return data.load_npz(ref("cifar10/test_jpeg.npz"))
+    """The first 5,000 images of the JPEG copy of the test set (about ±0.8 points at 95 %)."""
+    return data.load_npz(ref("cifar10/test_jpeg.npz")).subset(5000)
 
 
 @pytest.fixture(scope="module")

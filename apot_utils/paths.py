@@ -1,0 +1,49 @@
+"""Where ``apot_utils`` reads and writes files, and the environment variables that move them.
+
+- ``APOT_DATA_DIR``: the reference data copy (released checkpoints, the authors' logs, exact test images);
+  read only. :func:`reference_dir`.
+- the data folder for downloads and caches (:func:`data_root`): ``data/`` of a source checkout (the
+  repository this package sits in), else a user cache folder, ``$XDG_CACHE_HOME/apot-notebooks`` or
+  ``~/.cache/apot-notebooks``, so that an installed package never writes into site-packages;
+  ``APOT_CACHE_DIR`` overrides both.
+- ``APOT_KERNEL_DIR``: the compiled kernels (default ``<data root>/kernels``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def source_checkout(package_dir: Path = PACKAGE_DIR) -> Path | None:
+    """The repository root when the package is used from a source checkout (an editable install or
+    ``PYTHONPATH=.``), else None (an installed wheel)."""
+    root = package_dir.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir() else None
+
+
+def data_root(package_dir: Path = PACKAGE_DIR) -> Path:
+    """The folder for downloads and caches (module docstring)."""
+    if os.environ.get("APOT_CACHE_DIR"):
+        return Path(os.environ["APOT_CACHE_DIR"])
+    checkout = source_checkout(package_dir)
+    if checkout is not None:
+        return checkout / "data"
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "apot-notebooks"
+
+
+def reference_dir() -> Path | None:
+    """``APOT_DATA_DIR`` (the reference data copy) if set."""
+    value = os.environ.get("APOT_DATA_DIR")
+    return Path(value) if value else None
+
+
+def kernel_dir() -> Path:
+    """``APOT_KERNEL_DIR``, else ``<data root>/kernels``."""
+    return Path(os.environ.get("APOT_KERNEL_DIR") or data_root() / "kernels")
+
+
+DATA_ROOT = data_root()
+SHIPPED_DIR = (source_checkout() or PACKAGE_DIR.parent) / "checkpoints"   # checkpoints this project made (see its README)

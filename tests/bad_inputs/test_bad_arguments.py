@@ -1,0 +1,57 @@
+"""Options out of range: counts below one, bitwidths and term counts that do not exist, devices this
+project does not run on, percentiles that leave α at zero. One clear line, exit status 2, nothing written."""
+import pytest
+
+from apot_utils.pipeline import run_validation
+
+
+@pytest.mark.parametrize("argv", [
+    ["validate", "--limit", "0"], ["validate", "--limit", "-5"], ["validate", "--batch-size", "0"],
+    ["validate", "--batch-size", "-1"], ["train", "--max-steps", "0"], ["train", "--subset", "0"],
+    ["train", "--batch-size", "0"], ["train", "--epochs", "0"], ["quantize", "--bit", "5", "--calib", "0", "--out", "x"],
+    ["train", "--terms", "0"],
+])
+def test_counts_below_one_are_refused(argv, cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli(*argv).assert_clean_error("must be at least 1")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kwargs", [dict(limit=0), dict(limit=-5), dict(batch_size=0), dict(batch_size=-1)])
+def test_counts_below_one_are_refused_by_the_api(kwargs):
+    with pytest.raises(ValueError, match="at least 1"):
+        run_validation(checkpoint=None, **kwargs)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["quantize", "--bit", "3", "--terms", "3", "--out", "x.pth.tar"], "3-bit weights project their magnitudes to a 2-bit set"),
+    (["quantize", "--bit", "8", "--terms", "1", "--out", "x.pth.tar"], "terms must be one of"),
+    (["quantize", "--bit", "9", "--out", "x.pth.tar"], "invalid choice"),
+    (["quantize", "--bit", "32", "--out", "x.pth.tar"], "quantize needs --bit 2..8"),
+    (["quantize", "--bit", "4", "--calib", "0", "--out", "x.pth.tar"], "must be at least 1"),
+    (["quantize", "--bit", "4", "--init", "QUANTIZED", "--out", "x.pth.tar"], "post-training quantization starts from a full-precision"),
+    (["export", "--bit", "32", "--out", "x.safetensors"], "export needs a quantized model"),
+    (["export", "--bit", "3", "--out", "x.pt"], "must end in .safetensors"),
+])
+def test_quantize_and_export_refuse_bad_arguments_and_write_nothing(argv, message, ref, cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = [str(ref("checkpoints/cifar10/res20_3bit.pth.tar")) if a == "QUANTIZED" else a for a in argv]
+    run = cli(*argv)
+    assert run.status == 2 and message in run.err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("device, message", [("xpu", "cpu, cuda or cuda:N, got 'xpu'"), ("gpu", "got 'gpu'"),
+                                              ("mps", "CPUs and CUDA GPUs only")])
+def test_devices_this_project_does_not_run_on(device, message, cli, ref):
+    cli("validate", "--bit", "3", "--device", device, "--limit", "1").assert_clean_error(message)
+
+
+def test_a_percentile_that_is_zero_says_so(cli, ref, tmp_path):
+    """Half or more of a layer's inputs are 0 after its ReLU: the 50th percentile is 0, no α."""
+    percentile = "50"
+    out = tmp_path / "ptq.pth.tar"
+    run = cli("quantize", "--bit", "3", "--calib", "16", "--act-rule", "percentile", "--percentile", percentile,
+              "--data", ref("cifar10/test_first100_lossless.npz"), "--out", out)
+    run.assert_clean_error(f"the {percentile}th percentile of its input activations is 0", "% of them are 0")
+    assert "divisor" not in run.err and not out.exists()

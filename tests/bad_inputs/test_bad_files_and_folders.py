@@ -1,0 +1,160 @@
+"""Files and folders around the data: permissions that follow the umask, fetch repairing a damaged image
+file, messages that name a missing reference file, kernel builds that were killed, downloads that fail,
+where an installed (not checked-out) package keeps its data, and the chapters without the data."""
+import os
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from apot_utils import checkpoints, fetch, kernels, paths
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(checkpoints.urllib.request, "urlopen", refuse)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_follow_the_umask(umask, mode, tmp_path, ref):
+    """Checkpoints, exports and fetched files get what a plain open() would give them, not mkstemp's 0600."""
+    from apot_utils.export import export_checkpoint
+
+    previous = os.umask(umask)
+    try:
+        saved = checkpoints.save_checkpoint({"state_dict": {}}, tmp_path / "a.pth.tar")
+        exported = export_checkpoint("cifar10", "resnet20", 2, ref("checkpoints/cifar10/res20_2bit.pth.tar"),
+                                     tmp_path / "b.safetensors", log=lambda line: None)
+        fetch._copy_verified(ref("cifar10/test_first100_lossless.npz"), tmp_path / "c.npz", lambda p: True, "images")
+    finally:
+        os.umask(previous)
+    assert [oct(p.stat().st_mode & 0o777) for p in (saved, exported, tmp_path / "c.npz")] == [oct(mode)] * 3
+
+
+def damage_truncated(path):
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def damage_garbage(path):
+    path.write_bytes(np.random.default_rng(0).bytes(5000))
+
+
+def damage_keys(path):
+    np.savez(path, images=np.zeros((2, 32, 32, 3), np.uint8), labels=np.zeros(2, np.int64))
+
+
+@pytest.mark.parametrize("damage", [damage_truncated, damage_garbage, damage_keys])
+def test_fetch_replaces_a_damaged_image_file(damage, ref, tmp_path, monkeypatch, capsys):
+    from apot_utils.__main__ import main
+
+    monkeypatch.setattr(fetch, "PUBLIC_FILES", [])       # only the exact test images here
+    monkeypatch.setattr(fetch, "LOCAL_ONLY", {})
+    source, dest = ref("cifar10/test_first100_lossless.npz").parents[1], tmp_path / "reference"
+    assert main(["fetch", "--dest", str(dest), "--from", str(source)]) == 0
+    target = dest / "cifar10/test_first100_lossless.npz"
+    damage(target)
+    capsys.readouterr()
+    assert main(["fetch", "--dest", str(dest), "--from", str(source)]) == 0
+    assert "damaged cifar10/test_first100_lossless.npz" in capsys.readouterr().out
+    assert fetch.images_digest(target) == fetch.EXACT_TEST_DIGESTS[100]
+
+
+@pytest.mark.parametrize("damage", [damage_truncated, damage_garbage, damage_keys])
+def test_fetch_reports_a_damaged_source_in_one_line(damage, ref, tmp_path, monkeypatch, cli):
+    monkeypatch.setattr(fetch, "PUBLIC_FILES", [])
+    monkeypatch.setattr(fetch, "LOCAL_ONLY", {})
+    source = tmp_path / "source"
+    (source / "cifar10").mkdir(parents=True)
+    for count in fetch.EXACT_TEST_DIGESTS:
+        name = f"cifar10/test_first{count}_lossless.npz"
+        (source / name).write_bytes(ref(name).read_bytes())
+    damage(source / "cifar10/test_first100_lossless.npz")
+    run = cli("fetch", "--dest", tmp_path / "dest", "--from", source)
+    run.assert_clean_error("test_first100_lossless.npz is not the expected CIFAR-10 test images")
+    assert not (tmp_path / "dest/cifar10/test_first100_lossless.npz").exists()
+
+
+def test_a_reference_folder_that_lacks_the_file_is_named(tmp_path, monkeypatch, offline, cli):
+    monkeypatch.setenv("APOT_DATA_DIR", str(tmp_path / "reference"))
+    monkeypatch.setattr(checkpoints, "CACHE_DIR", tmp_path / "cache")
+    run = cli("validate", "--bit", "3", "--limit", "1")
+    run.assert_clean_error(f"{tmp_path / 'reference' / 'checkpoints/cifar10/res20_3bit.pth.tar'} does not exist",
+                           "could not be downloaded (no network)")
+    assert "set APOT_DATA_DIR" not in run.err
+    from apot_utils.data import reference_file
+
+    with pytest.raises(FileNotFoundError, match="APOT_DATA_DIR .* lacks cifar10/test_jpeg.npz"):
+        reference_file("cifar10/test_jpeg.npz")
+
+
+def test_a_killed_kernel_build_leaves_no_scratch_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(kernels, "KERNEL_DIR", tmp_path)
+    stale = tmp_path / ".building-k1ll3d"
+    (stale / "partial").mkdir(parents=True)
+    built = []
+
+    def build(fn, args, dynamic, path):        # stands in for AOTInductor: the test is about the folder
+        built.append(path)
+        path.write_bytes(b"not a package")
+
+    monkeypatch.setattr(kernels, "_build", build)
+    with pytest.raises(RuntimeError, match="could not load the kernel package"):
+        kernels.load(lambda x: x + 1, (torch.zeros(4),), (None,))
+    assert built and not stale.exists()
+
+
+def test_failed_download_leaves_no_folder(monkeypatch, tmp_path, offline):
+    target = tmp_path / "data" / "checkpoints"
+    monkeypatch.setattr(checkpoints, "CACHE_DIR", target)
+    monkeypatch.delenv("APOT_DATA_DIR", raising=False)
+    with pytest.raises(checkpoints.CheckpointError, match="could not download"):
+        checkpoints.release_path("cifar10", "resnet20", 3)
+    assert not (tmp_path / "data").exists()
+
+
+def test_an_installed_package_keeps_its_data_in_a_user_cache(tmp_path, monkeypatch):
+    """From a wheel in site-packages the data root is the user's cache folder; from a checkout, its data/."""
+    monkeypatch.delenv("APOT_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    installed = tmp_path / "lib/python3.11/site-packages/apot_utils"
+    installed.mkdir(parents=True)
+    assert paths.source_checkout(installed) is None
+    assert paths.data_root(installed) == tmp_path / "cache" / "apot-notebooks"
+    checkout = Path(paths.__file__).resolve().parent
+    assert paths.data_root(checkout) == checkout.parent / "data"
+    assert fetch.DEFAULT_DEST == paths.DATA_ROOT / "reference" and checkpoints.CACHE_DIR == paths.DATA_ROOT / "checkpoints"
+    assert kernels.KERNEL_DIR == paths.kernel_dir()
+    monkeypatch.setenv("APOT_CACHE_DIR", str(tmp_path / "mine"))
+    assert paths.data_root(installed) == tmp_path / "mine"
+
+
+def test_offline_chapters_get_a_resnet20_shaped_stand_in(monkeypatch, tmp_path, offline):
+    """Chapters 01-02 use the released weights by layer name; offline they get a seeded random ResNet-20's."""
+    from apot_utils import analysis
+
+    monkeypatch.setattr(checkpoints, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.delenv("APOT_DATA_DIR", raising=False)
+    state = torch.random.get_rng_state()
+    layers, source = analysis.resnet20_weights()
+    assert torch.equal(torch.random.get_rng_state(), state)                 # the caller's random state is untouched
+    assert source.startswith("randomly initialized ResNet-20, no released checkpoint") and "could not download" in source
+    assert "layer3.0.conv2" in layers and torch.equal(layers["layer1.0.conv1"], analysis.resnet20_weights()[0]["layer1.0.conv1"])
+
+
+def test_notebooks_skip_with_the_reason_without_reference_data():
+    """A fresh clone without APOT_DATA_DIR: the chapters' cells skip, saying why (CI sets the data and runs them)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("APOT_DATA_DIR", "APOT_REQUIRE_DATA")}
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                          str(root / "notebooks" / "06_integer_inference.ipynb")],
+                         capture_output=True, text=True, cwd=root, env=env, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:]
+    assert "passed" not in run.stdout.splitlines()[-1] and "skipped" in run.stdout.splitlines()[-1]
+    assert "notebook outputs are computed from the reference data: set APOT_DATA_DIR" in run.stdout
