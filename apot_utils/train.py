@@ -383,7 +383,7 @@ def train_one_epoch(model: nn.Module, batches, steps: int, optimizer, device, ep
             loss = distillation_loss(output, target)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the training loss is {loss.item()} at epoch {epoch}, step {step0 + i + 1}: "
-                                     "the run diverged (try a lower --lr); the last checkpoint is from before it")
+                                     "the run diverged (try a lower --lr); any checkpoint of the run is from before it")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -416,8 +416,8 @@ def _check_thresholds(model: nn.Module, epoch: int, step: int) -> None:
             if not bool((torch.isfinite(alpha) & (alpha > 0)).all()):
                 raise FloatingPointError(
                     f"{kind} of layer {name} became {alpha.detach().flatten()[:3].tolist()} at epoch {epoch}, step {step}: "
-                    f"a clipping threshold must stay positive; lower {group} (a short fine-tune from calibrated α "
-                    "wants about a tenth of the recipe's); the last checkpoint is from before it")
+                    f"a clipping threshold must stay positive; lower {group} (the recipe's is meant for 300 epochs, a "
+                    "short fine-tune from calibrated α needs far less); any checkpoint of the run is from before it")
 
 
 @dataclass
