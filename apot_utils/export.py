@@ -9,10 +9,11 @@ int16 where a code leaves int8) and ``weight_max``. The level sets once: ``level
 in projection order) with ``levels.act_integers``, ``levels.weight_magnitudes`` (sorted) with
 ``levels.weight_integers``. BatchNorm parameters and statistics and the fc bias: float32.
 Metadata (strings): format, dataset, arch, bit, scheme, terms, per_channel, level_rule, source and
-its sha256.
+its sha256, and ``tensors_sha256`` (:func:`tensors_digest`), checked on loading.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -64,6 +65,17 @@ def export_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in tensors.items()}
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order: written into the file's metadata
+    and checked on loading, so an edited or damaged tensor is refused rather than validated."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def export(model: nn.Module, out: str | Path, meta: dict) -> Path:
     """Write ``model`` (quantized, any bitwidth 2..8) to ``out`` (refused if it exists) with ``meta``
     (dataset, arch, bit, scheme, terms, per_channel, source, source_sha256), atomically."""
@@ -74,8 +86,9 @@ def export(model: nn.Module, out: str | Path, meta: dict) -> Path:
         raise FileExistsError(f"{out} exists: choose another --out (nothing was overwritten)")
     if out.suffix != ".safetensors":
         raise ValueError(f"the exported file's name must end in .safetensors, got {out.name}")
-    data = save(export_tensors(model), metadata={"format": FORMAT, "level_rule": checkpoints.LEVEL_RULE,
-                                                  **{k: json.dumps(v) for k, v in meta.items()}})
+    tensors = export_tensors(model)
+    data = save(tensors, metadata={"format": FORMAT, "level_rule": checkpoints.LEVEL_RULE,
+                                   "tensors_sha256": tensors_digest(tensors), **{k: json.dumps(v) for k, v in meta.items()}})
     return checkpoints.write_atomically(out, lambda f: f.write(data))
 
 
@@ -98,9 +111,13 @@ def read_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if raw.get("level_rule") != checkpoints.LEVEL_RULE:
         raise checkpoints.CheckpointError(f"{path} was made with level-set rule {raw.get('level_rule')!r}, this "
                                           f"version builds {checkpoints.LEVEL_RULE!r}")
+    recorded = raw.get("tensors_sha256")
+    if recorded is not None and recorded != tensors_digest(tensors):
+        raise checkpoints.CheckpointError(f"{path}: its tensors are not the ones it was exported with (their sha256 "
+                                          "differs from the one in its metadata): an edited or damaged file")
     meta = {}
     for key, value in raw.items():
-        if key not in ("format", "level_rule"):
+        if key not in ("format", "level_rule", "tensors_sha256"):
             try:
                 meta[key] = json.loads(value)
             except json.JSONDecodeError:
@@ -150,7 +167,8 @@ def load_exported(path: str | Path, levels: str = "release", dataset: str | None
     except ValueError as error:
         raise checkpoints.CheckpointError(f"{path}: its metadata describes no model this version builds ({error})") from None
     if not torch.equal(tensors.get("levels.act", torch.empty(0)), projection_order(meta["bit"], meta["scheme"], meta.get("terms"))):
-        raise checkpoints.CheckpointError(f"{path}: its level sets differ from those this version builds")
+        raise checkpoints.CheckpointError(f"{path}: its level sets are not those of a {meta['bit']}-bit {meta['scheme']} "
+                                          f"model with terms={meta.get('terms')}: its metadata and its tensors disagree")
     for name, module in list(model.named_modules()):
         if isinstance(module, QuantConv2d) and module.quantized:
             shape = tuple(module.weight.shape)

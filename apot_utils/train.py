@@ -567,7 +567,8 @@ def _train(cfg: TrainConfig, device, where: Distributed, out: Path, log: Callabl
     if cfg.max_steps is not None:
         steps = min(steps, cfg.max_steps)
     if steps == 0:
-        raise ValueError(f"no full batch of {per_process} images per process in the training data")
+        raise ValueError(f"no full batch of {per_process} images per process in the training data: give more images "
+                         "(--subset) or a smaller --batch-size")
     calib_images = None
     if cfg.dataset == "cifar10" and cfg.init is not None and not cfg.resume and cfg.calibrate_init:
         calib_images = data.normalize(train_set.sample(min(cfg.calib, len(train_set)), cfg.seed).x.cpu())

@@ -18,13 +18,17 @@ def exported(ref, tmp_path_factory):
     return out
 
 
-def rewritten(exported, tmp_path, change_tensors=None, change_meta=None):
-    """A copy of the exported file with ``change_tensors(tensors)`` / ``change_meta(metadata strings)`` applied."""
+def rewritten(exported, tmp_path, change_tensors=None, change_meta=None, keep_digest=False):
+    """A copy of the exported file with ``change_tensors(tensors)`` / ``change_meta(metadata strings)`` applied.
+    Changed tensors drop the tensors' digest (a file another tool wrote), unless ``keep_digest``, so that each
+    check below is reached."""
     with safe_open(str(exported), framework="pt") as f:
         meta = dict(f.metadata())
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     if change_tensors:
         change_tensors(tensors)
+        if not keep_digest:
+            meta.pop("tensors_sha256")
     if change_meta:
         change_meta(meta)
     path = tmp_path / "changed.safetensors"
@@ -51,6 +55,7 @@ CASES = {
     "BatchNorm of another width": (set_("bn1.weight", lambda t: t[:8].clone()), None, "bn1.weight has shape (8,), the model needs (16,)"),
     "missing arch": (None, lambda m: m.pop("arch"), "its metadata lacks arch"),
     "metadata not JSON": (None, lambda m: m.update(bit="three"), "its metadata 'bit' is not JSON"),
+    "bit that does not match the levels": (None, lambda m: m.update(bit="4"), "are not those of a 4-bit apot model"),
     "unknown architecture": (None, lambda m: m.update(arch=json.dumps("resnet7")),
                              ("describes no model this version builds", "is a 3-bit resnet7 cifar10 model, not resnet20 cifar10")),
 }
@@ -67,6 +72,14 @@ def test_a_damaged_export_is_refused(case, exported, tmp_path, cli):
     run = cli("validate", "--checkpoint", path, "--limit", "10")
     run.assert_clean_error(cli_message)
     assert "Prec" not in run.out and "None-bit" not in run.err
+
+
+def test_an_edited_tensor_is_refused_by_the_files_digest(exported, tmp_path, cli):
+    """α times 5 is still a valid threshold: only the digest written at export tells the file was edited."""
+    path = rewritten(exported, tmp_path, set_("layer1.0.conv1.weight_alpha", lambda t: t * 5), keep_digest=True)
+    run = cli("validate", "--checkpoint", path, "--limit", "10")
+    run.assert_clean_error("its tensors are not the ones it was exported with", "edited or damaged")
+    assert "Prec" not in run.out
 
 
 def test_the_export_itself_loads(exported):
