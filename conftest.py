@@ -11,7 +11,7 @@ def pytest_collection_modifyitems(config, items):
 
     Without APOT_DATA_DIR the notebook cells are skipped with the reason (the tests skip themselves, in
     ``ref``); under APOT_REQUIRE_DATA=1 they run (and fail loudly)."""
-    from apot_utils.paths import reference_dir
+    from apot_utils.files.paths import reference_dir
 
     root = reference_dir()
     have_data = (root is not None and root.is_dir()) or os.environ.get("APOT_REQUIRE_DATA") == "1"

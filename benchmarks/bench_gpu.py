@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import torch
 from _common import table, timed, write
-from apot_utils.quantize import reference_formulation
+from apot_utils.core.reference import reference_formulation
 
-from apot_utils.levels import level_set
-from apot_utils.models import build_model
-from apot_utils.quantize import _decisions, _lookup, argmin_project, project
+from apot_utils.core.levels import level_set
+from apot_utils.fakequant.spec import ModelSpec
+from apot_utils.fast.projection import kernel_variants, project
+from apot_utils.core.reference import nearest_level
 
 
 def resnet18_rows(batch: int = 256):
@@ -23,7 +24,7 @@ def resnet18_rows(batch: int = 256):
     fp_rate = None
     for bit, formulation in [(32, "apot_utils"), (2, "apot_utils"), (3, "apot_utils"), (4, "apot_utils"),
                              (5, "apot_utils"), (4, "reference")]:
-        model = build_model("imagenet", "resnet18", bit).cuda().eval()
+        model = ModelSpec("imagenet", "resnet18", bit).build().cuda().eval()
 
         def forward(model=model):
             with torch.inference_mode():
@@ -53,13 +54,13 @@ def bandwidth_rows(n: int = 1 << 28):
     rows = [{"kernel": "copy (clone)", "levels": 0, "GB_s": 8 * n / copy_s / 1e9, "x_copy": 1.0}]
     for bits in (2, 4, 6):
         levels = level_set(bits).cuda()
-        d = _decisions(tuple(levels.tolist()), torch.float32, x.device)
-        variants = [("project (eager lookup)", lambda: _lookup(x, *d.lookup_tables, d.levels)),
+        eager = kernel_variants(levels, device="cuda")["eager"]
+        variants = [("project (eager lookup)", lambda: eager(x)),
                     ("project (compiled where it works)", lambda: project(x, levels))]
-        assert torch.equal(project(x, levels), _lookup(x, *d.lookup_tables, d.levels))
+        assert torch.equal(project(x, levels), eager(x))
         small = x[: 1 << 22]
-        assert torch.equal(project(small, levels), argmin_project(small, levels))
-        variants.append(("argmin reference", lambda: argmin_project(small, levels)))
+        assert torch.equal(project(small, levels), nearest_level(small, levels))
+        variants.append(("argmin reference", lambda: nearest_level(small, levels)))
         for name, fn in variants:
             m = small.numel() if name == "argmin reference" else n
             s = timed(fn, 10, "cuda")

@@ -1,4 +1,4 @@
-"""The integer path of an exported ResNet-20 (``integer.integer_arithmetic``: exact integer convolutions, every
+"""The integer path of an exported ResNet-20 (``integer_arithmetic``: exact integer convolutions, every
 later rounding in one fixed order, the same logits on every machine) against the same file run as the float
 model, on the exact first 1,000 test images in batches of 100, for 2/3/4 bits: each as a ratio to the float path
 in the same run (benchmarks/_common.interleaved: warmed up, interleaved rounds, median, min and max). Also the
@@ -18,15 +18,18 @@ import torch
 import torch.nn.functional as F
 from _common import interleaved, table, write
 
-from apot_utils import data, export, integer
-from apot_utils.evaluate import reuse_freed_memory
+from apot_utils.files import data
+from apot_utils.commands.export import export_checkpoint
+from apot_utils.integer.format import load_exported
+from apot_utils.integer.layers import IntegerConv2d, integer_arithmetic
+from apot_utils.fakequant.evaluate import reuse_freed_memory
 
 
 @contextmanager
 def previous_formulation(model):
     """The integer path as it was before it was made machine-independent: only the quantized convolutions in
     integers (``F.conv2d`` of float64 integers), everything else ATen's float kernels."""
-    layers = [m for m in model.modules() if isinstance(m, integer.IntegerConv2d)]
+    layers = [m for m in model.modules() if isinstance(m, IntegerConv2d)]
 
     def forward(self, x):
         acc = F.conv2d(self.activation_integers(x).double(), self.weight_int.double(), None, self.stride, self.padding)
@@ -50,7 +53,7 @@ def main():
     folder = Path(tempfile.mkdtemp())
     rows = []
     for bit in (2, 3, 4):
-        model = export.load_exported(export.export_checkpoint("cifar10", "resnet20", bit, "release",
+        model = load_exported(export_checkpoint("cifar10", "resnet20", bit, "release",
                                                               folder / f"r{bit}.safetensors", log=lambda line: None))
 
         def run(mode):
@@ -59,7 +62,7 @@ def main():
                     if mode == "float":
                         return [model(x) for x in batches]
                     if mode == "integer":
-                        with integer.integer_arithmetic(model):
+                        with integer_arithmetic(model):
                             return [model(x) for x in batches]
                     with previous_formulation(model):
                         return [model(x) for x in batches]

@@ -16,16 +16,16 @@ import sys
 import torch
 from _common import table, timed, write
 
-from apot_utils.levels import level_set
-from apot_utils import kernels
-from apot_utils.quantize import _KERNELS, _decisions, _lookup, argmin_project, project
+from apot_utils.core.levels import level_set
+from apot_utils.fast.projection import kernel_variants, project
+from apot_utils.core.reference import nearest_level
 
 PEAK = """
 import sys, torch
-sys.path.insert(0, {root!r})
-from apot_utils.levels import level_set
-from apot_utils.quantize import argmin_project, project
-fn = {{"project": project, "argmin": argmin_project}}[sys.argv[1]]
+from apot_utils.core.levels import level_set
+from apot_utils.core.reference import nearest_level
+from apot_utils.fast.projection import project
+fn = {"project": project, "argmin": nearest_level}[sys.argv[1]]
 x = torch.rand(int(sys.argv[3])); levels = level_set(int(sys.argv[2]))
 fn(x[:1 << 16], levels)
 def peak_kib():  # this process image's own high-water mark (ru_maxrss would carry the parent's over exec)
@@ -37,8 +37,7 @@ print((peak_kib() - before) * 1024)
 
 
 def cpu_extra_peak(fn: str, bits: int, n: int) -> float:
-    from _common import RESULTS
-    code = PEAK.format(root=str(RESULTS.parent.parent))
+    code = PEAK
     env = {**os.environ, "APOT_COMPILE": "0"}   # the eager kernels: the compiled one only allocates the output
     out = subprocess.run([sys.executable, "-c", code, fn, str(bits), str(n)], capture_output=True, text=True,
                          check=True, env=env)
@@ -67,25 +66,24 @@ def main():
             levels = level_set(bits).to(device)
             for n in sizes:
                 x = torch.rand(n, device=device)
-                t_ref = timed(lambda: argmin_project(x, levels), 3, device)
+                t_ref = timed(lambda: nearest_level(x, levels), 3, device)
                 t_ours = timed(lambda: project(x, levels), 5, device)
-                assert torch.equal(project(x, levels), argmin_project(x, levels))
+                assert torch.equal(project(x, levels), nearest_level(x, levels))
                 row = {"device": device, "levels": 2**bits, "n": n, "argmin_ms": t_ref * 1e3,
                        "project_ms": t_ours * 1e3, "speedup": t_ref / t_ours}
                 if n == 10**6:          # the two fused kernels project chooses between (by number of levels)
-                    d = _decisions(tuple(levels.tolist()), torch.float32, x.device)
-                    for kernel, tables in (("tree", d.tree_tables), ("lookup", d.lookup_tables)):
-                        fn, dynamic = _KERNELS[f"project {kernel}"]
-                        fused = kernels.load(fn, (x, *tables, d.levels), dynamic)
-                        assert torch.equal(fused(x, *tables, d.levels), _lookup(x, *d.lookup_tables, d.levels))
-                        row[f"compiled_{kernel}_ms"] = timed(lambda: fused(x, *tables, d.levels), 5, device) * 1e3
+                    variants = kernel_variants(levels, device=device)
+                    for kernel in ("tree", "lookup"):
+                        fused = variants[kernel]
+                        assert torch.equal(fused(x), variants["eager"](x))
+                        row[f"compiled_{kernel}_ms"] = timed(lambda: fused(x), 5, device) * 1e3
                     input_bytes = 4 * n
                     if device == "cpu":   # in a fresh process, at 2^24 values to rise above its start-up peak
                         row["project_peak_x_input"] = cpu_extra_peak("project", bits, 1 << 24) / (4 << 24)
                         row["argmin_peak_x_input"] = cpu_extra_peak("argmin", bits, 1 << 24) / (4 << 24)
                     else:
                         row["project_peak_x_input"] = cuda_extra_peak(project, x, levels) / input_bytes
-                        row["argmin_peak_x_input"] = cuda_extra_peak(argmin_project, x, levels) / input_bytes
+                        row["argmin_peak_x_input"] = cuda_extra_peak(nearest_level, x, levels) / input_bytes
                 rows.append(row)
                 print(row)
     table([{k: r[k] for k in ("device", "levels", "n", "argmin_ms", "project_ms", "speedup")} for r in rows])

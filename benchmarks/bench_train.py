@@ -12,10 +12,10 @@ import argparse
 
 import torch
 from _common import interleaved, write
-from apot_utils.quantize import reference_formulation
+from apot_utils.core.reference import reference_formulation
 
-from apot_utils.evaluate import reuse_freed_memory
-from apot_utils.models import build_model
+from apot_utils.fakequant.evaluate import reuse_freed_memory
+from apot_utils.fakequant.spec import ModelSpec
 
 
 def step_fn(model, images, labels, reference=False):
@@ -53,9 +53,9 @@ def main():
     reuse_freed_memory()          # as the command line does: the same allocator settings for every case
     torch.manual_seed(0)
     images, labels = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
-    models = {b: build_model("cifar10", "resnet20", b).train() for b in (32, 2, 3, 4, 5)}
+    models = {b: ModelSpec("cifar10", "resnet20", b).build().train() for b in (32, 2, 3, 4, 5)}
     cases = {("full precision" if b == 32 else f"{b}-bit"): step_fn(m, images, labels) for b, m in models.items()}
-    cases["4-bit reference formulation"] = step_fn(build_model("cifar10", "resnet20", 4).train(), images, labels, True)
+    cases["4-bit reference formulation"] = step_fn(ModelSpec("cifar10", "resnet20", 4).build().train(), images, labels, True)
     found = interleaved(cases, args.repeat)
     base = found["full precision"]["median"]
     memory = {("full precision" if b == 32 else f"{b}-bit"): saved_bytes(m, images, labels) for b, m in models.items()}

@@ -24,12 +24,13 @@ import tempfile
 
 import torch
 from _common import command, interleaved, write
-from apot_utils.quantize import reference_formulation
+from apot_utils.core.reference import reference_formulation
 
-from apot_utils import data, paths
-from apot_utils.layers import frozen_weights
-from apot_utils.evaluate import reuse_freed_memory
-from apot_utils.pipeline import load_model, validate_cifar10
+from apot_utils.files import data, paths
+from apot_utils.fakequant.layers import frozen_weights
+from apot_utils.fakequant.evaluate import reuse_freed_memory
+from apot_utils.fakequant.loading import load_model
+from apot_utils.commands.validate import validate_cifar10
 
 
 FIVE_BIT = paths.SHIPPED_DIR / "resnet20_5bit_apot.pth.tar"     # the release has none: this project's
@@ -73,7 +74,7 @@ def main():
     cli["3-bit, APOT_COMPILE=0"] = command(["-m", "apot_utils", "validate", "--bit", "3", "--data", args.data,
                                             "--device", "cpu"], env={"APOT_COMPILE": "0"})
     for b in (32, 3):        # the same validation called from Python, without the command line's allocator settings
-        call = f"from apot_utils.pipeline import run_validation; run_validation(bit={b}, data_source={args.data!r}, device='cpu')"
+        call = f"from apot_utils.commands.validate import run_validation; run_validation(bit={b}, data_source={args.data!r}, device='cpu')"
         cli[f"{'full precision' if b == 32 else f'{b}-bit'}, run_validation, glibc defaults"] = command(["-c", call])
     end_to_end = interleaved(cli, args.repeat)
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 from _common import table, write
 
-from apot_utils import data
-from apot_utils.evaluate import pick_device
-from apot_utils.pipeline import load_model, run_validation, validate_cifar10
+from apot_utils.files import data
+from apot_utils.fakequant.evaluate import pick_device
+from apot_utils.fakequant.loading import load_model
+from apot_utils.commands.validate import run_validation, validate_cifar10
 
 
 def main():

@@ -22,9 +22,12 @@ from pathlib import Path
 
 from _common import table, write
 
-from apot_utils import checkpoints, data, train
-from apot_utils.evaluate import pick_device
-from apot_utils.pipeline import load_model, validate_cifar10
+from apot_utils.files import checkpoints, data
+from apot_utils.commands import train
+from apot_utils.fakequant import training
+from apot_utils.fakequant.evaluate import pick_device
+from apot_utils.fakequant.loading import load_model
+from apot_utils.commands.validate import validate_cifar10
 
 
 def main():
@@ -37,7 +40,7 @@ def main():
     args = parser.parse_args()
     device = pick_device(args.device)
     archive = data.reference_file("cifar10/jpeg_files.zip")
-    recipe = train.shortened(train.default_recipe("cifar10", 5), args.epochs)
+    recipe = training.shortened(training.default_recipe("cifar10", 5), args.epochs)
     out = Path(tempfile.mkdtemp(prefix="apot-5bit-"))
     start = time.perf_counter()
     result = train.train(train.TrainConfig(bit=5, init="release", out=out / "run", recipe=recipe, data_source=archive,

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from apot_utils.data import reference_file as _locate
+from apot_utils.files.data import reference_file as _locate
 
 
 def reference_file(relative: str):

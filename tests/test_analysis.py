@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from apot_utils import analysis
-from apot_utils.levels import level_set
-from apot_utils.models import build_model
+from apot_utils.notebook import analysis
+from apot_utils.core.levels import level_set
+from apot_utils.fakequant.spec import ModelSpec
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_learned_alpha_settles_where_the_straight_through_gradient_vanishes(norm
 
 def test_layer_inputs_land_on_the_levels():
     torch.manual_seed(0)
-    model = build_model("cifar10", "resnet20", 3)
+    model = ModelSpec("cifar10", "resnet20", 3).build()
     x, q = analysis.layer_inputs(model, "layer2.0.conv1", torch.randn(4, 3, 32, 32))
     layer = dict(model.named_modules())["layer2.0.conv1"]
     assert x.shape == q.shape == (4, 16, 32, 32)

@@ -4,11 +4,13 @@ import shutil
 import pytest
 import torch
 
-from apot_utils import checkpoints, data
-from apot_utils.checkpoints import CheckpointError, load_into, read_checkpoint
-from apot_utils.layers import alphas
-from apot_utils.models import build_model
-from apot_utils.pipeline import load_model, validate_cifar10
+from apot_utils.files import checkpoints, data
+from apot_utils.fakequant.loading import load_into
+from apot_utils.files.checkpoints import CheckpointError, read_checkpoint
+from apot_utils.fakequant.layers import alphas
+from apot_utils.fakequant.spec import ModelSpec
+from apot_utils.fakequant.loading import load_model
+from apot_utils.commands.validate import validate_cifar10
 
 # The README's published 3-bit output (rounded to 3 decimals), layer by layer.
 PUBLISHED_3BIT_ALPHAS = [
@@ -25,8 +27,8 @@ def release_file(ref, bit):
 
 @pytest.mark.parametrize("bit", [2, 3, 4, 32])
 def test_released_checkpoints_load(ref, bit):
-    model = build_model("cifar10", "resnet20", bit)
-    extra = load_into(model, release_file(ref, bit), "cifar10", "resnet20", bit)
+    model = ModelSpec("cifar10", "resnet20", bit).build()
+    extra = load_into(model, release_file(ref, bit))
     assert extra["best_prec"] == checkpoints.RELEASED[("cifar10", "resnet20", bit)].published_accuracy
     assert len(alphas(model)) == (0 if bit == 32 else 20)
 
@@ -51,10 +53,10 @@ def test_3bit_first_batch_matches_published_output(ref):
 
 @pytest.mark.parametrize("bit, wrong", [(3, 4), (32, 2), (2, 32)])
 def test_wrong_bitwidth_is_refused_and_model_untouched(ref, bit, wrong):
-    model = build_model("cifar10", "resnet20", wrong)
+    model = ModelSpec("cifar10", "resnet20", wrong).build()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(CheckpointError, match="checkpoint|fit"):
-        load_into(model, release_file(ref, bit), "cifar10", "resnet20", wrong)
+        load_into(model, release_file(ref, bit))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -63,7 +65,7 @@ def test_wrong_architecture_is_refused(ref, tmp_path):
     path = tmp_path / "anonymous.pth"
     torch.save({"state_dict": state}, path)       # same tensors, no release hash: only shapes tell
     with pytest.raises(CheckpointError, match="does not fit"):
-        load_into(build_model("cifar10", "resnet32", 3), path, "cifar10", "resnet32", 3)
+        load_into(ModelSpec("cifar10", "resnet32", 3).build(), path)
 
 
 class _Payload:
@@ -123,7 +125,7 @@ def test_imagenet_release_layout_loads(ref):
     import json
 
     keys = json.loads(ref("reference/imagenet_resnet18_release_keys.json").read_text())
-    model = build_model("imagenet", "resnet18", 4)
+    model = ModelSpec("imagenet", "resnet18", 4).build()
     state = {k: torch.zeros(shape) for k, shape in keys.items()}
     converted = checkpoints.to_model_keys(state)
     checkpoints.check_state_dict(model, converted)          # no missing or unexpected keys

@@ -6,8 +6,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from apot_utils import checkpoints, fetch
-from apot_utils.__main__ import main
+from apot_utils.files import checkpoints, fetch
+from apot_utils.cli import main
 
 
 class _RangeHandler(SimpleHTTPRequestHandler):

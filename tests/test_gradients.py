@@ -1,11 +1,12 @@
 """The quantizer's backward keeps less (for activations one coded slope, for weights a slope and a mask,
 instead of u and q) and runs fused: its gradients must be bit for bit those of the formulation that kept
-u and q with the argmin projection, quantize.reference_formulation()."""
+u and q with the argmin projection, reference_formulation()."""
 import pytest
 import torch
 
-from apot_utils import data, quantize
-from apot_utils.pipeline import load_model
+from apot_utils.files import data
+from apot_utils.core.reference import reference_formulation
+from apot_utils.fakequant.loading import load_model
 
 
 def _gradients(model, images, labels):
@@ -25,7 +26,7 @@ def test_gradients_bit_identical_to_the_formulation_that_kept_u_and_q(ref, bit, 
     state = {k: v.clone() for k, v in model.state_dict().items()}
     ours = _gradients(model, images, labels)
     model.load_state_dict(state)                                  # BatchNorm statistics moved: put them back
-    with quantize.reference_formulation():
+    with reference_formulation():
         reference = _gradients(model, images, labels)
     assert ours.keys() == reference.keys() and len(ours) > 40
     for name in ours:

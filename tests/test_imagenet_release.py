@@ -20,9 +20,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from apot_utils.layers import frozen_weights
-from apot_utils.models import build_model
-from apot_utils.pipeline import load_model
+from apot_utils.fakequant.layers import frozen_weights
+from apot_utils.fakequant.spec import ModelSpec
+from apot_utils.fakequant.loading import load_model
 
 # build_power_value's base lists (additive), by bitwidth B, in the order the release appends them.
 RELEASE_BASES = {
@@ -102,7 +102,7 @@ def synthetic_release_state(keys: dict, bit: int, seed: int) -> dict:
     """A state dict in the release's layout, every key and shape of ``keys``: random weights and α, BatchNorm
     statistics of random images; at 32 bits the thresholds the release keeps but never uses (6.0 and 3.0)."""
     torch.manual_seed(seed)
-    model = build_model("imagenet", "resnet18", bit)
+    model = ModelSpec("imagenet", "resnet18", bit).build()
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = None                      # cumulative averages over the calibration batches

@@ -4,12 +4,14 @@ transposed, channels-last, offset into its storage) must give the values and gra
 import pytest
 import torch
 
-from apot_utils import quantize
-from apot_utils.levels import projection_order, weight_projection_order
-from apot_utils.quantize import project, quantize_activation, quantize_weight
+from apot_utils.fast import projection
+from apot_utils.core.levels import projection_order, weight_projection_order
+from apot_utils.core.reference import nearest_level
+from apot_utils.fast.projection import project
+from apot_utils.fakequant.quantizers import quantize_activation, quantize_weight
 
 LARGE, SMALL = (4, 8, 64, 64), (2, 4, 8, 8)        # 131,072 values (fused) and 512 (eager below the threshold)
-assert LARGE[0] * LARGE[1] * LARGE[2] * LARGE[3] >= quantize._FUSED_MIN_NUMEL > SMALL[0] * SMALL[1] * SMALL[2] * SMALL[3]
+assert LARGE[0] * LARGE[1] * LARGE[2] * LARGE[3] >= projection._FUSED_MIN_NUMEL > SMALL[0] * SMALL[1] * SMALL[2] * SMALL[3]
 
 
 def layouts(shape, seed):
@@ -35,8 +37,8 @@ def layouts(shape, seed):
 
 def _fused_available() -> bool:
     levels = projection_order(3)
-    project(torch.rand(quantize._FUSED_MIN_NUMEL), levels)
-    return any(v is not None for k, v in quantize._checked.items() if k[0].startswith("project"))
+    project(torch.rand(projection._FUSED_MIN_NUMEL), levels)
+    return any(v is not None for k, v in projection._checked.items() if k[0].startswith("project"))
 
 
 def _both_ways(fn, monkeypatch):
@@ -69,7 +71,7 @@ def test_forward_on_every_layout(layout, shape, bits, monkeypatch):
         fused, eager = _both_ways(fn, monkeypatch)
         assert fused.shape == x.shape
         _same(fused, eager)
-    _same(quantize_activation(x, alpha, levels), quantize.argmin_project((x / alpha).clamp(0, 1).contiguous(), levels) * alpha)
+    _same(quantize_activation(x, alpha, levels), nearest_level((x / alpha).clamp(0, 1).contiguous(), levels) * alpha)
 
 
 @pytest.mark.parametrize("shape", [LARGE, SMALL], ids=["fused size", "eager size"])

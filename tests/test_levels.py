@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from apot_utils.levels import (SCHEMES, default_terms, level_set, term_exponents, weight_level_set,
+from apot_utils.core.levels import (SCHEMES, default_terms, level_set, term_exponents, weight_level_set,
                                weight_magnitudes)
 
 # The sets the authors released (data README), before normalization: products of terms.

@@ -19,8 +19,13 @@ SCRIPT = r"""
 import hashlib, json, sys, tempfile
 import torch
 torch.backends.mkldnn.enabled = sys.argv[1] != "onednn-off"    # explicit: a run may have turned it off for all
-from apot_utils import data, export, integer, quantize
-from apot_utils.pipeline import load_model, validate_cifar10
+from apot_utils.files import data
+from apot_utils.commands.export import export_checkpoint
+from apot_utils.integer.format import load_exported
+from apot_utils.integer.layers import integer_arithmetic
+from apot_utils.fakequant.loading import load_model
+from apot_utils.commands.validate import validate_cifar10
+from apot_utils.core.reference import reference_formulation
 
 test = data.load_npz(sys.argv[2])
 out, silent = {}, (lambda line: None)
@@ -29,11 +34,11 @@ for bit in (3, 2):
     fast = validate_cifar10(model, test, "cpu", log=silent).predictions
     with torch.no_grad():
         float_logits = torch.cat([model(x) for x, _ in data.batches(test, 100)])
-    with quantize.reference_formulation():
+    with reference_formulation():
         release = validate_cifar10(model, test, "cpu", log=silent).predictions
-    path = export.export_checkpoint("cifar10", "resnet20", bit, "release", f"{tempfile.mkdtemp()}/r{bit}.safetensors", log=silent)
-    exported = export.load_exported(path)
-    with torch.no_grad(), integer.integer_arithmetic(exported):
+    path = export_checkpoint("cifar10", "resnet20", bit, "release", f"{tempfile.mkdtemp()}/r{bit}.safetensors", log=silent)
+    exported = load_exported(path)
+    with torch.no_grad(), integer_arithmetic(exported):
         logits = torch.cat([exported(x) for x, _ in data.batches(test, 100)])
     out[bit] = {"float": fast.tolist(), "release": release.tolist(), "integer": logits.argmax(1).tolist(),
                 "integer_logits_sha256": hashlib.sha256(logits.numpy().tobytes()).hexdigest(),

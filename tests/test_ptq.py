@@ -3,13 +3,19 @@ clear errors; and quantization-aware training starting from it."""
 import pytest
 import torch
 
-from apot_utils import data, levels, ptq
-from apot_utils.__main__ import main
-from apot_utils.checkpoints import CheckpointError, load_into
-from apot_utils.layers import quantized_layers
-from apot_utils.models import build_model
-from apot_utils.pipeline import load_model, validate_cifar10
-from apot_utils.quantize import normalize_weight, quantize_weight
+from apot_utils.files import data
+from apot_utils.core import levels
+from apot_utils.fakequant import ptq
+from apot_utils.fakequant.capture import inputs_of
+from apot_utils.cli import main
+from apot_utils.fakequant.loading import load_into
+from apot_utils.files.checkpoints import CheckpointError
+from apot_utils.fakequant.layers import quantized_layers
+from apot_utils.fakequant.spec import ModelSpec
+from apot_utils.fakequant.loading import load_model
+from apot_utils.commands.validate import validate_cifar10
+from apot_utils.core.reference import normalize_weight
+from apot_utils.fakequant.quantizers import quantize_weight
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +29,13 @@ def setup(ref):
 
 def test_deterministic_and_alpha_within_the_data(setup):
     fp, images, _ = setup
-    a = ptq.post_training_quantize(fp, "cifar10", "resnet20", 4, images, log=lambda line: None)
-    b = ptq.post_training_quantize(fp, "cifar10", "resnet20", 4, images, log=lambda line: None)
+    a = ptq.post_training_quantize(fp, ModelSpec("cifar10", "resnet20", 4), images, log=lambda line: None)
+    b = ptq.post_training_quantize(fp, ModelSpec("cifar10", "resnet20", 4), images, log=lambda line: None)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     for name, layer in quantized_layers(a):
         w = normalize_weight(layer.weight.detach()).abs()
         assert 0 < layer.weight_alpha.item() <= float(w.max()) + 0.01, name
-        x = torch.cat(ptq._inputs_of(a, layer, list(images.split(32))))
+        x = torch.cat(inputs_of(a, layer, list(images.split(32))))
         assert 0 < layer.act_alpha.item() <= float(x.max()), name
     assert torch.allclose(fp.bn1.running_mean, a.bn1.running_mean)        # after the unnormalized 8-bit first layer
     ratio = (a.layer1[0].bn1.running_var / fp.layer1[0].bn1.running_var).sqrt()  # after a normalized quantized conv
@@ -41,20 +47,20 @@ def test_calibration_inputs_from_a_block_equal_a_forward_from_the_images(setup):
     """What post-training quantization reads of each layer, reached from its block's cached inputs (or the previous
     block's outputs), is what a forward from the images gives it, bit for bit."""
     fp, images, _ = setup
-    model = ptq.post_training_quantize(fp, "cifar10", "resnet20", 3, images[:16], log=lambda line: None)
+    model = ptq.post_training_quantize(fp, ModelSpec("cifar10", "resnet20", 3), images[:16], log=lambda line: None)
     batches = list(images[:16].split(8))
     inputs = ptq._CalibrationInputs(model, batches)
     for name, module in model.named_modules():
         if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.ReLU)) or getattr(module, "quantized", False):
-            assert torch.equal(inputs(module), torch.cat(ptq._inputs_of(model, module, batches))), name
+            assert torch.equal(inputs(module), torch.cat(inputs_of(model, module, batches))), name
 
 
 def test_percentile_rule(setup):
     fp, images, _ = setup
-    model = ptq.post_training_quantize(fp, "cifar10", "resnet20", 4, images, calibration=ptq.Calibration("percentile", 99.0),
+    model = ptq.post_training_quantize(fp, ModelSpec("cifar10", "resnet20", 4), images, calibration=ptq.Calibration("percentile", 99.0),
                                        log=lambda line: None)
     name, layer = quantized_layers(model)[0]
-    x = torch.cat(ptq._inputs_of(model, layer, [images]))
+    x = torch.cat(inputs_of(model, layer, [images]))
     assert layer.act_alpha.item() == pytest.approx(float(torch.quantile(x.double().flatten()[:1 << 20], 0.99)), rel=1e-4)
 
 
@@ -95,9 +101,9 @@ def test_per_channel_alpha_and_terms_round_trip(setup, tmp_path, capsys):
     assert main(["validate", "--checkpoint", str(out), "--data", str(first1000), "--limit", "200"]) == 0
     assert f" * Prec {direct.top1:.3f}% " in capsys.readouterr().out
     with pytest.raises(CheckpointError, match="per_channel"):   # a per-layer model refuses it
-        load_into(build_model("cifar10", "resnet20", 5, terms=3), out, "cifar10", "resnet20", 5)
+        load_into(ModelSpec("cifar10", "resnet20", 5, terms=3).build(), out)
     with pytest.raises(CheckpointError, match="terms"):
-        load_into(build_model("cifar10", "resnet20", 5, per_channel=True), out, "cifar10", "resnet20", 5)
+        load_into(ModelSpec("cifar10", "resnet20", 5, per_channel=True).build(), out)
 
 
 def test_per_channel_alpha_gradient_is_the_per_channel_sum():
@@ -122,12 +128,13 @@ def test_existing_output_is_not_overwritten(setup, tmp_path, capsys):
 
 
 def test_training_from_full_precision_starts_from_calibrated_alpha(ref, tmp_path):
-    from apot_utils import train
+    from apot_utils.commands import train
+    from apot_utils.fakequant import training
 
     first1000 = ref("cifar10/test_first1000_lossless.npz")
     base = dict(bit=4, init=ref("checkpoints/cifar10/res20_32bit.pth.tar"), data_source=first1000, val_source=first1000,
                 subset=128, val_subset=100, max_steps=1, device="cpu", progress=False, calib=64,
-                recipe=train.shortened(train.default_recipe("cifar10", 4), 1))
+                recipe=training.shortened(training.default_recipe("cifar10", 4), 1))
     starts = {}
     for calibrate in (True, False):
         cfg = train.TrainConfig(out=tmp_path / str(calibrate), calibrate_init=calibrate, **base)

@@ -6,10 +6,13 @@ import warnings
 import pytest
 import torch
 
-from apot_utils import kernels, quantize
-from apot_utils.layers import QuantConv2d
-from apot_utils.levels import level_set, projection_order, weight_magnitudes
-from apot_utils.quantize import argmin_project, project, quantize_activation, quantize_weight
+from apot_utils.fast import aot, projection
+from apot_utils.fast import kernels as kernel_bodies
+from apot_utils.fakequant.layers import QuantConv2d
+from apot_utils.core.levels import level_set, projection_order, weight_magnitudes
+from apot_utils.core.reference import nearest_level
+from apot_utils.fast.projection import project
+from apot_utils.fakequant.quantizers import quantize_activation, quantize_weight
 
 RELEASED = [level_set(b) for b in range(2, 7)] + [weight_magnitudes(b) for b in range(3, 7)]
 
@@ -27,9 +30,9 @@ def near_midpoints(levels, dtype, ulps=6):
 
 
 def compiled_kernel_used(levels, dtype) -> bool:
-    """Whether project's last large call on the CPU ran a fused kernel (apot_utils.kernels)."""
-    name = "project tree" if len(levels) <= quantize._TREE_MAX_LEVELS else "project lookup"
-    return quantize._checked.get((name, "cpu", dtype, len(levels))) is not None
+    """Whether project's last large call on the CPU ran a fused kernel (apot_utils.fast.aot)."""
+    name = "project tree" if len(levels) <= projection._TREE_MAX_LEVELS else "project lookup"
+    return projection._checked.get((name, "cpu", dtype, len(levels))) is not None
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -38,32 +41,33 @@ def compiled_kernel_used(levels, dtype) -> bool:
 def test_projection_equals_argmin(index, dtype, kernel, monkeypatch):
     levels = RELEASED[index]
     if kernel == "eager lookup":
-        monkeypatch.setattr(quantize, "_FUSED_MIN_NUMEL", 1 << 62)
+        monkeypatch.setattr(projection, "_FUSED_MIN_NUMEL", 1 << 62)
     elif kernel == "eager tree":
-        monkeypatch.setattr(quantize, "_run", lambda kind, x, d, outputs: quantize._select_tree(x, *d.tree_tables, outputs))
+        monkeypatch.setattr(projection, "_run", lambda kind, x, d, outputs: kernel_bodies.select_tree(x, *d.tree_tables, outputs))
     g = torch.Generator().manual_seed(index)
     x = torch.cat([torch.rand(1 << 17, generator=g, dtype=dtype) * 1.4 - 0.2, near_midpoints(levels, dtype)])
-    assert torch.equal(project(x, levels), argmin_project(x, levels))
+    assert torch.equal(project(x, levels), nearest_level(x, levels))
     if kernel == "compiled" and not compiled_kernel_used(levels, dtype):
         pytest.skip("fused kernels are not available here (no C++ compiler?)")
     alpha = torch.tensor(1.7, dtype=dtype)
-    assert torch.equal(project(x, levels, scale=alpha), argmin_project(x, levels) * alpha)
-    assert torch.equal(project(x * 1.7, levels, scale=alpha, divisor=alpha), argmin_project(x * 1.7 / alpha, levels) * alpha)
+    assert torch.equal(project(x, levels, scale=alpha), nearest_level(x, levels) * alpha)
+    assert torch.equal(project(x * 1.7, levels, scale=alpha, divisor=alpha), nearest_level(x * 1.7 / alpha, levels) * alpha)
 
 
 @pytest.mark.parametrize("bits, scheme", [(7, "pot"), (8, "apot"), (8, "uniform")])
 def test_projection_dense_sets(bits, scheme):
     levels = level_set(bits, scheme)
     x = torch.cat([torch.rand(1 << 17), near_midpoints(levels, torch.float32)])   # large: the compiled lookup
-    assert torch.equal(project(x, levels), argmin_project(x, levels))
-    assert torch.equal(project(x[:20000], levels), argmin_project(x[:20000], levels))   # small: the eager lookup
+    assert torch.equal(project(x, levels), nearest_level(x, levels))
+    assert torch.equal(project(x[:20000], levels), nearest_level(x[:20000], levels))   # small: the eager lookup
 
 
 PEAK_SCRIPT = """
 import sys, torch
-from apot_utils.levels import level_set
-from apot_utils.quantize import project, argmin_project
-fn = {"project": project, "argmin": argmin_project}[sys.argv[1]]
+from apot_utils.core.levels import level_set
+from apot_utils.fast.projection import project
+from apot_utils.core.reference import nearest_level
+fn = {"project": project, "argmin": nearest_level}[sys.argv[1]]
 x = torch.rand(1 << 24)
 levels = level_set(int(sys.argv[2]))
 fn(x[:1024], levels)                                   # tables and code paths warmed up
@@ -99,7 +103,7 @@ def test_activation_gradients_match_formula():
     out = quantize_activation(x, alpha, levels, grad_scale=0.5)
     out.backward(g)
     u = x.detach() / 2.0
-    q = argmin_project(u.clamp(0, 1), levels)
+    q = nearest_level(u.clamp(0, 1), levels)
     assert torch.equal(out.detach(), q * 2.0)
     inside = (u >= 0) & (u <= 1)
     assert torch.equal(x.grad, g * inside)
@@ -118,7 +122,7 @@ def test_activation_quantizer_on_edge_values(numel):
     out = quantize_activation(x, alpha, levels)
     out.backward(g)
     u = x.detach() / 2.0
-    q = argmin_project(u.clamp(0, 1), levels).masked_fill(u.isnan(), float("nan"))
+    q = nearest_level(u.clamp(0, 1), levels).masked_fill(u.isnan(), float("nan"))
     assert torch.equal(out.detach().isnan(), u.isnan()) and torch.equal(out.detach().nan_to_num(), (q * 2.0).nan_to_num())
     inside = (u >= 0) & (u <= 1)
     assert torch.equal(x.grad, g * inside)
@@ -134,7 +138,7 @@ def test_weight_gradients_match_formula():
     quantize_weight(w, alpha, mags).backward(g)
     u = w.detach() / 1.5
     c = u.clamp(-1, 1)
-    q = argmin_project(c.abs(), mags) * c.sign()
+    q = nearest_level(c.abs(), mags) * c.sign()
     assert torch.equal(w.grad, g)                       # straight through, not clipped
     slope = torch.where(u.abs() > 1, u.sign(), q - u)
     assert torch.allclose(alpha.grad, (g * slope).sum())
@@ -177,7 +181,7 @@ def test_no_stale_weight_after_data_writes(change):
 
 
 def test_frozen_weights_only_inside_the_block(tmp_path):
-    from apot_utils.layers import frozen_weights
+    from apot_utils.fakequant.layers import frozen_weights
 
     torch.manual_seed(0)
     conv = QuantConv2d(4, 8, 3, padding=1, bit=3).eval()
@@ -217,13 +221,13 @@ def test_projection_falls_back_to_eager_when_no_kernel_can_be_built(tmp_path, mo
     """No C++ compiler, an unwritable kernel folder: one warning, the eager lookup, the same values."""
     def fail(*args):
         raise OSError("no compiler")
-    monkeypatch.setattr(kernels, "KERNEL_DIR", tmp_path)
-    monkeypatch.setattr(kernels, "_build", fail)
-    monkeypatch.setattr(quantize, "_checked", {})
+    monkeypatch.setattr(aot, "KERNEL_DIR", tmp_path)
+    monkeypatch.setattr(aot, "_build", fail)
+    monkeypatch.setattr(projection, "_checked", {})
     levels = level_set(3)
     x = torch.rand(1 << 17) * 1.4 - 0.2
     with pytest.warns(UserWarning, match=r"fused kernel \(project tree\) is unavailable \(OSError: no compiler\)"):
-        assert torch.equal(project(x, levels), argmin_project(x, levels))
+        assert torch.equal(project(x, levels), nearest_level(x, levels))
     with warnings.catch_warnings():
         warnings.simplefilter("error")                  # said once a process
-        assert torch.equal(project(x, levels), argmin_project(x, levels))
+        assert torch.equal(project(x, levels), nearest_level(x, levels))

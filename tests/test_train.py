@@ -8,9 +8,14 @@ import sys
 import pytest
 import torch
 
-from apot_utils import checkpoints, data, train
-from apot_utils.pipeline import load_model
-from apot_utils.tblogs import read_scalars
+from apot_utils.files import checkpoints, data
+from apot_utils.commands import train
+from apot_utils.fakequant import training
+from apot_utils.fakequant.spec import ModelSpec
+from apot_utils.fakequant.layers import quantized_layers
+import dataclasses
+from apot_utils.fakequant.loading import load_model
+from apot_utils.files.tblogs import read_scalars
 
 
 @pytest.fixture(scope="module")
@@ -19,21 +24,21 @@ def sources(ref):
 
 
 def _config(sources, out, **kw):
-    recipe = train.shortened(train.default_recipe("cifar10", 4), kw.pop("epochs", 3))
-    recipe = train.dataclasses.replace(recipe, batch_size=64, lr=0.1, milestones=())
+    recipe = training.shortened(training.default_recipe("cifar10", 4), kw.pop("epochs", 3))
+    recipe = dataclasses.replace(recipe, batch_size=64, lr=0.1, milestones=())
     return train.TrainConfig(bit=4, out=out, recipe=recipe, data_source=sources[0], val_source=sources[1],
                              subset=256, device="cpu", log_every=1, progress=False, **kw)
 
 
 def test_recipe_defaults_follow_the_release():
-    r = train.default_recipe("cifar10", 2)
+    r = training.default_recipe("cifar10", 2)
     assert (r.epochs, r.batch_size, r.lr, r.weight_decay, r.milestones) == (300, 128, 0.04, 3e-5, (150, 225))
-    assert train.default_recipe("cifar10", 32).weight_decay == 5e-4 and train.default_recipe("cifar10", 32).lr == 0.1
-    assert train.shortened(r, 4).milestones == (2, 3)
-    i = train.default_recipe("imagenet", 4)
+    assert training.default_recipe("cifar10", 32).weight_decay == 5e-4 and training.default_recipe("cifar10", 32).lr == 0.1
+    assert training.shortened(r, 4).milestones == (2, 3)
+    i = training.default_recipe("imagenet", 4)
     assert (i.batch_size, i.lr, i.weight_decay, i.milestones, i.epochs) == (1024, 0.01, 1e-4, (30, 60, 90), 100)
-    model = train.build_model("cifar10", "resnet20", 4)
-    groups = {g["name"]: g for g in train.parameter_groups(model, r)}
+    model = ModelSpec("cifar10", "resnet20", 4).build()
+    groups = {g["name"]: g for g in training.parameter_groups(model, r)}
     assert len(groups["act_alpha"]["params"]) == len(groups["weight_alpha"]["params"]) == 20
     assert (groups["act_alpha"]["lr"], groups["act_alpha"]["weight_decay"]) == (0.1, 1e-4)
     assert (groups["weight_alpha"]["lr"], groups["weight_alpha"]["weight_decay"]) == (0.02, 1e-4)
@@ -51,7 +56,7 @@ def test_smoke_run_learns_and_its_checkpoint_validates(sources, tmp_path):
     subset = data.load_jpeg_zip(sources[0], "train").sample(256, seed=0)
     images, labels = next(data.batches(subset, 256))
     torch.manual_seed(0)                                             # the trainer's seed: the same initial model
-    before = _subset_loss(train.build_model("cifar10", "resnet20", 4), images, labels)
+    before = _subset_loss(ModelSpec("cifar10", "resnet20", 4).build(), images, labels)
     result = train.train(_config(sources, tmp_path / "run", epochs=3), log=lambda line: None)
     trained = load_model("cifar10", "resnet20", None, tmp_path / "run" / "checkpoint.pth.tar", log=lambda line: None)
     after = _subset_loss(trained, images, labels)
@@ -111,12 +116,13 @@ def test_torchrun_two_processes_keep_identical_parameters(sources, tmp_path):
     assert sorted(found) == ["0", "1"], run.stdout
     assert found["0"] == found["1"]
     assert "batch 64 (32 per process)" in run.stdout and "3 steps an epoch" in run.stdout
+    assert "each process validates its shard of the 100 validation images; the results are summed" in run.stdout
     assert checkpoints.checkpoint_meta(tmp_path / "ddp" / "checkpoint.pth.tar")["bit"] == 3
 
 
 def test_imagenet_recipe_runs_on_an_imagefolder(tmp_path):
     folder = data.make_synthetic_imagefolder(tmp_path / "images")        # 1,000 classes, one image each
-    recipe = train.dataclasses.replace(train.shortened(train.default_recipe("imagenet", 2), 1), batch_size=4)
+    recipe = dataclasses.replace(training.shortened(training.default_recipe("imagenet", 2), 1), batch_size=4)
     cfg = train.TrainConfig(dataset="imagenet", arch="resnet18", bit=2, out=tmp_path / "run", recipe=recipe,
                             data_source=folder, val_source=folder, subset=8, val_subset=4, device="cpu", workers=0,
                             progress=False)
@@ -128,8 +134,8 @@ def test_imagenet_recipe_runs_on_an_imagefolder(tmp_path):
 
 
 def test_imagenet_recipe_stops_weight_gradients_beyond_alpha_except_at_2_bits():
-    from apot_utils.levels import weight_magnitudes
-    from apot_utils.quantize import quantize_weight
+    from apot_utils.core.levels import weight_magnitudes
+    from apot_utils.fakequant.quantizers import quantize_weight
 
     w = torch.tensor([-2.0, -0.4, 0.1, 0.7, 1.5])
     grads = {}
@@ -141,26 +147,28 @@ def test_imagenet_recipe_stops_weight_gradients_beyond_alpha_except_at_2_bits():
     assert torch.equal(grads[True], (w.abs() <= 1).float())
     for bit, clipped in ((4, True), (2, False)):
         cfg = train.TrainConfig(dataset="imagenet", arch="resnet18", bit=bit)
-        model = train._build(cfg, train.default_recipe("imagenet", bit), "cpu", lambda line: None)
-        assert {layer.clip_weight_grad for _, layer in train.quantized_layers(model)} == {clipped}
-    cifar = train._build(train.TrainConfig(bit=4), train.default_recipe("cifar10", 4), "cpu", lambda line: None)
-    assert not any(layer.clip_weight_grad for _, layer in train.quantized_layers(cifar))
+        model = train._prepare_model(cfg, ModelSpec("imagenet", "resnet18", bit), training.default_recipe("imagenet", bit),
+                                     "cpu", lambda line: None)
+        assert {layer.clip_weight_grad for _, layer in quantized_layers(model)} == {clipped}
+    cifar = train._prepare_model(train.TrainConfig(bit=4), ModelSpec("cifar10", "resnet20", 4),
+                                 training.default_recipe("cifar10", 4), "cpu", lambda line: None)
+    assert not any(layer.clip_weight_grad for _, layer in quantized_layers(cifar))
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet34"])
 @pytest.mark.parametrize("bit", [2, 3, 4, 5])
 def test_imagenet_recipe_is_what_the_authors_logs_show(ref, arch, bit):
     """Base lr, warm-up, decay steps and length of the recipe against the ``lr`` scalar of the run's log."""
-    from apot_utils.tblogs import read_scalars
+    from apot_utils.files.tblogs import read_scalars
 
     steps, lr = read_scalars(ref(f"logs/imagenet/res{arch[6:]}_{bit}bit.tfevents"))["lr"]
-    recipe = train.default_recipe("imagenet", bit, arch)
-    from apot_utils.tblogs import STEPS_PER_EPOCH as per_epoch
+    recipe = training.default_recipe("imagenet", bit, arch)
+    from apot_utils.files.tblogs import STEPS_PER_EPOCH as per_epoch
     logged = dict(zip(steps, lr))
     assert logged[10_000] == pytest.approx(recipe.lr, rel=1e-6)                   # after the warm-up
     for step in (100, 1000, 2400):                                               # the warm-up itself
-        assert logged[step] == pytest.approx(train.warmup_lr(recipe, step), rel=2e-3)
-    assert train.warmup_lr(recipe, recipe.warmup_steps) is None
+        assert logged[step] == pytest.approx(training.warmup_lr(recipe, step), rel=2e-3)
+    assert training.warmup_lr(recipe, recipe.warmup_steps) is None
     drops = [s for s, before, after in zip(steps[1:], lr, lr[1:]) if after < 0.5 * before]
     assert len(drops) == len(recipe.milestones)
     for step, epoch in zip(drops, recipe.milestones):
@@ -173,7 +181,7 @@ def test_imagenet_recipe_is_what_the_authors_logs_show(ref, arch, bit):
 def test_cifar_recipe_treats_normalization_statistics_as_constants():
     """CIFAR-10: no gradient through the weights' mean and std (the release's ``weight.data.mean()``);
     ImageNet: through them. The forward is the same."""
-    from apot_utils.quantize import normalize_weight
+    from apot_utils.core.reference import normalize_weight
 
     w = torch.randn(8, 4, 3, 3, dtype=torch.float64, requires_grad=True)
     g = torch.randn_like(w)
@@ -181,8 +189,10 @@ def test_cifar_recipe_treats_normalization_statistics_as_constants():
     assert torch.allclose(detached, g / w.detach().std())
     through = torch.autograd.grad((normalize_weight(w, stats_grad=True) * g).sum(), w)[0]
     assert not torch.allclose(through, detached)
-    cifar = train._build(train.TrainConfig(bit=4), train.default_recipe("cifar10", 4), "cpu", lambda line: None)
-    imagenet = train._build(train.TrainConfig(dataset="imagenet", arch="resnet18", bit=4),
-                            train.default_recipe("imagenet", 4), "cpu", lambda line: None)
-    assert {layer.weight_stats_grad for _, layer in train.quantized_layers(cifar)} == {False}
-    assert {layer.weight_stats_grad for _, layer in train.quantized_layers(imagenet)} == {True}
+    cifar = train._prepare_model(train.TrainConfig(bit=4), ModelSpec("cifar10", "resnet20", 4),
+                                 training.default_recipe("cifar10", 4), "cpu", lambda line: None)
+    imagenet = train._prepare_model(train.TrainConfig(dataset="imagenet", arch="resnet18", bit=4),
+                                    ModelSpec("imagenet", "resnet18", 4), training.default_recipe("imagenet", 4), "cpu",
+                                    lambda line: None)
+    assert {layer.weight_stats_grad for _, layer in quantized_layers(cifar)} == {False}
+    assert {layer.weight_stats_grad for _, layer in quantized_layers(imagenet)} == {True}

@@ -6,10 +6,11 @@ import sys
 
 import pytest
 
-from apot_utils import data
-from apot_utils.levels import level_set
-from apot_utils.pipeline import load_model, validate_cifar10
-from apot_utils.quantize import build_pending
+from apot_utils.files import data
+from apot_utils.core.levels import level_set
+from apot_utils.fakequant.loading import load_model
+from apot_utils.commands.validate import validate_cifar10
+from apot_utils.fast.projection import build_pending
 
 pytestmark = pytest.mark.slow
 
@@ -69,14 +70,15 @@ def test_outputs_bit_identical_to_unoptimized_path(ref):
     """Table projection + frozen eval weights give the very logits of argmin + per-forward quantization."""
     import torch
 
-    from apot_utils import layers, quantize
+    from apot_utils.fakequant import layers
+    from apot_utils.core.reference import reference_formulation
 
     model = load_model("cifar10", "resnet20", 3, ref("checkpoints/cifar10/res20_3bit.pth.tar"))
     images, _ = next(data.batches(data.load_npz(ref("cifar10/test_first100_lossless.npz")), 100))
     model.eval()
     with layers.frozen_weights(model), torch.inference_mode():
         fast = model(images)
-    with quantize.reference_formulation(), torch.inference_mode():
+    with reference_formulation(), torch.inference_mode():
         slow = model(images)
     assert torch.equal(fast, slow)
 
@@ -94,12 +96,12 @@ TOLERANCE_IMAGES = 3
 
 @pytest.mark.parametrize("bit", [32, 4, 3, 2])
 def test_released_models_on_the_exact_first_1000_images(ref, bit):
-    from apot_utils import quantize
+    from apot_utils.core.reference import reference_formulation
 
     first1000 = data.load_npz(ref("cifar10/test_first1000_lossless.npz"))
     model = load_model("cifar10", "resnet20", bit, ref(f"checkpoints/cifar10/res20_{bit}bit.pth.tar"), log=lambda line: None)
     ours = validate_cifar10(model, first1000, "cpu", log=lambda line: None)
-    with quantize.reference_formulation():
+    with reference_formulation():
         release = validate_cifar10(model, first1000, "cpu", log=lambda line: None)
     differ = (ours.predictions != release.predictions).nonzero().flatten().tolist()
     assert differ == [], f"images {differ} are predicted otherwise than the release's arithmetic on this machine"
@@ -109,7 +111,7 @@ def test_released_models_on_the_exact_first_1000_images(ref, bit):
 
 RETAIN_SCRIPT = """
 import ctypes, ctypes.util, sys, torch
-from apot_utils.evaluate import reuse_freed_memory
+from apot_utils.fakequant.evaluate import reuse_freed_memory
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
                                                "fsmblks", "uordblks", "fordblks", "keepcost")]

@@ -4,8 +4,8 @@ import base64
 import pytest
 import torch
 
-from apot_utils.levels import weight_level_set
-from apot_utils.widgets import level_explorer
+from apot_utils.core.levels import weight_level_set
+from apot_utils.notebook.widgets import level_explorer
 
 
 @pytest.fixture

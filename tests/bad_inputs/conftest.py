@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from apot_utils.__main__ import main
+from apot_utils.cli import main
 
 
 @dataclass

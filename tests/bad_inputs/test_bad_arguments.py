@@ -2,7 +2,7 @@
 project does not run on, percentiles that leave α at zero. One clear line, exit status 2, nothing written."""
 import pytest
 
-from apot_utils.pipeline import run_validation
+from apot_utils.commands.validate import run_validation
 
 
 @pytest.mark.parametrize("argv", [

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from apot_utils import checkpoints
-from apot_utils.models import build_model
+from apot_utils.fakequant.loading import load_into
+from apot_utils.files import checkpoints
+from apot_utils.fakequant.spec import ModelSpec
 
 
 def write_bytes(path, content: bytes):
@@ -42,7 +43,7 @@ def test_checkpoint_that_needs_code_is_refused_without_advice_to_unpickle(tmp_pa
 
 def quantized_checkpoint(tmp_path, name="model.pth.tar", meta=None, **values):
     """A random 3-bit ResNet-20 checkpoint with metadata; ``values``: tensors to set, '__' for '.'."""
-    state = build_model("cifar10", "resnet20", 3).state_dict()
+    state = ModelSpec("cifar10", "resnet20", 3).build().state_dict()
     for key, value in values.items():
         key = key.replace("__", ".")
         state[key] = torch.full_like(state[key], value) if state[key].dim() else torch.tensor(value)
@@ -55,11 +56,11 @@ def quantized_checkpoint(tmp_path, name="model.pth.tar", meta=None, **values):
 @pytest.mark.parametrize("which", ["layer2__0__conv1__act_alpha", "layer1__1__conv2__weight_alpha"])
 def test_bad_alpha_is_refused_naming_the_layer(which, value, tmp_path, cli):
     path = quantized_checkpoint(tmp_path, **{which: value})
-    model = build_model("cifar10", "resnet20", 3)
+    model = ModelSpec("cifar10", "resnet20", 3).build()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     layer, kind = which.replace("__", ".").rsplit(".", 1)
     with pytest.raises(checkpoints.CheckpointError, match=f"{kind} of layer {layer}"):
-        checkpoints.load_into(model, path, "cifar10", "resnet20", 3)
+        load_into(model, path)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())   # nothing copied
     cli("validate", "--checkpoint", path, "--limit", "1").assert_clean_error(f"{kind} of layer {layer}", "finite positive")
 

@@ -9,15 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from apot_utils import data
-from apot_utils.models import build_model
+from apot_utils.files import data
+from apot_utils.fakequant.spec import ModelSpec
 
 
 @pytest.fixture
 def checkpoint(tmp_path):
     """A random 3-bit ResNet-20 checkpoint (the data is what is wrong in these tests)."""
     path = tmp_path / "model.pth.tar"
-    torch.save({"state_dict": build_model("cifar10", "resnet20", 3).state_dict(),
+    torch.save({"state_dict": ModelSpec("cifar10", "resnet20", 3).build().state_dict(),
                 "meta": {"dataset": "cifar10", "arch": "resnet20", "bit": 3}}, path)
     return path
 

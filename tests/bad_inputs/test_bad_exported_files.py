@@ -7,8 +7,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from apot_utils import checkpoints
-from apot_utils.export import export_checkpoint, load_exported
+from apot_utils.files import checkpoints
+from apot_utils.commands.export import export_checkpoint
+from apot_utils.integer.format import load_exported
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from apot_utils import checkpoints, fetch, kernels, paths
+from apot_utils.files import checkpoints, fetch, paths
+from apot_utils.fast import aot
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def offline(monkeypatch):
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_written_files_follow_the_umask(umask, mode, tmp_path, ref):
     """Checkpoints, exports and fetched files get what a plain open() would give them, not mkstemp's 0600."""
-    from apot_utils.export import export_checkpoint
+    from apot_utils.commands.export import export_checkpoint
 
     previous = os.umask(umask)
     try:
@@ -52,7 +53,7 @@ def damage_keys(path):
 
 @pytest.mark.parametrize("damage", [damage_truncated, damage_garbage, damage_keys])
 def test_fetch_replaces_a_damaged_image_file(damage, ref, tmp_path, monkeypatch, capsys):
-    from apot_utils.__main__ import main
+    from apot_utils.cli import main
 
     monkeypatch.setattr(fetch, "PUBLIC_FILES", [])       # only the exact test images here
     monkeypatch.setattr(fetch, "LOCAL_ONLY", {})
@@ -88,14 +89,14 @@ def test_a_reference_folder_that_lacks_the_file_is_named(tmp_path, monkeypatch, 
     run.assert_clean_error(f"{tmp_path / 'reference' / 'checkpoints/cifar10/res20_3bit.pth.tar'} does not exist",
                            "could not be downloaded (no network)")
     assert "set APOT_DATA_DIR" not in run.err
-    from apot_utils.data import reference_file
+    from apot_utils.files.data import reference_file
 
     with pytest.raises(FileNotFoundError, match="APOT_DATA_DIR .* lacks cifar10/test_jpeg.npz"):
         reference_file("cifar10/test_jpeg.npz")
 
 
 def test_a_killed_kernel_build_leaves_no_scratch_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr(kernels, "KERNEL_DIR", tmp_path)
+    monkeypatch.setattr(aot, "KERNEL_DIR", tmp_path)
     stale = tmp_path / ".building-k1ll3d"
     (stale / "partial").mkdir(parents=True)
     built = []
@@ -104,9 +105,9 @@ def test_a_killed_kernel_build_leaves_no_scratch_folder(tmp_path, monkeypatch):
         built.append(path)
         path.write_bytes(b"not a package")
 
-    monkeypatch.setattr(kernels, "_build", build)
+    monkeypatch.setattr(aot, "_build", build)
     with pytest.raises(RuntimeError, match="could not load the kernel package"):
-        kernels.load(lambda x: x + 1, (torch.zeros(4),), (None,))
+        aot.load(lambda x: x + 1, (torch.zeros(4),), (None,))
     assert built and not stale.exists()
 
 
@@ -127,17 +128,17 @@ def test_an_installed_package_keeps_its_data_in_a_user_cache(tmp_path, monkeypat
     installed.mkdir(parents=True)
     assert paths.source_checkout(installed) is None
     assert paths.data_root(installed) == tmp_path / "cache" / "apot-notebooks"
-    checkout = Path(paths.__file__).resolve().parent
+    checkout = paths.PACKAGE_DIR
     assert paths.data_root(checkout) == checkout.parent / "data"
     assert fetch.DEFAULT_DEST == paths.DATA_ROOT / "reference" and checkpoints.CACHE_DIR == paths.DATA_ROOT / "checkpoints"
-    assert kernels.KERNEL_DIR == paths.kernel_dir()
+    assert aot.KERNEL_DIR == paths.kernel_dir()
     monkeypatch.setenv("APOT_CACHE_DIR", str(tmp_path / "mine"))
     assert paths.data_root(installed) == tmp_path / "mine"
 
 
 def test_offline_chapters_get_a_resnet20_shaped_stand_in(monkeypatch, tmp_path, offline):
     """Chapters 01-02 use the released weights by layer name; offline they get a seeded random ResNet-20's."""
-    from apot_utils import analysis
+    from apot_utils.notebook import analysis
 
     monkeypatch.setattr(checkpoints, "CACHE_DIR", tmp_path / "cache")
     monkeypatch.delenv("APOT_DATA_DIR", raising=False)

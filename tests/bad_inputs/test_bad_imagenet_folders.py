@@ -3,15 +3,15 @@ model's, unreadable images (empty, truncated) read by worker processes; and --li
 import pytest
 import torch
 
-from apot_utils import data
-from apot_utils.models import build_model
+from apot_utils.files import data
+from apot_utils.fakequant.spec import ModelSpec
 
 
 @pytest.fixture(scope="module")
 def resnet18(tmp_path_factory):
     """A random full-precision ImageNet ResNet-18 checkpoint (what is tested here is the data)."""
     path = tmp_path_factory.mktemp("model") / "resnet18.pth.tar"
-    torch.save({"state_dict": build_model("imagenet", "resnet18", 32).state_dict(),
+    torch.save({"state_dict": ModelSpec("imagenet", "resnet18", 32).build().state_dict(),
                 "meta": {"dataset": "imagenet", "arch": "resnet18", "bit": 32}}, path)
     return path
 
@@ -28,7 +28,7 @@ def validate(cli, checkpoint, folder, *extra):
 
 
 def test_limit_validates_the_first_images_only(cli, resnet18, folder):
-    from apot_utils.pipeline import run_validation
+    from apot_utils.commands.validate import run_validation
 
     result = run_validation("imagenet", "resnet18", 32, resnet18, folder, "cpu", limit=3, workers=0, log=lambda line: None)
     assert result.targets.tolist() == [0, 1, 2]            # the first three images, one per class folder

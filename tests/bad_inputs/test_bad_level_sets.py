@@ -6,17 +6,19 @@ import sys
 import pytest
 import torch
 
-from apot_utils.layers import QuantConv2d
-from apot_utils.levels import (MAX_BITS, MIN_BITS, available_terms, level_set, projection_order, weight_level_set,
+from apot_utils.fakequant.layers import QuantConv2d
+from apot_utils.core.levels import (MAX_BITS, MIN_BITS, available_terms, level_set, projection_order, weight_level_set,
                                weight_projection_order)
-from apot_utils.quantize import argmin_project, project, quantize_activation
+from apot_utils.core.reference import nearest_level
+from apot_utils.fast.projection import project
+from apot_utils.fakequant.quantizers import quantize_activation
 
 EDGE_VALUES = [float("inf"), -float("inf"), float("nan"), 1e38, -1e38, 3.4e38, 1e-45, -0.0, 0.0, 1.0, 2.0]
 
 PROJECTION_SCRIPT = """
 import sys, torch
-from apot_utils.levels import level_set
-from apot_utils.quantize import project
+from apot_utils.core.levels import level_set
+from apot_utils.fast.projection import project
 n = int(sys.argv[1])
 x = torch.tensor([float(v) for v in sys.argv[2:]]).repeat(n // (len(sys.argv) - 2) + 1)[:n]
 out = project(x, level_set(4))
@@ -45,7 +47,7 @@ def test_nan_input_stays_nan_through_a_layer():
 
 def release_argmin(x, bits):
     """The release's projection, restated: its construction's list order, argmin's first index."""
-    from apot_utils.levels import _apot_sums, default_terms
+    from apot_utils.core.levels import _apot_sums, default_terms
 
     listed = torch.tensor(list(set(_apot_sums(bits, default_terms(bits)))), dtype=torch.float32)
     listed = listed.mul(1.0 / listed.max())
@@ -64,7 +66,7 @@ def test_released_sets_break_ties_as_the_release(bits):
         assert project(torch.tensor([0.375]), projection_order(2)).item() == 0.5
         assert project(torch.tensor([0.375]), level_set(2)).item() == 0.25
     x = torch.rand(50_000, generator=torch.Generator().manual_seed(bits))
-    assert torch.equal(project(x, projection_order(bits)), argmin_project(x, projection_order(bits)))
+    assert torch.equal(project(x, projection_order(bits)), nearest_level(x, projection_order(bits)))
 
 
 def test_weight_magnitudes_follow_the_release_order():
@@ -93,10 +95,10 @@ def test_every_listed_set_projects_exactly(bits, terms):
     x = torch.cat([torch.rand(70_000, generator=torch.Generator().manual_seed(bits * 10 + terms)) * 1.2 - 0.1,
                    levels, midpoints, torch.nextafter(midpoints, torch.zeros_like(midpoints)),
                    torch.tensor([float("inf"), -float("inf"), float("nan")])])   # above the fused kernel's threshold
-    expected = argmin_project(x.clamp(0, 1), levels).masked_fill(x.isnan(), float("nan"))   # NaN stays NaN
+    expected = nearest_level(x.clamp(0, 1), levels).masked_fill(x.isnan(), float("nan"))   # NaN stays NaN
     torch.testing.assert_close(project(x, levels), expected, rtol=0, atol=0, equal_nan=True)
     alpha, a = torch.tensor(2.5), x * 2.5
-    expected = (argmin_project((a / alpha).clamp(0, 1), levels) * alpha).masked_fill(x.isnan(), float("nan"))
+    expected = (nearest_level((a / alpha).clamp(0, 1), levels) * alpha).masked_fill(x.isnan(), float("nan"))
     torch.testing.assert_close(quantize_activation(a, alpha, levels), expected, rtol=0, atol=0, equal_nan=True)
 
 
@@ -121,9 +123,9 @@ def test_every_listed_set_trains_in_a_layer(bits, terms):
 def test_the_widget_offers_only_sets_that_draw():
     """The terms slider offers exactly the n that exist for the (b − 1)-bit magnitudes; the error curve and the
     levels of every offered (b, n) compute, and the two pairs that once failed redraw in full."""
-    from apot_utils.analysis import quantization_mse
-    from apot_utils.levels import weight_magnitudes
-    from apot_utils.widgets import EXPLORER_ALPHAS, level_explorer
+    from apot_utils.notebook.analysis import quantization_mse
+    from apot_utils.core.levels import weight_magnitudes
+    from apot_utils.notebook.widgets import EXPLORER_ALPHAS, level_explorer
 
     weights = torch.randn(2_000, generator=torch.Generator().manual_seed(0)).double()
     explorer = level_explorer(weights, "a normal sample", bits=3)

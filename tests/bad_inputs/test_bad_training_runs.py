@@ -8,8 +8,9 @@ import shutil
 import pytest
 import torch
 
-from apot_utils import checkpoints, train
-from apot_utils.levels import level_set
+from apot_utils.files import checkpoints
+from apot_utils.commands import train
+from apot_utils.core.levels import level_set
 
 
 def meta_of(path):
@@ -19,7 +20,7 @@ def meta_of(path):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, first1000):
     """A finished one-epoch tiny run (copy it before changing it)."""
-    from apot_utils.__main__ import main
+    from apot_utils.cli import main
 
     out = tmp_path_factory.mktemp("finished") / "run"
     assert main(["train", "--bit", "3", "--data", str(first1000), "--val-data", str(first1000), "--subset", "256",
@@ -149,7 +150,7 @@ def test_a_model_that_turns_nan_is_not_saved(tmp_path, first1000, cli, monkeypat
      and torch.equal(model.layer1[0].conv1.act_levels.sort().values, level_set(3, "apot", 1))),
 ])
 def test_post_training_checkpoints_fine_tune_as_made(option, check, tmp_path, first1000, cli):
-    from apot_utils.pipeline import load_model
+    from apot_utils.fakequant.loading import load_model
 
     ptq = tmp_path / "ptq.pth.tar"
     run = cli("quantize", "--bit", "3", "--calib", "32", "--data", first1000, "--out", ptq, *option)

@@ -231,7 +231,7 @@ def to_model_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 _RELEASE_UNUSED_ALPHAS = {"act_alpha": 6.0, "weight_alpha": 3.0}
 
 
-def _without_unused_alphas(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def without_unused_alphas(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A full-precision state dict less the release's never-used thresholds: every ``act_alpha`` /
     ``weight_alpha`` that the model lacks, provided each still holds the release's initial value (a trained
     threshold means a quantized checkpoint, which :func:`check_state_dict` then refuses)."""
@@ -286,42 +286,6 @@ def check_alphas(state_dict: dict[str, torch.Tensor], source: str = "checkpoint"
             layer, kind = key.rsplit(".", 1)
             raise CheckpointError(f"{source}: {kind} of layer {layer} is {value.tolist()}; a clipping threshold "
                                   "must be a finite positive number")
-
-
-def load_into(model: nn.Module, path: str | Path, dataset: str, arch: str, bit: int) -> dict:
-    """Check the checkpoint at ``path`` against (dataset, arch, bit) and the model, then load it.
-
-    Returns the checkpoint's other entries (epoch, best accuracy, meta). Nothing is copied
-    into ``model`` unless every check passes.
-    """
-    content = read_checkpoint(path)
-    meta = content.get("meta", {})
-    for name, wanted in (("dataset", dataset), ("arch", arch), ("bit", bit)):
-        if name in meta and meta[name] != wanted:
-            raise CheckpointError(f"{path} is a {meta.get('bit')}-bit {meta.get('arch')} {meta.get('dataset')} "
-                                  f"checkpoint, not {bit}-bit {arch} {dataset}")
-    scheme = getattr(model, "scheme", None)
-    if bit != 32 and scheme is not None and meta.get("scheme", "apot") != scheme:
-        theirs = meta.get("scheme", "apot")
-        raise CheckpointError(f"{path} holds a {theirs} model, not {scheme}: pass --scheme {theirs}")
-    for name, flag in (("terms", "--terms"), ("per_channel", "--per-channel")):
-        theirs, ours = meta.get(name), getattr(model, name, None)
-        if bit != 32 and (theirs or None) != (ours or None):
-            raise CheckpointError(f"{path} was made with {name}={theirs}, the model has {name}={ours} ({flag})")
-    if "level_rule" in meta and meta["level_rule"] != LEVEL_RULE:
-        raise CheckpointError(f"{path} was made with level-set rule {meta['level_rule']!r}; this version builds "
-                              f"{LEVEL_RULE!r}, so its levels would differ")
-    state_dict = to_model_keys(content["state_dict"])
-    if bit == 32:
-        state_dict = _without_unused_alphas(model, state_dict)
-    check_state_dict(model, state_dict, str(path))
-    check_alphas(state_dict, str(path))
-    check_finite(state_dict, str(path))
-    model.load_state_dict(state_dict)
-    return {k: v for k, v in content.items() if k not in ("state_dict", "optimizer")}
-
-
-LEVEL_RULE = "apot-position-v1"   # apot_utils.levels' exponent rule; recorded in every checkpoint this project writes
 
 
 def _umask() -> int:

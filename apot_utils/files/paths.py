@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent     # apot_utils/
 
 
 def source_checkout(package_dir: Path = PACKAGE_DIR) -> Path | None:
@@ -47,3 +47,14 @@ def kernel_dir() -> Path:
 
 DATA_ROOT = data_root()
 SHIPPED_DIR = (source_checkout() or PACKAGE_DIR.parent) / "checkpoints"   # checkpoints this project made (see its README)
+
+
+def new_file(out: str | Path, suffix: str | None = None) -> Path:
+    """``out`` as the path of a file about to be written: refused if it exists (nothing is ever overwritten)
+    or, with ``suffix``, if its name does not end in it."""
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists: choose another --out (nothing was overwritten)")
+    if suffix is not None and out.suffix != suffix:
+        raise ValueError(f"the file's name must end in {suffix}, got {out.name}")
+    return out

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .levels import projection_order, weight_projection_order
-from .quantize import normalize_weight, quantize_8bit, quantize_activation, quantize_weight, reference_active
-
-FULL_PRECISION = 32
+from ..core.eight_bit import quantize_8bit
+from ..core.levels import FULL_PRECISION, projection_order, weight_projection_order
+from ..core.reference import normalize_weight, reference_active
+from .quantizers import quantize_activation, quantize_weight
 
 
 class _QuantizedWeight:
@@ -33,7 +33,7 @@ class _QuantizedWeight:
 def frozen_weights(model: nn.Module):
     """Inside the block, every quantized layer of ``model`` uses the weight it had on entry,
     quantized once (inference without gradients: validation). Modules are unchanged on exit. Under
-    :func:`apot_utils.quantize.reference_formulation` nothing is frozen: every forward quantizes again."""
+    :func:`apot_utils.core.reference.reference_formulation` nothing is frozen: every forward quantizes again."""
     layers = [] if reference_active() else [m for m in model.modules() if isinstance(m, _QuantizedWeight)]
     try:
         with torch.no_grad():
@@ -55,7 +55,7 @@ class QuantConv2d(_QuantizedWeight, nn.Conv2d):
     beyond ±α (the ImageNet release above 2 bits; its 2-bit "calibrated" gradient passes it);
     ``weight_stats_grad`` differentiates through the normalization's mean and std (the ImageNet
     release; the CIFAR-10 release treats them as constants). Levels are projected onto in
-    :func:`apot_utils.levels.projection_order`, so midpoint ties go where the release sent them.
+    :func:`apot_utils.core.levels.projection_order`, so midpoint ties go where the release sent them.
 
     terms: the number n of additive terms of both level sets (None: the release's, ceil(b / 2)
     for activations, ceil((b - 1) / 2) for the weight magnitudes). per_channel: one weight α per

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import FirstConv8bit, LastLinear8bit, QuantConv2d
-from .levels import max_set_bits
+from ..core.levels import FULL_PRECISION, max_set_bits
+from ..fakequant.layers import FirstConv8bit, LastLinear8bit, QuantConv2d
 
 APOT_FIXOPS_FACTOR = 0.75
 
@@ -65,7 +65,7 @@ def fixops(rows: list[dict]) -> float:
     total = 0.0
     for row in rows:
         b_w, b_a = row["_bits"]
-        per_mac = 1.0 if b_w == 32 else b_w * b_a / 64
+        per_mac = 1.0 if b_w == FULL_PRECISION else b_w * b_a / 64
         total += row["MACs"] * per_mac * (APOT_FIXOPS_FACTOR if row["_apot"] else 1.0)
     return total
 

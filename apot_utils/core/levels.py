@@ -24,7 +24,7 @@ Order and ties. ``level_set`` and ``weight_magnitudes`` return sorted sets. The 
 onto :func:`projection_order` instead: the same values, in the order in which the release's
 construction ``torch.Tensor(list(set(values)))`` listed them (at 2 bits ``[0, 1, 0.5, 0.25]``).
 The release took ``argmin |x − q|`` over that list, so a value exactly on a midpoint goes to
-whichever of its two levels comes first there; :func:`apot_utils.quantize.project` follows the
+whichever of its two levels comes first there; :func:`apot_utils.fast.projection.project` follows the
 order it is given. Sets the authors did not release (other schemes or terms, 7–8 bits) stay
 sorted: ties go to the lower level.
 
@@ -40,7 +40,9 @@ from numbers import Integral
 import torch
 
 SCHEMES = ("apot", "pot", "uniform")
+LEVEL_RULE = "apot-position-v1"   # the exponent rule below, versioned: recorded in every file this project writes
 MIN_BITS, MAX_BITS = 2, 8
+FULL_PRECISION = 32              # the bitwidth that means "not quantized"
 
 
 def default_terms(bits: int) -> int:

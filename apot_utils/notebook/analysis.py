@@ -11,10 +11,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import checkpoints
-from .layers import QuantConv2d
-from .levels import SCHEMES, default_terms, integer_levels, level_set, max_set_bits, term_exponents, projection_order, weight_magnitudes, weight_projection_order
-from .quantize import normalize_weight, quantize_activation, quantize_weight
+from ..core.levels import (FULL_PRECISION, SCHEMES, default_terms, integer_levels, level_set, max_set_bits, projection_order,
+                           term_exponents, weight_magnitudes, weight_projection_order)
+from ..core.reference import normalize_weight
+from ..fakequant.capture import capturing_inputs, input_to
+from ..fakequant.layers import QuantConv2d, frozen_weights, quantized_layers
+from ..fakequant.loading import load_model
+from ..fakequant.quantizers import quantize_activation, quantize_weight
+from ..fakequant.spec import ModelSpec
+from ..files import checkpoints
 
 ALPHA_GRID = torch.arange(0.2, 8.0001, 0.05, dtype=torch.float64)   # σ, for the α search
 
@@ -35,16 +40,13 @@ def resnet20_weights(seed: int = 0) -> tuple[dict[str, torch.Tensor], str]:
     Without the checkpoint (offline, no ``APOT_DATA_DIR``): the same layers of a ResNet-20 initialized
     at random (seeded), said so in the returned description, so that code using the layer names runs.
     """
-    from .models import build_model
-    from .pipeline import load_model
-
     with torch.random.fork_rng():           # building a model draws random weights: leave the caller's state alone
         try:
             model = load_model("cifar10", "resnet20", 32, "release", log=lambda line: None)
             what = "released full-precision ResNet-20"
         except (checkpoints.CheckpointError, OSError) as missing:
             torch.manual_seed(seed)
-            model = build_model("cifar10", "resnet20", 32)
+            model = ModelSpec("cifar10", "resnet20", FULL_PRECISION).build()
             what = f"randomly initialized ResNet-20, no released checkpoint: {missing};"
     weights = conv_weights(model)
     return weights, f"{what} ({len(weights)} convolutions, {sum(w.numel() for w in weights.values()):,} weights)"
@@ -171,14 +173,7 @@ def layer_inputs(model: nn.Module, layer: str, images: torch.Tensor) -> tuple[to
     module = dict(model.named_modules())[layer]
     if not isinstance(module, QuantConv2d) or not module.quantized:
         raise ValueError(f"{layer} is not a quantized QuantConv2d")
-    seen = {}
-    handle = module.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0].detach()))
-    try:
-        with torch.no_grad():
-            model.eval()(images)
-    finally:
-        handle.remove()
-    x = seen["x"]
+    x = input_to(model.eval(), module, images)
     with torch.no_grad():
         return x, quantize_activation(x, module.act_alpha, module.act_levels)
 
@@ -260,7 +255,7 @@ def midpoint_census(model: nn.Module, images: torch.Tensor) -> list[dict]:
     """For every quantized layer: how many of the activations it quantizes for ``images`` lie exactly on a
     midpoint between two of its levels (float32: equally far from both), where the tie order decides."""
     rows = []
-    for name, layer in [(n, m) for n, m in model.named_modules() if isinstance(m, QuantConv2d) and m.quantized]:
+    for name, layer in quantized_layers(model):
         x, _ = layer_inputs(model, name, images)
         u = (x / layer.act_alpha.detach()).clamp(0, 1).flatten()
         levels = layer.act_levels.sort().values.to(u.dtype)
@@ -274,7 +269,7 @@ def midpoint_census(model: nn.Module, images: torch.Tensor) -> list[dict]:
 def loss_with_tie_order(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, order: str) -> float:
     """Cross-entropy of ``model`` on one batch with its levels listed in ``order``: 'release' (the
     release's tie order, the default) or 'lower' (sorted: every midpoint goes to the lower level)."""
-    layers = [m for m in model.modules() if isinstance(m, QuantConv2d) and m.quantized]
+    layers = [m for _, m in quantized_layers(model)]
     saved = [(m.act_levels, m.weight_levels) for m in layers]
     try:
         for m in layers:
@@ -310,32 +305,26 @@ def nearest_midpoints(model: nn.Module, images: torch.Tensor, index: int, count:
     ``midpoint``, ``distance`` = u − midpoint (units of α), ``ulps`` (that distance in float32 steps at the
     midpoint), ``prediction`` (the image's predicted class) and ``if_flipped`` (its prediction when only this
     activation is moved to the other side of the midpoint, to the level the other arithmetic would pick)."""
-    from .layers import frozen_weights, quantized_layers
-
     found = []
-
-    def census(name):
-        def hook(module, args):
-            u = (args[0][index] / module.act_alpha).reshape(-1).double()
-            levels = module.act_levels.double().sort().values
-            mids = (levels[1:] + levels[:-1]) / 2
-            distance, which = (u[:, None] - mids).abs().min(1)
-            for position in distance.argsort()[:count].tolist():
-                mid = mids[which[position]].item()
-                ulp = (torch.nextafter(torch.tensor(mid, dtype=torch.float32), torch.tensor(2.0)) - mid).item()
-                found.append({"layer": name, "position": position, "u": u[position].item(), "midpoint": mid,
-                              "distance": u[position].item() - mid, "ulps": (u[position].item() - mid) / ulp})
-        return hook
-
     layers = quantized_layers(model)
+    names = {m: n for n, m in layers}
+
+    def census(module, x):
+        name = names[module]
+        u = (x[index] / module.act_alpha).reshape(-1).double()
+        levels = module.act_levels.double().sort().values
+        mids = (levels[1:] + levels[:-1]) / 2
+        distance, which = (u[:, None] - mids).abs().min(1)
+        for position in distance.argsort()[:count].tolist():
+            mid = mids[which[position]].item()
+            ulp = (torch.nextafter(torch.tensor(mid, dtype=torch.float32), torch.tensor(2.0)) - mid).item()
+            found.append({"layer": name, "position": position, "u": u[position].item(), "midpoint": mid,
+                          "distance": u[position].item() - mid, "ulps": (u[position].item() - mid) / ulp})
+
     model.eval()
     with frozen_weights(model), torch.no_grad():
-        handles = [m.register_forward_pre_hook(census(n)) for n, m in layers]
-        try:
+        with capturing_inputs(names, census):
             prediction = int(model(images)[index].argmax())
-        finally:
-            for h in handles:
-                h.remove()
         found = sorted(found, key=lambda r: abs(r["distance"]))[:count]
         for row in found:
             def flip(module, args, row=row):

@@ -6,7 +6,9 @@ exported once per machine with ``torch.export``, compiled by AOTInductor into a 
 as a ``.pt2`` file under :data:`KERNEL_DIR` (written atomically), and every later process only loads that
 library: no compiler, no tracing, no import of the compiler's Python side.
 
-A package's name covers everything its code depends on: the kernel's module source, its argument dtypes
+A package's name covers everything its code depends on: the kernel's own source and that of the functions
+of its module it calls (:func:`kernel_source`; nothing else, so editing a docstring or the code around a
+kernel never rebuilds it), its argument dtypes
 and static shapes (dimensions not listed as dynamic are compiled in), the device, the torch version and
 the CPU's instruction-set flags (AOTInductor compiles with ``-march=native``).
 """
@@ -24,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from .paths import kernel_dir
+from ..files.paths import kernel_dir
 
 KERNEL_DIR = kernel_dir()
 
@@ -43,10 +45,36 @@ def _machine(device_type: str) -> str:
     return "|".join(parts)
 
 
+def kernel_source(fn: Callable) -> str:
+    """The source of ``fn`` and of every function of its module that it calls, directly or not (nested
+    functions included), in the order first met."""
+    seen, order = set(), []
+
+    def names(code) -> set[str]:
+        found = set(code.co_names)
+        for const in code.co_consts:
+            if inspect.iscode(const):
+                found |= names(const)
+        return found
+
+    def visit(f):
+        if f in seen:
+            return
+        seen.add(f)
+        order.append(inspect.getsource(f))
+        for name in sorted(names(f.__code__)):
+            called = f.__globals__.get(name)
+            if inspect.isfunction(called) and called.__module__ == f.__module__:
+                visit(called)
+
+    visit(fn)
+    return "\n".join(order)
+
+
 def package_path(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, str] | None, ...]) -> Path:
     """Where the package of ``fn`` for arguments like ``args`` lives (see :func:`load`)."""
     static = [(str(a.dtype), [None if d and i in d else n for i, n in enumerate(a.shape)], d) for a, d in zip(args, dynamic)]
-    source = inspect.getsource(inspect.getmodule(fn))
+    source = kernel_source(fn)
     digest = hashlib.sha256(repr((fn.__qualname__, source, static, _machine(args[0].device.type))).encode())
     return KERNEL_DIR / f"{fn.__name__.strip('_')}-{args[0].device.type}-{digest.hexdigest()[:16]}.pt2"
 

@@ -19,8 +19,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .analysis import quantization_mse
-from .levels import MAX_BITS, MIN_BITS, SCHEMES, available_terms, default_terms, weight_magnitudes
+from ..core.levels import MAX_BITS, MIN_BITS, SCHEMES, available_terms, default_terms, weight_magnitudes
+from .analysis import pooled_normalized, quantization_mse, resnet20_weights
 from .plots import SCHEME_NAMES, draw_level_explorer
 
 EXPLORER_ALPHAS = torch.arange(0.25, 8.0001, 0.125, dtype=torch.float64)   # σ, the error curve's grid
@@ -125,7 +125,6 @@ def level_explorer(weights: torch.Tensor | None = None, source: str | None = Non
     ``scheme`` ('apot', 'pot', 'uniform'), ``alpha`` (σ).
     """
     if weights is None:
-        from .analysis import pooled_normalized, resnet20_weights
 
         layers, source = resnet20_weights()
         weights = pooled_normalized(layers)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.checks import check_count
 from .paths import DATA_ROOT, reference_dir
 
 CIFAR10_MEAN = (0.491, 0.482, 0.447)
@@ -189,8 +190,7 @@ def load_cifar10(source: str | Path | None = None, train: bool = False, sample: 
     sample: that many images drawn by a seeded shuffle (:meth:`ImageArrays.sample`; from a zip only
     those are decoded).
     """
-    if sample is not None and sample < 1:
-        raise ValueError(f"sample must be at least 1, got {sample}")
+    check_count("sample", sample)
     if sample is not None and (str(source).endswith(".zip") or (source is None and train and not _torchvision_cached(train))):
         zip_path = Path(source) if source is not None else (reference_dir() / "cifar10" / "jpeg_files.zip" if reference_dir() else None)
         if zip_path is not None and zip_path.is_file():
@@ -341,8 +341,7 @@ def imagenet_train_loader(root: str | Path, batch_size: int, workers: int = 4, r
                                        pin_memory=torch.cuda.is_available(), drop_last=True)
 
 
-def imagenet_val_loader(root: str | Path, batch_size: int = 256, workers: int = 4, limit: int | None = None,
-                        num_classes: int = 1000):
+def imagenet_val_set(root: str | Path, limit: int | None = None, num_classes: int = 1000):
     """ImageNet-style validation ImageFolder: Resize(256), CenterCrop(224), normalize. limit: the first N
     images (in the folder's sorted order)."""
     import torchvision.transforms as T
@@ -351,8 +350,25 @@ def imagenet_val_loader(root: str | Path, batch_size: int = 256, workers: int = 
     dataset = image_folder(root, transform, "ImageNet validation", num_classes)
     if limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
+    return dataset
+
+
+def shard(dataset, rank: int = 0, world: int = 1):
+    """Every ``world``-th item of ``dataset`` from ``rank`` (a process's share of a validation set; the shards
+    of all ranks cover it once)."""
+    return dataset if world == 1 else torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
+
+
+def val_loader(dataset, batch_size: int = 256, workers: int = 4):
+    """Batches of ``dataset`` in order (no shuffle), as the release validated."""
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                        pin_memory=torch.cuda.is_available())
+
+
+def imagenet_val_loader(root: str | Path, batch_size: int = 256, workers: int = 4, limit: int | None = None,
+                        num_classes: int = 1000):
+    """:func:`val_loader` of :func:`imagenet_val_set`."""
+    return val_loader(imagenet_val_set(root, limit, num_classes), batch_size, workers)
 
 
 def make_synthetic_imagefolder(root: str | Path, classes: int = 1000, per_class: int = 1, size: int = 32,

@@ -1,4 +1,5 @@
-"""Validation loops that print what the release's ``test.py`` / ``main.py`` printed."""
+"""Where a model runs (:func:`pick_device`) and the validation loop that prints what the release's
+``test.py`` / ``main.py`` printed (:func:`validate`)."""
 from __future__ import annotations
 
 import time
@@ -8,6 +9,8 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .layers import alphas, frozen_weights
 
 
 class AverageMeter:
@@ -99,10 +102,20 @@ def describe_device(device: torch.device) -> str:
 
 def print_alphas(model: nn.Module, log: Callable[[str], None] = print) -> None:
     """One ``weight alpha: w, act alpha: a`` line per quantized layer, in module order."""
-    from .layers import alphas
-
     for _, w, a in alphas(model):
         log(f"weight alpha: {w:.3f}, act alpha: {a:.3f}")
+
+
+def summary_line(style: str, top1: float, top5: float) -> str:
+    """The release's last validation line: `` * Prec x% `` ('cifar') or `` * Acc@1 x Acc@5 y`` ('imagenet')."""
+    return f" * Prec {top1:.3f}% " if style == "cifar" else f" * Acc@1 {top1:.3f} Acc@5 {top5:.3f}"
+
+
+def ranked_correct(output: torch.Tensor, labels: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-k classes of each row of ``output`` [B, classes] (k at most the number of classes), and whether
+    each is the label: ([B, k] int64, [B, k] bool). Top-1 is column 0; top-k is any of the row."""
+    ranked = output.topk(min(k, output.shape[1]), dim=1).indices
+    return ranked, ranked.eq(labels[:, None])
 
 
 def validate(model: nn.Module, batches: Iterable, total: int, device: torch.device,
@@ -112,8 +125,6 @@ def validate(model: nn.Module, batches: Iterable, total: int, device: torch.devi
     style 'cifar' prints ``Test: [i/N] Time Loss Prec`` and `` * Prec x%``; 'imagenet' prints
     ``Acc@1``/``Acc@5`` as the ImageNet script did.
     """
-    from .layers import frozen_weights
-
     model.eval()
     batch_time, losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter(), AverageMeter()
     predictions, targets = [], []
@@ -123,8 +134,7 @@ def validate(model: nn.Module, batches: Iterable, total: int, device: torch.devi
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             output = model(images)
             loss = F.cross_entropy(output, labels)
-            ranked = output.topk(min(5, output.shape[1]), dim=1).indices
-            correct = ranked.eq(labels[:, None])
+            ranked, correct = ranked_correct(output, labels)
             n = labels.numel()
             losses.update(loss.item(), n)
             top1.update(correct[:, 0].float().sum().item() * 100.0 / n, n)
@@ -141,9 +151,6 @@ def validate(model: nn.Module, batches: Iterable, total: int, device: torch.devi
                     log(f"Test: [{i}/{total}]\tTime {batch_time.val:.3f} ({batch_time.avg:.3f})\t"
                         f"Loss {losses.val:.4e} ({losses.avg:.4e})\tAcc@1 {top1.val:6.2f} ({top1.avg:6.2f})\t"
                         f"Acc@5 {top5.val:6.2f} ({top5.avg:6.2f})")
-    if style == "cifar":
-        log(f" * Prec {top1.avg:.3f}% ")
-    else:
-        log(f" * Acc@1 {top1.avg:.3f} Acc@5 {top5.avg:.3f}")
+    log(summary_line(style, top1.avg, top5.avg))
     return ValidationResult(losses.avg, top1.avg, top5.avg, time.perf_counter() - start,
                             torch.cat(predictions), torch.cat(targets))

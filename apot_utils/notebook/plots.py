@@ -6,8 +6,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .layers import quantized_layers
-from .tblogs import STEPS_PER_EPOCH
+from ..core.levels import level_set, weight_level_set
+from ..core.reference import normalize_weight
+from ..fakequant.layers import quantized_layers
+from ..fakequant.quantizers import quantize_weight
+from ..files.tblogs import STEPS_PER_EPOCH
 
 
 def alphas_by_layer(alpha_rows: dict, title: str = "Clipping thresholds learned by the released models"):
@@ -176,7 +179,6 @@ SCHEME_COLORS = {"uniform": "tab:blue", "pot": "tab:orange", "apot": "tab:green"
 
 def level_number_lines(bits=range(2, 7), schemes=("uniform", "pot", "apot")):
     """The unsigned b-bit level sets at α = 1, one panel per scheme, one number line per bitwidth."""
-    from .levels import level_set
 
     fig, axes = plt.subplots(1, len(schemes), figsize=(5 * len(schemes), 0.55 * len(bits) + 1.4), sharey=True)
     for ax, scheme in zip(np.atleast_1d(axes), schemes):
@@ -197,7 +199,6 @@ def level_number_lines(bits=range(2, 7), schemes=("uniform", "pot", "apot")):
 def levels_on_weights(w: torch.Tensor, bits: int, alphas: dict[str, float], source: str):
     """Histogram of normalized weights w [N] (σ units) with each scheme's signed b-bit levels at
     its α (σ); one panel per scheme of ``alphas``."""
-    from .levels import weight_level_set
 
     fig, axes = plt.subplots(1, len(alphas), figsize=(5 * len(alphas), 3.6), sharey=True, sharex=True)
     span = 1.1 * max(alphas.values())
@@ -239,7 +240,6 @@ def error_vs_bits(rows: list[dict]):
 def normalization(layers: dict[str, torch.Tensor]):
     """Several layers' weights (name -> tensor) as trained (left) and after ``normalize_weight`` (right),
     overlaid as density outlines: different scales before, one scale (σ) after."""
-    from .quantize import normalize_weight
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     for name, w in layers.items():
@@ -373,7 +373,6 @@ def draw_level_explorer(fig, w: torch.Tensor, magnitudes: torch.Tensor, alpha: f
     Panels: the weight histogram with the signed levels (their lines carry gid 'levels'), the
     quantization function, the error against α.
     """
-    from .quantize import quantize_weight
 
     levels = torch.cat([-magnitudes[1:].flip(0), magnitudes])
     fig.clear()

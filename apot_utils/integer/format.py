@@ -1,7 +1,7 @@
 """Export a quantized model as integers, in the safetensors format (no pickle), and load it back.
 
 What the file holds, per quantized convolution ``<name>``: ``<name>.weight_codes`` (the b-bit codes
-of :func:`apot_utils.integer.weight_codes`, packed b bits each), ``<name>.weight_shape``,
+of :func:`apot_utils.integer.arithmetic.weight_codes`, packed b bits each), ``<name>.weight_shape``,
 ``<name>.weight_alpha`` and ``<name>.act_alpha`` (float32), and ``<name>.scale``, the folded
 factor s = α_a·α_w / (I_a,max·I_w,max) (float64) that turns the integer convolution into the
 layer's output. The 8-bit first convolution and last linear layer: ``weight_codes`` as int8 (or
@@ -20,48 +20,50 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import checkpoints
-from .integer import (Fixed8bit, FixedOrderBatchNorm2d, FixedOrderGlobalPool, IntegerConv2d, folded_scale, in_order,
-                      pack_codes, unpack_codes, weight_codes)
-from .layers import FirstConv8bit, LastLinear8bit, QuantConv2d
-from .levels import integer_levels, projection_order, weight_projection_order
-from .models import build_model
-from .quantize import eight_bit_codes
+from ..core.levels import LEVEL_RULE, integer_levels, projection_order, weight_projection_order
+from ..fakequant.layers import FirstConv8bit, LastLinear8bit, QuantConv2d
+from ..fakequant.loading import check_recorded
+from ..fakequant.spec import ModelSpec
+from ..files import checkpoints
+from ..files.paths import new_file
+from .arithmetic import in_order, pack_codes, unpack_codes
+from .layers import Fixed8bit, FixedOrderBatchNorm2d, FixedOrderGlobalPool, IntegerConv2d
 
 FORMAT = "apot-integer-v1"
 
 
 def export_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors of the exported file for a quantized model (module docstring)."""
+    """The tensors of the file (module docstring) for an integer model of
+    :func:`apot_utils.integer.convert.to_integer` (``level_values='release'``)."""
     tensors, some = {}, None
     for name, module in model.named_modules():
-        if isinstance(module, QuantConv2d) and module.quantized:
+        if isinstance(module, IntegerConv2d):
             some = module
-            codes = weight_codes(module.weight, module.weight_alpha, module.bit, module.weight_levels,
-                                 module.weight_stats_grad)
-            tensors |= {f"{name}.weight_codes": pack_codes(codes, module.bit),
-                        f"{name}.weight_shape": torch.tensor(codes.shape, dtype=torch.int64),
-                        f"{name}.weight_alpha": module.weight_alpha.detach().float().clone(),
-                        f"{name}.act_alpha": module.act_alpha.detach().float().clone(),
-                        f"{name}.scale": folded_scale(module.act_alpha, module.weight_alpha, module.bit,
-                                                      module.scheme, module.terms)}
-        elif isinstance(module, (FirstConv8bit, LastLinear8bit)):
-            codes = eight_bit_codes(module.weight).long()
-            small = codes.abs().max() <= 127
-            tensors |= {f"{name}.weight_codes": codes.to(torch.int8 if small else torch.int16),
-                        f"{name}.weight_max": module.weight.detach().max().clone()}
+            tensors |= {f"{name}.weight_codes": pack_codes(module.codes, module.bits),
+                        f"{name}.weight_shape": torch.tensor(module.codes.shape, dtype=torch.int64),
+                        f"{name}.weight_alpha": module.weight_alpha.float().clone(),
+                        f"{name}.act_alpha": module.act_alpha.float().clone(),
+                        f"{name}.scale": module.scale.clone()}
+        elif isinstance(module, Fixed8bit):
+            small = module.codes.abs().max() <= 127
+            tensors |= {f"{name}.weight_codes": module.codes.to(torch.int8 if small else torch.int16),
+                        f"{name}.weight_max": module.weight_max.clone()}
             if module.bias is not None:
-                tensors[f"{name}.bias"] = module.bias.detach().clone()
-        elif isinstance(module, nn.BatchNorm2d):
+                tensors[f"{name}.bias"] = module.bias.clone()
+        elif isinstance(module, FixedOrderBatchNorm2d):
             for key in ("weight", "bias", "running_mean", "running_var"):
                 tensors[f"{name}.{key}"] = getattr(module, key).detach().clone()
+        elif isinstance(module, (QuantConv2d, FirstConv8bit, LastLinear8bit, nn.BatchNorm2d)):
+            raise TypeError(f"{name} is a {type(module).__name__}: convert the model with to_integer first")
     if some is None:
-        raise ValueError("the model has no quantized layers: export needs a 2..8-bit model")
-    tensors |= {"levels.act": projection_order(some.bit, some.scheme, some.terms),
-                "levels.act_integers": in_order(integer_levels(some.bit, some.scheme, some.terms),
-                                                projection_order(some.bit, some.scheme, some.terms)),
-                "levels.weight_magnitudes": weight_projection_order(some.bit, some.scheme, some.terms).sort().values,
-                "levels.weight_integers": integer_levels(some.bit - 1, some.scheme, some.terms)}
+        raise ValueError("the model has no integer layers: export needs a 2..8-bit model")
+    if some.act_levels.dtype != torch.float32:
+        raise ValueError("the file holds the release's float32 levels: convert with level_values='release'")
+    bits, scheme, terms = some.bits, some.scheme, some.terms
+    tensors |= {"levels.act": projection_order(bits, scheme, terms),
+                "levels.act_integers": in_order(integer_levels(bits, scheme, terms), projection_order(bits, scheme, terms)),
+                "levels.weight_magnitudes": weight_projection_order(bits, scheme, terms).sort().values,
+                "levels.weight_integers": integer_levels(bits - 1, scheme, terms)}
     return {k: v.contiguous() for k, v in tensors.items()}
 
 
@@ -76,18 +78,16 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def export(model: nn.Module, out: str | Path, meta: dict) -> Path:
-    """Write ``model`` (quantized, any bitwidth 2..8) to ``out`` (refused if it exists) with ``meta``
-    (dataset, arch, bit, scheme, terms, per_channel, source, source_sha256), atomically."""
+def save_exported(model: nn.Module, out: str | Path, meta: dict) -> Path:
+    """Write the integer ``model`` (:func:`apot_utils.integer.convert.to_integer`) to ``out`` (refused if it
+    exists), atomically, with ``meta``: a :meth:`ModelSpec.meta <apot_utils.fakequant.spec.ModelSpec.meta>`
+    and where it came from (source, source_sha256)."""
     from safetensors.torch import save
 
-    out = Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out} exists: choose another --out (nothing was overwritten)")
-    if out.suffix != ".safetensors":
-        raise ValueError(f"the exported file's name must end in .safetensors, got {out.name}")
+    out = new_file(out, ".safetensors")
     tensors = export_tensors(model)
-    data = save(tensors, metadata={"format": FORMAT, "level_rule": checkpoints.LEVEL_RULE,
+    meta = {k: v for k, v in meta.items() if k != "level_rule"}
+    data = save(tensors, metadata={"format": FORMAT, "level_rule": LEVEL_RULE,
                                    "tensors_sha256": tensors_digest(tensors), **{k: json.dumps(v) for k, v in meta.items()}})
     return checkpoints.write_atomically(out, lambda f: f.write(data))
 
@@ -108,9 +108,9 @@ def read_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if raw.get("format") != FORMAT:
         raise checkpoints.CheckpointError(f"{path} is not an exported APoT model (format {raw.get('format')!r}, "
                                           f"expected {FORMAT!r})")
-    if raw.get("level_rule") != checkpoints.LEVEL_RULE:
+    if raw.get("level_rule") != LEVEL_RULE:
         raise checkpoints.CheckpointError(f"{path} was made with level-set rule {raw.get('level_rule')!r}, this "
-                                          f"version builds {checkpoints.LEVEL_RULE!r}")
+                                          f"version builds {LEVEL_RULE!r}")
     recorded = raw.get("tensors_sha256")
     if recorded is not None and recorded != tensors_digest(tensors):
         raise checkpoints.CheckpointError(f"{path}: its tensors are not the ones it was exported with (their sha256 "
@@ -146,24 +146,19 @@ def _tensor(tensors: dict[str, torch.Tensor], key: str, shape: tuple | None, pat
     return t
 
 
-def load_exported(path: str | Path, levels: str = "release", dataset: str | None = None, arch: str | None = None,
+def load_exported(path: str | Path, level_values: str = "release", dataset: str | None = None, arch: str | None = None,
                   bit: int | None = None) -> nn.Module:
     """The model of an exported file, in eval mode: the architecture of its metadata, with every
-    quantized convolution an :class:`~apot_utils.integer.IntegerConv2d` and the 8-bit layers
-    :class:`~apot_utils.integer.Fixed8bit`, BatchNorm and the average pool their fixed-order counterparts
+    quantized convolution an :class:`~apot_utils.integer.layers.IntegerConv2d` and the 8-bit layers
+    :class:`~apot_utils.integer.layers.Fixed8bit`, BatchNorm and the average pool their fixed-order counterparts
     (float arithmetic by default, the float model's bit for bit; inside
-    :func:`~apot_utils.integer.integer_arithmetic` integers and fixed-order rounding, the same on every machine). dataset / arch / bit, when given, must match the file.
+    :func:`~apot_utils.integer.layers.integer_arithmetic` integers and fixed-order rounding, the same on every machine). dataset / arch / bit, when given, must match the file.
     Every tensor is checked as a checkpoint is (shape, dtype, finite; α, ``weight_max`` and the running
     variances positive; the 8-bit codes' largest 127) before the model is built from it."""
     tensors, meta = read_exported(path)
-    for name, wanted in (("dataset", dataset), ("arch", arch), ("bit", bit)):
-        if wanted is not None and meta.get(name) != wanted:
-            asked = " ".join(part for part in (bit and f"{bit}-bit", arch, dataset) if part)
-            raise checkpoints.CheckpointError(f"{path} is a {meta.get('bit')}-bit {meta.get('arch')} {meta.get('dataset')} "
-                                              f"model, not {asked}")
+    check_recorded(meta, path, what="model", dataset=dataset, arch=arch, bit=bit)
     try:
-        model = build_model(meta["dataset"], meta["arch"], meta["bit"], meta["scheme"], meta.get("terms"),
-                            bool(meta.get("per_channel")))
+        model = ModelSpec.from_meta(meta).build()
     except ValueError as error:
         raise checkpoints.CheckpointError(f"{path}: its metadata describes no model this version builds ({error})") from None
     if not torch.equal(tensors.get("levels.act", torch.empty(0)), projection_order(meta["bit"], meta["scheme"], meta.get("terms"))):
@@ -184,7 +179,7 @@ def load_exported(path: str | Path, levels: str = "release", dataset: str | None
             replacement = IntegerConv2d(
                 codes, _tensor(tensors, f"{name}.weight_alpha", module.weight_alpha.shape, path, positive=True),
                 _tensor(tensors, f"{name}.act_alpha", (), path, positive=True),
-                module.stride, module.padding, module.bit, module.scheme, module.terms, levels)
+                module.stride, module.padding, module.bit, module.scheme, module.terms, level_values)
         elif isinstance(module, (FirstConv8bit, LastLinear8bit)):
             codes = _tensor(tensors, f"{name}.weight_codes", module.weight.shape, path, (torch.int8, torch.int16))
             if int(codes.max()) != 127:       # round(w / max(w) · 127): the largest weight's code is 127
@@ -208,24 +203,3 @@ def load_exported(path: str | Path, levels: str = "release", dataset: str | None
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, replacement)
     return model.eval()
-
-
-def export_checkpoint(dataset: str, arch: str, bit: int | None, checkpoint, out, log=print) -> Path:
-    """What ``python -m apot_utils export`` does: load ``checkpoint`` ('release' or a path) and write it
-    to ``out`` as packed integers; prints the sizes of both files."""
-    from . import data
-    from .pipeline import load_model
-
-    out = Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out} exists: choose another --out (nothing was overwritten)")
-    if out.suffix != ".safetensors":
-        raise ValueError(f"the exported file's name must end in .safetensors, got {out.name}")
-    model = load_model(dataset, arch, bit, checkpoint, log=lambda line: None)
-    source = checkpoints.release_path(dataset, arch, model.bit) if str(checkpoint) == "release" else Path(checkpoint)
-    meta = {"dataset": dataset, "arch": arch, "bit": model.bit, "scheme": model.scheme, "terms": model.terms,
-            "per_channel": model.per_channel, "source": data.display_path(source),
-            "source_sha256": checkpoints.sha256_of(source)}
-    export(model, out, meta)
-    log(f"=> wrote {out}: {out.stat().st_size:,} bytes (the checkpoint: {source.stat().st_size:,} bytes)")
-    return out

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from .checkpoints import RELEASED, CheckpointError, download_verified, sha256_of, write_atomically
-from .data import load_npz
+from .data import load_npz, load_torchvision
 from .paths import DATA_ROOT
 
 DEFAULT_DEST = DATA_ROOT / "reference"
@@ -97,7 +97,6 @@ def _exact_test_images(dest: Path, source: Path | None, log: Callable[[str], Non
         if source is not None:
             _copy_verified(source / relative, target, lambda p: images_digest(p) == digest, "CIFAR-10 test images")
         else:
-            from .data import load_torchvision
             test = load_torchvision(train=False, root=dest / "cifar10" / "torchvision")
             x, y = test.x[:count].numpy().astype(np.uint8), test.y[:count].numpy().astype(np.int64)
             if hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest() != digest:

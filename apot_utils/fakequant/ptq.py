@@ -27,9 +27,13 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..core.checks import check_count
+from ..core.reference import normalize_weight
+from ..fast.projection import project
+from .capture import inputs_of
 from .layers import QuantConv2d, quantized_layers
-from .models import build_model
-from .quantize import normalize_weight, project, quantize_weight
+from .quantizers import quantize_weight
+from .spec import ModelSpec
 
 WEIGHT_ALPHA_RANGE = (0.5, 8.0)          # σ: weight α is searched in this range ...
 WEIGHT_ALPHA_STEP = 0.01                  # ... to this resolution
@@ -53,8 +57,7 @@ class Calibration:
             raise ValueError(f"act_rule must be one of {ACT_RULES}, got {self.act_rule!r}")
         if not 0 < self.percentile <= 100:
             raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        check_count("batch_size", self.batch_size, allow_none=False)
 
 
 def coarse_to_fine(error, low: float, high: float, step: float, coarse: int = 10) -> float:
@@ -125,31 +128,6 @@ def activation_alpha(x: torch.Tensor, levels: torch.Tensor, calibration: Calibra
     return coarse_to_fine(error, ACT_ALPHA_STEP, 1.0, ACT_ALPHA_STEP) * top
 
 
-class _Captured(Exception):
-    """Raised by a capture hook to stop the forward pass once the wanted tensor is seen."""
-
-
-def _inputs_of(model: nn.Module, module: nn.Module, batches: list[torch.Tensor]) -> list[torch.Tensor]:
-    """What ``module`` receives for every batch of inputs to ``model`` (each forward stops there), one tensor a batch."""
-    seen = []
-
-    def capture(m, args):
-        seen.append(args[0].detach())
-        raise _Captured
-
-    handle = module.register_forward_pre_hook(capture)
-    try:
-        with torch.no_grad():
-            for inputs in batches:
-                try:
-                    model(inputs)
-                except _Captured:
-                    pass
-    finally:
-        handle.remove()
-    return seen
-
-
 class _CalibrationInputs:
     """``inputs(module)``: what a module of ``model`` receives on the calibration batches, concatenated.
 
@@ -176,17 +154,17 @@ class _CalibrationInputs:
     def __call__(self, module: nn.Module) -> torch.Tensor:
         block = self.block_of.get(module)
         if block is None:
-            return torch.cat(_inputs_of(self.model, module, self.batches))
+            return torch.cat(inputs_of(self.model, module, self.batches))
         if block is not self.block:
             if self.block is not None and self.next_block.get(self.block) is block:
                 with torch.no_grad():
                     inputs = [self.block(x) for x in self.block_inputs]
             else:
-                inputs = _inputs_of(self.model, block, self.batches)
+                inputs = inputs_of(self.model, block, self.batches)
             self.block, self.block_inputs = block, inputs
         if module is block:
             return torch.cat(self.block_inputs)
-        return torch.cat(_inputs_of(block, module, self.block_inputs))
+        return torch.cat(inputs_of(block, module, self.block_inputs))
 
 
 def _channel_moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,28 +210,26 @@ def _recalibrate_batchnorm(model: nn.Module, batches: list[torch.Tensor]) -> Non
         model.eval()
 
 
-def post_training_quantize(full_precision: nn.Module, dataset: str, arch: str, bit: int, images: torch.Tensor,
-                           scheme: str = "apot", calibration: Calibration = Calibration(),
-                           log: Callable[[str], None] = print, terms: int | None = None,
-                           per_channel: bool = False) -> nn.Module:
-    """A ``bit``-bit model with ``full_precision``'s weights and α chosen from ``images``.
+def post_training_quantize(full_precision: nn.Module, spec: ModelSpec, images: torch.Tensor,
+                           calibration: Calibration = Calibration(), log: Callable[[str], None] = print) -> nn.Module:
+    """The quantized model ``spec`` describes (its bit, scheme, terms and per-channel α) with
+    ``full_precision``'s weights and α chosen from ``images``.
 
     full_precision: a model of the same architecture at bit 32 (its weights and BatchNorm are
     copied, it is not changed). images: normalized calibration images [N, 3, H, W], N >= 1, from
-    the training set. terms: the number n of additive terms (None: the release's); per_channel:
-    one weight α per output channel. Returns the quantized model in eval mode on the CPU.
+    the training set. Returns the quantized model in eval mode on the CPU.
     """
-    if bit == 32:
+    if not spec.quantized:
         raise ValueError("post-training quantization needs a bitwidth of 2..8, not 32 (full precision)")
     if any(isinstance(m, QuantConv2d) and m.quantized for m in full_precision.modules()):
         raise ValueError("the starting model is already quantized: post-training quantization starts from a "
                          "full-precision (32-bit) checkpoint")
     if images.dim() != 4 or len(images) == 0:
         raise ValueError(f"calibration images must be a non-empty batch [N, 3, H, W], got shape {tuple(images.shape)}")
-    model = build_model(dataset, arch, bit, scheme, terms, per_channel)
+    model = spec.build()
     missing, unexpected = model.load_state_dict(full_precision.state_dict(), strict=False)
     if unexpected or any(not k.endswith("alpha") for k in missing):
-        raise ValueError(f"the full-precision model does not fit {arch}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ValueError(f"the full-precision model does not fit {spec.arch}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     model, full_precision = model.cpu().eval(), full_precision.cpu().eval()
     batches = list(images.cpu().split(calibration.batch_size))
     fp_modules = dict(full_precision.named_modules())
@@ -276,45 +252,4 @@ def post_training_quantize(full_precision: nn.Module, dataset: str, arch: str, b
                                 _channel_moments(fp_inputs(fp_norm)), _channel_moments(inputs(module)))
     if calibration.bn_recalibrate:
         _recalibrate_batchnorm(model, batches)
-    return model
-
-
-def quantize_checkpoint(dataset: str, arch: str, bit: int, init, out, calib: int = 512, scheme: str = "apot",
-                        calibration: Calibration = Calibration(), data_source=None,
-                        log: Callable[[str], None] = print, terms: int | None = None,
-                        per_channel: bool = False) -> nn.Module:
-    """What ``python -m apot_utils quantize`` does: post-training quantization of the full-precision
-    checkpoint ``init`` ('release' or a path) on ``calib`` training images, written to ``out``
-    (refused if it exists) with the metadata ``validate`` reads (terms and per_channel included).
-    Returns the quantized model."""
-    from dataclasses import asdict
-    from pathlib import Path
-
-    from . import checkpoints, data
-    from .pipeline import load_model
-
-    if dataset != "cifar10":
-        raise ValueError("post-training quantization is implemented for cifar10 (its training images calibrate α)")
-    if calib < 1:
-        raise ValueError(f"--calib must be at least 1 image, got {calib}")
-    build_model(dataset, arch, bit, scheme, terms, per_channel)     # bad bit / scheme / terms: fail before any work
-    out = Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out} exists: choose another --out (nothing was overwritten)")
-    path = checkpoints.release_path(dataset, arch, 32) if str(init) == "release" else Path(init)
-    init_bit = checkpoints.checkpoint_meta(path).get("bit", 32)
-    if init_bit != 32:
-        raise ValueError(f"{path} is a {init_bit}-bit checkpoint: post-training quantization starts from a "
-                         "full-precision (32-bit) one")
-    full_precision = load_model(dataset, arch, 32, path, log=lambda line: None)
-    train_images = data.load_cifar10(data_source, train=True, sample=calib, seed=calibration.seed)
-    log(f"=> calibrating {bit}-bit {scheme} {arch} on {train_images.source}")
-    images = data.normalize(train_images.x)
-    model = post_training_quantize(full_precision, dataset, arch, bit, images, scheme, calibration, log, terms, per_channel)
-    meta = {"dataset": dataset, "arch": arch, "bit": bit, "scheme": scheme, "level_rule": checkpoints.LEVEL_RULE,
-            "terms": terms, "per_channel": per_channel,
-            "source": data.display_path(path), "source_sha256": checkpoints.sha256_of(path),
-            "post_training": {**asdict(calibration), "calib_images": len(train_images), "calib_source": train_images.source}}
-    checkpoints.save_checkpoint({"state_dict": model.state_dict(), "meta": meta}, out)
-    log(f"=> wrote {out}")
     return model

@@ -1,0 +1,178 @@
+"""Command line: python -m apot_utils validate|train|quantize|export|fetch ... (--help for the options)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .core.levels import FULL_PRECISION, SCHEMES
+from .fakequant.models import ARCHS, BITS
+from .files.checkpoints import CheckpointError
+
+
+RECIPE_FLAGS = ("lr", "weight_decay", "momentum", "act_alpha_lr", "act_alpha_weight_decay", "weight_alpha_lr",
+                "weight_alpha_weight_decay", "alpha_grad_scale", "clip_weight_grad")   # Recipe fields with a flag each
+
+
+def _at_least(low: int):
+    """argparse type: an integer of at least ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer of at least {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+_positive, _non_negative = _at_least(1), _at_least(0)
+
+
+def _workers(requested: int | None) -> int:
+    """Data-loading processes: as asked, or the CPUs this process may use (at most 8)."""
+    import os
+
+    return requested if requested is not None else min(8, len(os.sched_getaffinity(0)))
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", choices=sorted(ARCHS), default="cifar10")
+    p.add_argument("--arch", default="resnet20", help="cifar10: resnet20/32/44/56; imagenet: resnet18/34")
+    p.add_argument("--bit", type=int, choices=BITS, default=None,
+                   help="bitwidth, 32 = full precision (validate: default the checkpoint's own, or 4; train: default 4)")
+    p.add_argument("--scheme", choices=SCHEMES, default=None, help="default apot (validate: the checkpoint's own)")
+    p.add_argument("--data", default=None, help="cifar10: .npz / JPEG .zip / 'torchvision'; imagenet: ImageFolder dir")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--batch-size", type=_positive, default=None, help="images a batch (at least 1)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m apot_utils", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    v = commands.add_parser("validate", help="validate a checkpoint, printing the release's log")
+    _common(v)
+    v.add_argument("--checkpoint", default="release", help="'release' (the authors' file) or a path")
+    v.add_argument("--limit", type=_positive, default=None, help="validate the first N images only (N >= 1)")
+    v.add_argument("--workers", type=_non_negative, default=None, help="ImageNet data-loading processes (default: the CPUs this process may use, at most 8)")
+    t = commands.add_parser("train", help="quantization-aware training with the release's recipe (torchrun for several processes)")
+    _common(t)
+    t.add_argument("--init", default=None, help="start from 'release' (the authors' checkpoint of --init-bit) or a path")
+    t.add_argument("--init-bit", type=int, choices=BITS, default=None,
+                   help="with --init release: which released bitwidth (default 32); with a path: its bitwidth, when the "
+                        "file does not record it (the authors' ImageNet files)")
+    t.add_argument("--terms", type=_positive, default=None,
+                   help="n, the number of additive terms (default: a quantized --init's, else the release's, ceil(b/2))")
+    t.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
+                   help="one weight α per output channel (default: as a quantized --init of the same bitwidth was made, else no)")
+    t.add_argument("--out", default=None, help="run folder (default runs/<arch>_<bit>bit)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint, with the recipe it was started with")
+    t.add_argument("--val-data", default=None, help="cifar10: test .npz / .zip (default as validate); imagenet: val ImageFolder")
+    t.add_argument("--epochs", type=_positive, default=None, help="a shorter (or longer) schedule; decay epochs scale with it")
+    t.add_argument("--milestones", type=_positive, nargs="*", default=None, help="epochs at which every lr is multiplied by 0.1")
+    for name in RECIPE_FLAGS[:-1]:
+        t.add_argument(f"--{name.replace('_', '-')}", type=float, default=None, help="override the recipe's value")
+    t.add_argument("--clip-weight-grad", action=argparse.BooleanOptionalAction, default=None,
+                   help="stop weight gradients beyond ±α above 2 bits (default: the recipe's; ImageNet yes, CIFAR-10 no)")
+    t.add_argument("--subset", type=_positive, default=None, help="train on N images drawn by a seeded shuffle")
+    t.add_argument("--val-subset", type=_positive, default=None, help="validate on the first N images only")
+    t.add_argument("--max-steps", type=_positive, default=None, help="at most N steps an epoch")
+    t.add_argument("--data-on-device", action="store_true", help="CIFAR-10: keep the data set on the GPU, augment there")
+    t.add_argument("--workers", type=_non_negative, default=None, help="ImageNet data-loading processes per training process (default: the CPUs this process may use, at most 8)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--log-every", type=_positive, default=20, help="TensorBoard scalars every N steps")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm running statistics fixed while training")
+    t.add_argument("--no-calibrate", action="store_true",
+                   help="from a full-precision --init, keep the release's starting α (3.0 weights, 8.0 activations) "
+                        "instead of choosing them by post-training quantization")
+    t.add_argument("--teacher", default=None, help="distill from this full-precision checkpoint ('release' or a path) instead of the labels")
+    q = commands.add_parser("quantize", help="post-training quantization of a full-precision checkpoint (no training)")
+    _common(q)
+    q.add_argument("--init", default="release", help="the full-precision checkpoint: 'release' or a path")
+    q.add_argument("--calib", type=_positive, default=512, help="training images that calibrate α (default 512)")
+    q.add_argument("--act-rule", choices=("mse", "percentile"), default="mse", help="how activation α is chosen")
+    q.add_argument("--percentile", type=float, default=99.99, help="with --act-rule percentile: which percentile")
+    q.add_argument("--bn-recalibrate", action="store_true", help="re-estimate BatchNorm statistics on the calibration images")
+    q.add_argument("--terms", type=_positive, default=None,
+                   help="n, the number of additive terms of the APoT level sets (default: the release's, ceil(b/2))")
+    q.add_argument("--per-channel", action="store_true", help="one weight α per output channel instead of one per layer")
+    q.add_argument("--seed", type=int, default=0, help="which calibration images are drawn")
+    q.add_argument("--out", required=True, help="the checkpoint to write (refused if it exists)")
+    e = commands.add_parser("export", help="write a quantized checkpoint as packed integer codes (.safetensors)")
+    _common(e)
+    e.add_argument("--checkpoint", default="release", help="'release' (the authors' CIFAR-10 models) or a path")
+    e.add_argument("--out", required=True, help="the .safetensors file to write (refused if it exists)")
+    f = commands.add_parser("fetch", help="make the reference data layout (APOT_DATA_DIR) from the public sources or local files")
+    f.add_argument("--dest", default=None, help="where to build it (default data/reference)")
+    f.add_argument("--from", dest="source", default=None, help="a local folder with the same layout to copy from (checked)")
+    args = parser.parse_args(argv)
+    if args.command == "fetch":
+        from .files.fetch import DEFAULT_DEST, fetch
+        try:
+            fetch(args.dest or DEFAULT_DEST, args.source)
+        except (CheckpointError, FileNotFoundError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        return 0
+    if args.arch not in ARCHS[args.dataset]:
+        parser.error(f"--arch for {args.dataset} must be one of {sorted(ARCHS[args.dataset])}")
+    from .fakequant.evaluate import reuse_freed_memory
+    reuse_freed_memory()
+    try:
+        if args.command == "quantize":
+            from .commands.quantize import quantize_checkpoint
+            from .fakequant.ptq import Calibration
+            from .fakequant.spec import ModelSpec
+            if args.bit in (None, FULL_PRECISION):
+                parser.error("quantize needs --bit 2..8")
+            calibration = Calibration(args.act_rule, args.percentile, args.bn_recalibrate, seed=args.seed)
+            spec = ModelSpec(args.dataset, args.arch, args.bit, args.scheme or "apot", args.terms, args.per_channel)
+            quantize_checkpoint(spec, args.init, args.out, args.calib, calibration, args.data)
+        elif args.command == "export":
+            from .commands.export import export_checkpoint
+            if args.bit == FULL_PRECISION:
+                parser.error("export needs a quantized model (--bit 2..8)")
+            export_checkpoint(args.dataset, args.arch, args.bit, args.checkpoint, args.out)
+        elif args.command == "validate":
+            from .commands.validate import run_validation
+            bit = 4 if args.bit is None and args.checkpoint == "release" else args.bit
+            run_validation(args.dataset, args.arch, bit, args.checkpoint, args.data, args.device,
+                           args.batch_size, args.limit, args.scheme, _workers(args.workers))
+        else:
+            from .commands.train import train
+            train(_train_config(args))
+    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError, RuntimeError, FloatingPointError,
+            OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _train_config(args):
+    import dataclasses
+
+    from .commands.train import TrainConfig
+    from .fakequant.training import default_recipe, shortened
+
+    bit = 4 if args.bit is None else args.bit
+    overrides = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k) is not None}
+    if args.batch_size is not None:
+        overrides["batch_size"] = args.batch_size
+    if args.milestones is not None:
+        overrides["milestones"] = tuple(args.milestones)
+    recipe = None      # --resume without recipe options: the run's own (train checks any that are given)
+    if not args.resume or overrides or args.epochs is not None:
+        recipe = default_recipe(args.dataset, bit, args.arch)
+        if args.epochs is not None:
+            recipe = shortened(recipe, args.epochs)
+        recipe = dataclasses.replace(recipe, **overrides)
+    return TrainConfig(dataset=args.dataset, arch=args.arch, bit=bit, scheme=args.scheme or "apot",
+                       out=args.out or f"runs/{args.arch}_{bit}bit", recipe=recipe, terms=args.terms,
+                       per_channel=args.per_channel,
+                       init=args.init, init_bit=args.init_bit, resume=args.resume, data_source=args.data,
+                       val_source=args.val_data, subset=args.subset, val_subset=args.val_subset, max_steps=args.max_steps,
+                       device=args.device, data_on_device=args.data_on_device, workers=_workers(args.workers), seed=args.seed,
+                       log_every=args.log_every, progress=not args.no_progress, freeze_bn=args.freeze_bn, teacher=args.teacher,
+                       calibrate_init=not args.no_calibrate)

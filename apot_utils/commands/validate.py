@@ -1,0 +1,58 @@
+"""``python -m apot_utils validate``: a checkpoint (fake-quantized) or an exported integer model
+(``.safetensors``) on CIFAR-10 or an ImageNet folder, printing the release's log."""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from ..core.checks import check_count
+from ..fakequant.evaluate import ValidationResult, describe_device, pick_device, validate
+from ..fakequant.layers import quantized_layers
+from ..fakequant.loading import load_model
+from ..fast.projection import build_pending
+from ..files import data
+from ..integer.format import load_exported
+
+
+def validate_cifar10(model: nn.Module, test: data.ImageArrays, device, batch_size: int = 100,
+                     print_freq: int = 10, log: Callable[[str], None] = print) -> ValidationResult:
+    """Validate on CIFAR-10 arrays in batches of ``batch_size`` (the release used 100)."""
+    return validate(model, data.batches(test, batch_size, device=device), data.num_batches(test, batch_size),
+                    device, "cifar", print_freq, log)
+
+
+def model_of(dataset: str, arch: str, bit: int | None, checkpoint="release", scheme: str | None = None, device="cpu",
+             log: Callable[[str], None] = print) -> nn.Module:
+    """The model ``validate`` runs: an exported integer model for a ``.safetensors`` file
+    (:func:`~apot_utils.integer.format.load_exported`), else :func:`~apot_utils.fakequant.loading.load_model`."""
+    if str(checkpoint).endswith(".safetensors"):
+        log(f"=> loading the exported integer model {checkpoint}")
+        return load_exported(checkpoint, dataset=dataset, arch=arch, bit=bit).to(device)
+    return load_model(dataset, arch, bit, checkpoint, scheme, device, log)
+
+
+def run_validation(dataset: str = "cifar10", arch: str = "resnet20", bit: int | None = 3, checkpoint="release",
+                   data_source=None, device: str = "auto", batch_size: int | None = None, limit: int | None = None,
+                   scheme: str | None = None, workers: int = 4, log: Callable[[str], None] = print) -> ValidationResult:
+    """What ``python -m apot_utils validate`` does; returns the result.
+    batch_size (default 100 for CIFAR-10, 256 for ImageNet) and limit (the first N images) must be at least 1."""
+    check_count("batch_size", batch_size)
+    check_count("limit", limit)
+    dev = pick_device(device)
+    log(describe_device(dev))
+    model = model_of(dataset, arch, bit, checkpoint, scheme, dev, log)
+    layers = quantized_layers(model)
+    if layers and build_pending(layers[0][1].act_levels, device=dev):
+        log("=> the first batch also builds the fused projection kernel for this machine (once, about 15 s; "
+            "APOT_COMPILE=0 skips it)")
+    log(f"=> loading {dataset} data...")
+    if dataset == "cifar10":
+        test = data.load_cifar10(data_source)
+        if limit is not None:
+            test = test.subset(limit)
+        return validate_cifar10(model, test, dev, 100 if batch_size is None else batch_size, log=log)
+    if data_source is None:
+        raise FileNotFoundError("ImageNet needs --data <validation ImageFolder directory>")
+    loader = data.imagenet_val_loader(data_source, 256 if batch_size is None else batch_size, workers, limit)
+    return validate(model, loader, len(loader), dev, "imagenet", log=log)

@@ -1,0 +1,92 @@
+"""Fake-quantized models from checkpoints: :func:`load_model` (build and load, the API the commands and
+chapters use) and :func:`load_into` (check a checkpoint against a built model, then load it)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from ..core.levels import FULL_PRECISION
+from ..files import checkpoints
+from ..files.checkpoints import CheckpointError
+from .evaluate import print_alphas
+from .spec import ModelSpec
+
+
+def check_recorded(meta: dict, path, spec: ModelSpec | None = None, what: str = "checkpoint", **wanted) -> None:
+    """Refuse a file whose metadata records another dataset, arch or bit than ``wanted`` (or than ``spec``'s),
+    naming both; fields the metadata does not record, or that are not asked for, pass."""
+    if spec is not None:
+        wanted = {"dataset": spec.dataset, "arch": spec.arch, "bit": spec.bit}
+    wanted = {k: v for k, v in wanted.items() if v is not None}
+    if any(k in meta and meta[k] != v for k, v in wanted.items()):
+        asked = " ".join(part for part in (wanted.get("bit") and f"{wanted['bit']}-bit", wanted.get("arch"),
+                                           wanted.get("dataset")) if part)
+        raise CheckpointError(f"{path} is a {meta.get('bit')}-bit {meta.get('arch')} {meta.get('dataset')} {what}, "
+                              f"not {asked}")
+
+
+def load_into(model: nn.Module, path: str | Path) -> dict:
+    """Check the checkpoint at ``path`` against ``model.spec`` (dataset, arch, bit, scheme, terms, per-channel α,
+    level rule, as far as its metadata records them) and the model's keys and shapes, then load it.
+    Returns the checkpoint's other entries (epoch, meta, ...). Nothing is copied into ``model`` unless every
+    check passes."""
+    spec: ModelSpec = model.spec
+    content = checkpoints.read_checkpoint(path)
+    meta = content.get("meta", {})
+    check_recorded(meta, path, spec)
+    if spec.quantized:
+        theirs = meta.get("scheme", "apot")
+        if theirs != spec.scheme:
+            raise CheckpointError(f"{path} holds a {theirs} model, not {spec.scheme}: pass --scheme {theirs}")
+        for name, flag in (("terms", "--terms"), ("per_channel", "--per-channel")):
+            if (meta.get(name) or None) != (getattr(spec, name) or None):
+                raise CheckpointError(f"{path} was made with {name}={meta.get(name)}, the model has "
+                                      f"{name}={getattr(spec, name)} ({flag})")
+    if meta.get("level_rule", spec.level_rule) != spec.level_rule:
+        raise CheckpointError(f"{path} was made with level-set rule {meta['level_rule']!r}; this version builds "
+                              f"{spec.level_rule!r}, so its levels would differ")
+    state_dict = checkpoints.to_model_keys(content["state_dict"])
+    if not spec.quantized:
+        state_dict = checkpoints.without_unused_alphas(model, state_dict)
+    checkpoints.check_state_dict(model, state_dict, str(path))
+    checkpoints.check_alphas(state_dict, str(path))
+    checkpoints.check_finite(state_dict, str(path))
+    model.load_state_dict(state_dict)
+    return {k: v for k, v in content.items() if k not in ("state_dict", "optimizer")}
+
+
+def checkpoint_path(checkpoint: str | Path, dataset: str, arch: str, bit: int) -> Path:
+    """'release' (the authors' file for dataset, arch and bit) or a path."""
+    return checkpoints.release_path(dataset, arch, bit) if str(checkpoint) == "release" else Path(checkpoint)
+
+
+def spec_of_checkpoint(checkpoint: str | Path | None, dataset: str, arch: str, bit: int | None,
+                       scheme: str | None = None) -> ModelSpec:
+    """The model to build for ``checkpoint`` ('release', a path, or None): ``bit`` / ``scheme`` None are taken
+    from its metadata (a released file needs ``bit``); the number of terms and per-channel α always are, when
+    it records the same bitwidth (post-training quantization and training record them)."""
+    meta = checkpoints.checkpoint_meta(checkpoint) if checkpoint not in (None, "release") else {}
+    if bit is None:
+        if "bit" not in meta:
+            raise CheckpointError("give the bitwidth (--bit): the checkpoint does not record it")
+        bit = meta["bit"]
+    same = bit != FULL_PRECISION and meta.get("bit") == bit
+    return ModelSpec(dataset, arch, bit, scheme or meta.get("scheme", "apot"), meta.get("terms") if same else None,
+                     bool(meta.get("per_channel")) if same else False)
+
+
+def load_model(dataset: str, arch: str, bit: int | None, checkpoint: str | Path | None = "release",
+               scheme: str | None = None, device="cpu", log: Callable[[str], None] = print) -> nn.Module:
+    """Build the model :func:`spec_of_checkpoint` describes and load ``checkpoint`` into it ('release', a path,
+    or None for random weights); logs what the release's ``test.py`` printed, and every α."""
+    spec = spec_of_checkpoint(checkpoint, dataset, arch, bit, scheme)
+    log("=> Building model...")
+    model = spec.build()
+    if checkpoint is not None:
+        log(f"=> loading the {'full-precision' if not spec.quantized else f'{spec.bit}-bit quantized'} model from checkpoint")
+        load_into(model, checkpoint_path(checkpoint, dataset, arch, spec.bit))
+        if spec.quantized:
+            print_alphas(model, log)
+    return model.to(device)

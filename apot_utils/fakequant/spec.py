@@ -1,0 +1,80 @@
+"""One description of a model: :class:`ModelSpec` builds it, writes it into a checkpoint's metadata and is
+read back from that metadata; every command and ``train --init`` go through it."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..core.levels import FULL_PRECISION, LEVEL_RULE, SCHEMES, projection_order, weight_projection_order
+from .models import ARCHS, BITS, CifarResNet, ImageNetResNet
+
+SPEC_FIELDS = ("dataset", "arch", "bit", "scheme", "terms", "per_channel")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """dataset 'cifar10' / 'imagenet'; arch (:data:`~apot_utils.fakequant.models.ARCHS`); bit 2..8, or 32 for
+    full precision; scheme 'apot' / 'pot' / 'uniform'; terms: the number n of additive terms (None: the
+    release's, ceil(b / 2)); per_channel: one weight α per output channel; level_rule: the version of the
+    level sets' construction (:data:`~apot_utils.core.levels.LEVEL_RULE`). Invalid combinations are refused
+    on construction."""
+    dataset: str = "cifar10"
+    arch: str = "resnet20"
+    bit: int = 4
+    scheme: str = "apot"
+    terms: int | None = None
+    per_channel: bool = False
+    level_rule: str = LEVEL_RULE
+
+    def __post_init__(self):
+        if self.dataset not in ARCHS:
+            raise ValueError(f"dataset must be one of {sorted(ARCHS)}, got {self.dataset!r}")
+        if self.arch not in ARCHS[self.dataset]:
+            raise ValueError(f"arch for {self.dataset} must be one of {sorted(ARCHS[self.dataset])}, got {self.arch!r}")
+        if self.bit not in BITS or isinstance(self.bit, bool):
+            raise ValueError(f"bit must be one of {BITS}, got {self.bit!r}")
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if not self.quantized and (self.terms is not None or self.per_channel):
+            raise ValueError("terms and per_channel apply to quantized models (bit 2..8), not to full precision")
+        if self.quantized:     # a bit, scheme and terms without a level set: refused here, before any work
+            projection_order(self.bit, self.scheme, self.terms), weight_projection_order(self.bit, self.scheme, self.terms)
+        if self.level_rule != LEVEL_RULE:
+            raise ValueError(f"made with level-set rule {self.level_rule!r}; this version builds {LEVEL_RULE!r}, so "
+                             "its levels would differ")
+
+    @property
+    def quantized(self) -> bool:
+        return self.bit != FULL_PRECISION
+
+    def describe(self) -> str:
+        """e.g. '3-bit resnet20 cifar10', 'full-precision resnet18 imagenet'."""
+        width = f"{self.bit}-bit" if self.quantized else "full-precision"
+        return f"{width} {self.arch} {self.dataset}"
+
+    def build(self) -> nn.Module:
+        """A fresh, randomly initialized model; ``model.spec`` is this description."""
+        depth_or_layers = ARCHS[self.dataset][self.arch]
+        cls = CifarResNet if self.dataset == "cifar10" else ImageNetResNet
+        model = cls(depth_or_layers, self.bit, self.scheme, terms=self.terms, per_channel=self.per_channel)
+        model.spec = self
+        return model
+
+    def meta(self) -> dict:
+        """The checkpoint metadata that describes this model (read back by :meth:`from_meta`)."""
+        return {name: getattr(self, name) for name in SPEC_FIELDS} | {"level_rule": self.level_rule}
+
+    @classmethod
+    def from_meta(cls, meta: dict, **defaults) -> "ModelSpec":
+        """The model a checkpoint's metadata describes; ``defaults`` fill what it does not record (the
+        release's files record dataset, arch and bit only; a full-precision model has no terms)."""
+        values = {**defaults, **{k: meta[k] for k in (*SPEC_FIELDS, "level_rule") if meta.get(k) is not None}}
+        values["per_channel"] = bool(values.get("per_channel", False))
+        if values.get("bit") == FULL_PRECISION:
+            values.pop("terms", None), values.pop("per_channel")
+        return cls(**values)
+
+    def replace(self, **changes) -> "ModelSpec":
+        return dataclasses.replace(self, **changes)

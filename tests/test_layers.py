@@ -1,0 +1,89 @@
+"""The package's imports run one way (ARCHITECTURE.md): read from the source, every import in every module,
+including those inside functions, must go to the same part of the package or to a lower layer, and no chain
+of imports may come back to where it started."""
+import ast
+from pathlib import Path
+
+import apot_utils
+
+PACKAGE = Path(apot_utils.__file__).parent
+LAYERS = {"core": 0, "files": 1, "fast": 2, "fakequant": 3, "integer": 4, "commands": 5, "notebook": 5, "cli": 6,
+          "__main__": 7}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        name = ".".join(("apot_utils",) + (parts[:-1] if parts[-1] == "__init__" else parts))
+        found[name] = path
+    return found
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package modules that module ``name`` imports (``from X import y`` counts X.y when that is a module)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module
+            targets.add(module)
+            targets |= {f"{module}.{alias.name}" for alias in node.names if f"{module}.{alias.name}" in modules}
+    return {t for t in targets if t in modules and t != name}
+
+
+def _part(module: str) -> str:
+    return module.split(".")[1] if "." in module else "__init__"
+
+
+def test_every_part_has_a_layer():
+    assert {_part(m) for m in _modules()} - {"__init__"} == set(LAYERS)
+
+
+def test_imports_never_run_up_the_layers_or_across_parts():
+    modules = _modules()
+    wrong = []
+    for name, path in modules.items():
+        if name == "apot_utils":          # the package's front door re-exports from below; nothing imports it
+            continue
+        mine = _part(name)
+        for target in _imports(name, path, modules):
+            theirs = _part(target)
+            if theirs == "__init__" or (theirs != mine and LAYERS[theirs] >= LAYERS[mine]):
+                wrong.append(f"{name} imports {target}")
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_no_import_cycle():
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    state: dict[str, int] = {}          # 1: on the current path, 2: done
+
+    def visit(node, trail):
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_the_checker_sees_an_import_that_runs_up(tmp_path):
+    """The rule above would catch a lower layer importing a higher one (so the test can fail)."""
+    fake = tmp_path / "mod.py"
+    fake.write_text("def f():\n    from ..commands.train import train\n")
+    modules = _modules() | {"apot_utils.core.mod": fake}
+    assert "apot_utils.commands.train" in _imports("apot_utils.core.mod", fake, modules)
+    assert LAYERS["commands"] > LAYERS["core"]
