@@ -30,7 +30,7 @@ from apot_utils.files import data, paths
 from apot_utils.fakequant.layers import frozen_weights
 from apot_utils.fakequant.evaluate import reuse_freed_memory
 from apot_utils.fakequant.loading import load_model
-from apot_utils.commands.validate import validate_cifar10
+from apot_utils.fakequant.evaluate import validate_cifar10
 
 
 FIVE_BIT = paths.SHIPPED_DIR / "resnet20_5bit_apot.pth.tar"     # the release has none: this project's

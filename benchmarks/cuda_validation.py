@@ -14,7 +14,8 @@ from _common import table, write
 from apot_utils.files import data
 from apot_utils.fakequant.evaluate import pick_device
 from apot_utils.fakequant.loading import load_model
-from apot_utils.commands.validate import run_validation, validate_cifar10
+from apot_utils.commands.validate import run_validation
+from apot_utils.fakequant.evaluate import validate_cifar10
 
 
 def main():

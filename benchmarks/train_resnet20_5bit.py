@@ -27,7 +27,7 @@ from apot_utils.commands import train
 from apot_utils.fakequant import training
 from apot_utils.fakequant.evaluate import pick_device
 from apot_utils.fakequant.loading import load_model
-from apot_utils.commands.validate import validate_cifar10
+from apot_utils.fakequant.evaluate import validate_cifar10
 
 
 def main():

@@ -10,7 +10,7 @@ from apot_utils.files.checkpoints import CheckpointError, read_checkpoint
 from apot_utils.fakequant.layers import alphas
 from apot_utils.fakequant.spec import ModelSpec
 from apot_utils.fakequant.loading import load_model
-from apot_utils.commands.validate import validate_cifar10
+from apot_utils.fakequant.evaluate import validate_cifar10
 
 # The README's published 3-bit output (rounded to 3 decimals), layer by layer.
 PUBLISHED_3BIT_ALPHAS = [

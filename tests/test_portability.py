@@ -24,7 +24,7 @@ from apot_utils.commands.export import export_checkpoint
 from apot_utils.integer.format import load_exported
 from apot_utils.integer.layers import integer_arithmetic
 from apot_utils.fakequant.loading import load_model
-from apot_utils.commands.validate import validate_cifar10
+from apot_utils.fakequant.evaluate import validate_cifar10
 from apot_utils.core.reference import reference_formulation
 
 test = data.load_npz(sys.argv[2])

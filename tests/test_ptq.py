@@ -13,7 +13,7 @@ from apot_utils.files.checkpoints import CheckpointError
 from apot_utils.fakequant.layers import quantized_layers
 from apot_utils.fakequant.spec import ModelSpec
 from apot_utils.fakequant.loading import load_model
-from apot_utils.commands.validate import validate_cifar10
+from apot_utils.fakequant.evaluate import validate_cifar10
 from apot_utils.core.reference import normalize_weight
 from apot_utils.fakequant.quantizers import quantize_weight
 

@@ -9,7 +9,7 @@ import pytest
 from apot_utils.files import data
 from apot_utils.core.levels import level_set
 from apot_utils.fakequant.loading import load_model
-from apot_utils.commands.validate import validate_cifar10
+from apot_utils.fakequant.evaluate import validate_cifar10
 from apot_utils.fast.projection import build_pending
 
 pytestmark = pytest.mark.slow

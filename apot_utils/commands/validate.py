@@ -7,19 +7,12 @@ from typing import Callable
 from torch import nn
 
 from ..core.checks import check_count
-from ..fakequant.evaluate import ValidationResult, describe_device, pick_device, validate
+from ..fakequant.evaluate import ValidationResult, describe_device, pick_device, validate, validate_cifar10
 from ..fakequant.layers import quantized_layers
 from ..fakequant.loading import load_model
 from ..fast.projection import build_pending
 from ..files import data
 from ..integer.format import load_exported
-
-
-def validate_cifar10(model: nn.Module, test: data.ImageArrays, device, batch_size: int = 100,
-                     print_freq: int = 10, log: Callable[[str], None] = print) -> ValidationResult:
-    """Validate on CIFAR-10 arrays in batches of ``batch_size`` (the release used 100)."""
-    return validate(model, data.batches(test, batch_size, device=device), data.num_batches(test, batch_size),
-                    device, "cifar", print_freq, log)
 
 
 def model_of(dataset: str, arch: str, bit: int | None, checkpoint="release", scheme: str | None = None, device="cpu",

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..files import data
 from .layers import alphas, frozen_weights
 
 
@@ -154,3 +155,10 @@ def validate(model: nn.Module, batches: Iterable, total: int, device: torch.devi
     log(summary_line(style, top1.avg, top5.avg))
     return ValidationResult(losses.avg, top1.avg, top5.avg, time.perf_counter() - start,
                             torch.cat(predictions), torch.cat(targets))
+
+
+def validate_cifar10(model: nn.Module, test: data.ImageArrays, device, batch_size: int = 100,
+                     print_freq: int = 10, log: Callable[[str], None] = print) -> ValidationResult:
+    """:func:`validate` on CIFAR-10 arrays in batches of ``batch_size`` (the release used 100)."""
+    return validate(model, data.batches(test, batch_size, device=device), data.num_batches(test, batch_size),
+                    device, "cifar", print_freq, log)

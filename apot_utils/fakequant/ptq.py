@@ -71,12 +71,17 @@ def coarse_to_fine(error, low: float, high: float, step: float, coarse: int = 10
     return min(fine, key=error)
 
 
+def weight_mse(w: torch.Tensor, alpha: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
+    """Mean squared error (σ²) of normalized weights ``w`` (any shape) quantized to the signed set of
+    ``magnitudes`` at clipping threshold ``alpha`` (σ; 0-d, of w's dtype)."""
+    with torch.no_grad():
+        return (quantize_weight(w, alpha, magnitudes) - w).square().mean()
+
+
 def best_weight_alpha(w: torch.Tensor, magnitudes: torch.Tensor) -> float:
-    """The α (σ) with the least squared error of the normalized weights ``w`` (any shape) quantized to the
-    signed set of ``magnitudes``, to 0.01 σ."""
+    """The α (σ) with the least :func:`weight_mse`, searched to 0.01 σ (:func:`coarse_to_fine`)."""
     def error(a: float) -> float:
-        with torch.no_grad():
-            return float((quantize_weight(w, torch.tensor(a, dtype=w.dtype), magnitudes) - w).square().mean())
+        return float(weight_mse(w, torch.tensor(a, dtype=w.dtype), magnitudes))
 
     return coarse_to_fine(error, *WEIGHT_ALPHA_RANGE, WEIGHT_ALPHA_STEP)
 
