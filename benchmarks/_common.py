@@ -1,8 +1,7 @@
 """Shared by the benchmark scripts: timing, machine description, result files.
 
 The scripts use the package as installed (``pip install -e .``, as the README's commands do), through its
-public switches (:func:`apot_utils.core.reference.reference_formulation`, :func:`apot_utils.fast.projection.eager_kernels`,
-:func:`apot_utils.fast.projection.kernel_variants`, ``APOT_COMPILE=0``).
+public switches (:func:`apot_utils.core.reference.reference_formulation`, :func:`apot_utils.fast.projection.kernel_variants`, ``APOT_COMPILE=0``).
 """
 from __future__ import annotations
 

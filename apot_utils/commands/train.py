@@ -77,11 +77,11 @@ class TrainConfig:
     live on the GPU. freeze_bn: BatchNorm keeps its running statistics (eval mode) while the rest
     trains, so that training images from another source (the JPEG copy) do not replace them.
     calibrate_init: from a full-precision ``init`` (CIFAR-10), choose the starting α by post-training
-    quantization on ``calib`` training images (:mod:`apot_utils.ptq`), which also carries BatchNorm's
+    quantization on ``calib`` training images (:mod:`apot_utils.fakequant.ptq`), which also carries BatchNorm's
     statistics over to the normalized weights; False keeps the release's starting α (3.0 for weights,
     8.0 for activations), from which a short run does not recover.
     teacher: a full-precision checkpoint ('release' or a path); the loss is then the cross-entropy
-    between its softened predictions and the model's (:func:`distillation_loss`) instead of the labels'.
+    between its softened predictions and the model's (:func:`apot_utils.fakequant.training.distillation_loss`) instead of the labels'.
     """
     dataset: str = "cifar10"
     arch: str = "resnet20"

@@ -226,7 +226,7 @@ def post_training_quantize(full_precision: nn.Module, spec: ModelSpec, images: t
     """
     if not spec.quantized:
         raise ValueError("post-training quantization needs a bitwidth of 2..8, not 32 (full precision)")
-    if any(isinstance(m, QuantConv2d) and m.quantized for m in full_precision.modules()):
+    if quantized_layers(full_precision):
         raise ValueError("the starting model is already quantized: post-training quantization starts from a "
                          "full-precision (32-bit) checkpoint")
     if images.dim() != 4 or len(images) == 0:

@@ -46,7 +46,7 @@ class Recipe:
     warmup_start_lr: float | None = None
 
 
-CIFAR_WEIGHT_DECAY = {32: 5e-4, 4: 1e-4, 3: 1e-4, 2: 3e-5}   # the release's train_res20.sh
+CIFAR_WEIGHT_DECAY = {FULL_PRECISION: 5e-4, 4: 1e-4, 3: 1e-4, 2: 3e-5}   # the release's train_res20.sh
 
 
 def default_recipe(dataset: str, bit: int, arch: str | None = None) -> Recipe:
@@ -143,7 +143,7 @@ def parameter_digest(model: nn.Module) -> str:
 
 def log_alphas(writer, model: nn.Module, step: int) -> None:
     """Every quantized layer's α as ``alpha/weight/<layer>`` and ``alpha/act/<layer>`` at ``step`` (per-channel
-    weight α: their mean, as :func:`apot_utils.layers.alphas` reports it)."""
+    weight α: their mean, as :func:`apot_utils.fakequant.layers.alphas` reports it)."""
     for name, weight_alpha, act_alpha in alphas(model):
         writer.add_scalar(f"alpha/weight/{name}", weight_alpha, step)
         writer.add_scalar(f"alpha/act/{name}", act_alpha, step)

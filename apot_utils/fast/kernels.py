@@ -1,5 +1,6 @@
 """The bodies of the fused kernels, and nothing else: :mod:`apot_utils.fast.aot` names each compiled
-package after this module's source, so editing the quantizer or the layers never rebuilds a kernel.
+package after the kernel's own source and that of the functions here it calls, so editing the quantizer,
+the layers or a docstring never rebuilds a kernel.
 
 Every kernel takes 1-D tensors. The tables come from :class:`apot_utils.fast.projection.Decisions`:
 ``thresholds`` [L − 1] ascending (the smallest input whose nearest level is the i-th sorted level or

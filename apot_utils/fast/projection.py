@@ -5,14 +5,13 @@ quantizer built on it, :class:`FusedClippedProjection`. Everything here equals t
 ``tests/test_quantize.py``); inside :func:`apot_utils.core.reference.reference_formulation`, :func:`project`
 computes by the reference itself.
 
-Switches: ``APOT_COMPILE=0`` in the environment, or :func:`eager_kernels` in code, keeps every kernel eager
-(no compiled package is built or loaded); :func:`kernel_variants` gives each kernel on its own (benchmarks).
+Switches: ``APOT_COMPILE=0`` in the environment keeps every kernel eager (no compiled package is built or
+loaded); :func:`kernel_variants` gives each kernel on its own (benchmarks).
 """
 from __future__ import annotations
 
 import os
 import warnings
-from contextlib import contextmanager
 from functools import lru_cache
 from typing import Callable, NamedTuple
 
@@ -127,9 +126,9 @@ def project(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor | None = 
 
     x: float32 or float64 tensor of any shape. Values below 0 (and -inf) go to 0, above 1 (and
     +inf) to 1; NaN stays NaN. levels: 1-D, distinct, from 0 to 1 (a set of
-    :mod:`apot_utils.levels`), cast to x's dtype; **their order is the tie order**: a value
+    :mod:`apot_utils.core.levels`), cast to x's dtype; **their order is the tie order**: a value
     exactly between two levels goes to the one listed first, as argmin's first index does
-    (sorted levels: ties to the lower one; :func:`apot_utils.levels.projection_order`: the
+    (sorted levels: ties to the lower one; :func:`apot_utils.core.levels.projection_order`: the
     release's choice). scale: optional 0-d tensor; the result is then ``levels[...] * scale``,
     the same values as multiplying afterwards, in the same pass. divisor: optional positive 0-d
     tensor α; the result is then that of ``project(x / α, ...)``, bit for bit, without the division
@@ -138,7 +137,7 @@ def project(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor | None = 
     The result equals the argmin over the N×L distance table computed in x's precision, without
     building that table: comparisons with the L - 1 decision thresholds (:func:`decisions`),
     memory O(N), independent of L. Large inputs run through a fused kernel compiled ahead of time
-    (:mod:`apot_utils.fast.aot`; ``APOT_COMPILE=0`` or :func:`eager_kernels` turns it off): up to ``_TREE_MAX_LEVELS`` levels a
+    (:mod:`apot_utils.fast.aot`; ``APOT_COMPILE=0`` turns it off): up to ``_TREE_MAX_LEVELS`` levels a
     binary search written as vector compares and selects (:func:`~apot_utils.fast.kernels.select_tree`), above that a lookup
     in a bucket table (:func:`~apot_utils.fast.kernels.lookup`, also the eager kernel); all give the same result.
     """
@@ -198,22 +197,8 @@ def _run_clip_grads(grad: torch.Tensor, code: torch.Tensor):
     return clip_grads(grad, code)
 
 
-_eager = [False]
-
-
-@contextmanager
-def eager_kernels():
-    """Inside the block no fused kernel is used, built or loaded (as under ``APOT_COMPILE=0``): the eager
-    kernels, the same values. For benchmarks and for machines without a C++ compiler."""
-    saved, _eager[0] = _eager[0], True
-    try:
-        yield
-    finally:
-        _eager[0] = saved
-
-
 def _fusing() -> bool:
-    return not _eager[0] and os.environ.get("APOT_COMPILE", "1") != "0"
+    return os.environ.get("APOT_COMPILE", "1") != "0"
 
 
 def build_pending(levels: torch.Tensor, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> bool:
@@ -301,8 +286,6 @@ class FusedClippedProjection(torch.autograd.Function):
                                                                                slope.reshape(-1)))
         grad_alpha = per_element.sum() if ctx.alpha_shape == () else per_element.sum_to_size(ctx.alpha_shape)
         return grad_x, grad_alpha.mul(ctx.grad_scale), None, None, None, None
-
-
 
 
 def kernel_variants(levels: torch.Tensor, dtype: torch.dtype = torch.float32,

@@ -4,7 +4,7 @@ shifts and adds), its accumulator bound, and the fixed-order float sums of the 8
 
 A b-bit level is an integer I (:func:`apot_utils.core.levels.integer_levels`) over the set's largest,
 I_max, so a quantized convolution is s · conv(I_a, c_w), s = α_a · α_w / (I_a,max · I_w,max)
-(:mod:`apot_utils.integer` explains it); conv(I_a, c_w) is an exact integer.
+(:mod:`apot_utils.integer.layers` explains it); conv(I_a, c_w) is an exact integer.
 """
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ def folded_scale(act_alpha: torch.Tensor, weight_alpha: torch.Tensor, bits: int,
 
 def in_order(sorted_values: torch.Tensor, listed: torch.Tensor) -> torch.Tensor:
     """``sorted_values`` (one per level of a set, ascending) rearranged to follow the order in which
-    ``listed`` gives the set's levels (e.g. :func:`apot_utils.levels.projection_order`)."""
+    ``listed`` gives the set's levels (e.g. :func:`apot_utils.core.levels.projection_order`)."""
     return sorted_values[torch.searchsorted(listed.sort().values, listed)]
 
 

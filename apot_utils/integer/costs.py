@@ -39,7 +39,7 @@ def layer_rows(model: nn.Module, image_shape: tuple[int, int, int]) -> list[dict
             elif isinstance(module, (FirstConv8bit, LastLinear8bit)):     # 8-bit codes: an 8-bit multiplier
                 bits, n_w, n_a, weight_bytes = (8, 8), None, None, module.weight.numel()
             else:
-                bits, n_w, n_a, weight_bytes = (32, 32), None, None, module.weight.numel() * 4
+                bits, n_w, n_a, weight_bytes = (FULL_PRECISION, FULL_PRECISION), None, None, module.weight.numel() * 4
             rows.append({"layer": name, "bits w/a": f"{bits[0]}/{bits[1]}", "MACs": macs,
                          "weight terms": n_w, "act terms": n_a,
                          "shift-adds": None if n_w is None else macs * n_w,

@@ -14,7 +14,7 @@ from .layers import IntegerConv2d, integer_arithmetic
 
 def first_code_flip(model: nn.Module, images: torch.Tensor, index: int) -> dict | None:
     """Where float and integer arithmetic first send an activation of ``images[index]`` to different
-    levels. Runs the batch ``images`` [N, 3, H, W] through ``model`` (from :func:`apot_utils.export.load_exported`)
+    levels. Runs the batch ``images`` [N, 3, H, W] through ``model`` (from :func:`apot_utils.integer.format.load_exported`)
     both ways, compares every :class:`IntegerConv2d`'s activation integers for that image in forward
     order, and returns None if none differ, else the first such layer, the number of flipped
     activations there, ``gap``: the largest |u_float − u_integer| among them (u = input / α, so in units

@@ -43,7 +43,7 @@ def resnet20_weights(seed: int = 0) -> tuple[dict[str, torch.Tensor], str]:
     """
     with torch.random.fork_rng():           # building a model draws random weights: leave the caller's state alone
         try:
-            model = load_model("cifar10", "resnet20", 32, "release", log=lambda line: None)
+            model = load_model("cifar10", "resnet20", FULL_PRECISION, "release", log=lambda line: None)
             what = "released full-precision ResNet-20"
         except (checkpoints.CheckpointError, OSError) as missing:
             torch.manual_seed(seed)

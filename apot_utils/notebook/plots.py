@@ -76,7 +76,7 @@ def curves(series: dict[str, tuple[list[float], list[float]]], title: str, xlabe
 def release_curves(logs: dict, tag: str, title: str, ylabel: str, ylim=None, log_y: bool = False):
     """One panel per architecture: scalar ``tag`` of the released runs against the epoch (step / 1,252,
     one step being one iteration at batch 1,024), a line per bitwidth. logs: (arch, bit) -> scalars, as
-    :func:`apot_utils.tblogs.release_logs` returns."""
+    :func:`apot_utils.files.tblogs.release_logs` returns."""
     archs = sorted({arch for arch, _ in logs})
     fig, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 4), sharey=True)
     for ax, arch in zip(np.atleast_1d(axes), archs):
@@ -218,7 +218,7 @@ def levels_on_weights(w: torch.Tensor, bits: int, alphas: dict[str, float], sour
 
 def error_vs_bits(rows: list[dict]):
     """Best-α quantization error (σ², log scale) per bitwidth, a line per scheme; rows as
-    :func:`apot_utils.analysis.error_table` returns them."""
+    :func:`apot_utils.notebook.analysis.error_table` returns them."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for scheme in dict.fromkeys(r["scheme"] for r in rows):
         mine = [r for r in rows if r["scheme"] == scheme]
@@ -261,7 +261,7 @@ def normalization(layers: dict[str, torch.Tensor]):
 
 
 def quantizer_curves(curves: dict[str, dict[str, torch.Tensor]], alpha: float, unit: str):
-    """Rows: label -> :func:`apot_utils.analysis.quantizer_curves` output. Columns: the forward
+    """Rows: label -> :func:`apot_utils.notebook.analysis.quantizer_curves` output. Columns: the forward
     staircase, the input gradient and the α gradient, against the input (``unit``)."""
     fig, axes = plt.subplots(len(curves), 3, figsize=(14, 3.2 * len(curves)), sharex=True, squeeze=False)
     for row, (label, c) in zip(axes, curves.items()):
@@ -283,7 +283,7 @@ def quantizer_curves(curves: dict[str, dict[str, torch.Tensor]], alpha: float, u
 
 
 def alpha_trajectories(trajectories: dict[str, dict[str, list[float]]], best: dict[str, tuple[float, float]]):
-    """label -> :func:`apot_utils.analysis.fit_alpha` trajectory; ``best``: label -> (α, error) of the grid
+    """label -> :func:`apot_utils.notebook.analysis.fit_alpha` trajectory; ``best``: label -> (α, error) of the grid
     search. Left: α (σ) per step, dashed at the grid optimum; right: the error (σ²) per step, dashed at the
     grid optimum's error."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
@@ -308,7 +308,7 @@ def alpha_trajectories(trajectories: dict[str, dict[str, list[float]]], best: di
 
 
 def alpha_gradient_rules(rules: dict[str, dict[str, torch.Tensor]]):
-    """label -> {'u': x/α [P], 'grad': ∂q/∂α [P]} (:func:`apot_utils.analysis.alpha_gradient`): the α
+    """label -> {'u': x/α [P], 'grad': ∂q/∂α [P]} (:func:`apot_utils.notebook.analysis.alpha_gradient`): the α
     gradient of each rule against the input in units of α, one panel each, sharing the axes."""
     fig, axes = plt.subplots(1, len(rules), figsize=(4.6 * len(rules), 3.4), sharey=True)
     for ax, (label, r) in zip(np.atleast_1d(axes), rules.items()):
@@ -415,7 +415,7 @@ def smoothed(values: list[float], window: int) -> np.ndarray:
 
 
 def training_curves(scalars: dict[str, tuple[list[int], list[float]]], title: str, window: int = 8):
-    """A run's TensorBoard scalars (:func:`apot_utils.tblogs.read_scalars`): training loss and top-1 per
+    """A run's TensorBoard scalars (:func:`apot_utils.files.tblogs.read_scalars`): training loss and top-1 per
     step (thin: each batch; thick: running mean of ``window`` batches), validation top-1 (markers,
     step 0 = before the first step)."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
@@ -455,7 +455,7 @@ def alpha_targets(start: list[tuple[str, float, float]], end: list[tuple[str, fl
 
 
 def integer_layer(trace: dict, name: str):
-    """One exported layer in integers (:func:`apot_utils.integer.layer_trace`): how often each signed
+    """One exported layer in integers (:func:`apot_utils.integer.verify.layer_trace`): how often each signed
     weight integer and each activation integer occurs, and the float output against s · the integer
     convolution."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))

@@ -2,7 +2,7 @@
 
 Controls for the bitwidth b, the number of additive terms n (APoT; the paper's n, each term then
 about k = b/n bits wide), the scheme and the clipping threshold
-α redraw one picture (:func:`apot_utils.plots.draw_level_explorer`): the signed b-bit weight
+α redraw one picture (:func:`apot_utils.notebook.plots.draw_level_explorer`): the signed b-bit weight
 levels on a weight histogram, the quantization function and the error against α. The picture
 is a PNG swapped into an ``ipywidgets.Image``, so a redraw replaces it in place, without
 flicker. Displayed where no widget frontend runs (nbconvert, nbval, a static notebook viewer),

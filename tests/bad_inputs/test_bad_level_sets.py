@@ -1,5 +1,5 @@
 """The projection at its edges (inf, NaN, huge values, exact midpoints) and every level set that
-:func:`~apot_utils.levels.available_terms` lists, through every place that offers it."""
+:func:`~apot_utils.core.levels.available_terms` lists, through every place that offers it."""
 import subprocess
 import sys
 

@@ -1,0 +1,2 @@
+"""The fake-quantized model world: quantizers, layers, models, ModelSpec, loading, evaluation, post-training
+quantization, training."""

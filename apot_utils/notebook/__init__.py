@@ -1,0 +1,1 @@
+"""The chapters' helpers: analysis, plots, the bitwidth widget."""
