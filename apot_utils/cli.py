@@ -94,7 +94,9 @@ def main(argv=None) -> int:
     q.add_argument("--calib", type=_positive, default=512, help="training images that calibrate α (default 512)")
     q.add_argument("--act-rule", choices=("mse", "percentile"), default="mse", help="how activation α is chosen")
     q.add_argument("--percentile", type=float, default=99.99, help="with --act-rule percentile: which percentile")
-    q.add_argument("--bn-recalibrate", action="store_true", help="re-estimate BatchNorm statistics on the calibration images")
+    q.add_argument("--batchnorm", choices=("transfer", "recalibrate", "keep"), default="transfer",
+                   help="BatchNorm statistics: carried over from full precision (default), re-estimated on the "
+                        "calibration images, or kept unchanged")
     q.add_argument("--terms", type=_positive, default=None,
                    help="n, the number of additive terms of the APoT level sets (default: the release's, ceil(b/2))")
     q.add_argument("--per-channel", action="store_true", help="one weight α per output channel instead of one per layer")
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
             from .fakequant.spec import ModelSpec
             if args.bit in (None, FULL_PRECISION):
                 parser.error("quantize needs --bit 2..8")
-            calibration = Calibration(args.act_rule, args.percentile, args.bn_recalibrate, seed=args.seed)
+            calibration = Calibration(args.act_rule, args.percentile, args.batchnorm, seed=args.seed)
             spec = ModelSpec(args.dataset, args.arch, args.bit, args.scheme or "apot", args.terms, args.per_channel)
             quantize_checkpoint(spec, args.init, args.out, args.calib, calibration, args.data)
         elif args.command == "export":

@@ -101,7 +101,7 @@ def test_the_exported_file_is_the_checkpoints_model(bit, exported, exact_images)
 
 @pytest.mark.slow
 def test_integer_path_equals_the_quantized_model(exported, exact_images):
-    """At 3 bits (the comparison is the same code at every bitwidth; chapter 06 runs it at all three)."""
+    """At 3 bits (the comparison is the same code at every bitwidth; chapter 07 runs it at all three)."""
     x, y = exact_images
     found = compare_with_float(exported[3], x, y)
     # float64 float parts: integer codes and exact integer convolutions against the fake-quantized model on exact levels
@@ -154,3 +154,5 @@ def test_fixops_reproduce_the_papers_table_3():
     rows = costs.layer_rows(ModelSpec("cifar10", "resnet20", 3).build(), (3, 32, 32))
     assert rows[1]["weight terms"] == 1 and rows[1]["act terms"] == 2        # 3-bit APoT: n_w = 1, n_a = 2
     assert rows[1]["shift-adds"] == rows[1]["MACs"]
+    assert rows[1]["act comparisons"] == 16 * 32 * 32 * 7           # every input activation: 2^3 − 1 thresholds
+    assert rows[0]["act comparisons"] is None                          # the 8-bit first layer sees the image

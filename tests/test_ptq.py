@@ -64,6 +64,22 @@ def test_percentile_rule(setup):
     assert layer.act_alpha.item() == pytest.approx(float(torch.quantile(x.double().flatten()[:1 << 20], 0.99)), rel=1e-4)
 
 
+
+def test_batchnorm_rules_keep_recalibrate_and_refuse_others(setup):
+    fp, images, _ = setup
+    spec = ModelSpec("cifar10", "resnet20", 3)
+    kept = ptq.post_training_quantize(fp, spec, images[:32], calibration=ptq.Calibration(batchnorm="keep"), log=lambda line: None)
+    moved = ptq.post_training_quantize(fp, spec, images[:32], log=lambda line: None)
+    fp_norms = dict(fp.named_modules())
+    for name, m in kept.named_modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            assert torch.equal(m.running_var, fp_norms[name].running_var), name
+    # after a normalized (σ-unit) convolution the transferred variance is about 1/σ² times the full-precision one
+    assert not torch.allclose(dict(moved.named_modules())["layer1.0.bn1"].running_var, fp_norms["layer1.0.bn1"].running_var)
+    with pytest.raises(ValueError, match="batchnorm must be one of"):
+        ptq.Calibration(batchnorm="freeze")
+
+
 def test_cli_round_trip_through_validate(setup, tmp_path, capsys):
     _, _, first1000 = setup
     out = tmp_path / "ptq5.pth.tar"

@@ -29,12 +29,12 @@ from torch import nn
 from ..core.checks import check_count
 from ..core.levels import FULL_PRECISION
 from ..fakequant.evaluate import ValidationResult, describe_device, pick_device, summary_line, validate
-from ..fakequant.layers import quantized_layers
 from ..fakequant.loading import checkpoint_path, load_into, load_model
 from ..fakequant.ptq import post_training_quantize
 from ..fakequant.spec import ModelSpec
 from ..fakequant.training import (EVAL_GAP_WARNING, Recipe, check_finite_parameters, check_recipe, default_recipe,
-                                  log_alphas, parameter_digest, parameter_groups, train_one_epoch)
+                                  log_alphas, parameter_digest, parameter_groups, set_quantizer_options,
+                                  train_one_epoch)
 from ..files import checkpoints, data
 
 
@@ -173,10 +173,9 @@ def _prepare_data(cfg: TrainConfig, recipe: Recipe, device, where: Distributed, 
     per_process = recipe.batch_size // where.world
     if cfg.dataset == "cifar10":
         say("=> loading cifar10 data...")
-        train_set = data.load_cifar10(cfg.data_source, train=True, progress=cfg.progress)
+        # a subset is drawn as ImageArrays.sample draws it; from the JPEG zip only those files are decoded
+        train_set = data.load_cifar10(cfg.data_source, train=True, sample=cfg.subset, seed=cfg.seed, progress=cfg.progress)
         test_set = data.load_cifar10(cfg.val_source)
-        if cfg.subset is not None:
-            train_set = train_set.sample(cfg.subset, cfg.seed)
         if cfg.val_subset is not None:
             test_set = test_set.subset(cfg.val_subset)
         if cfg.data_on_device:
@@ -243,11 +242,7 @@ def _prepare_model(cfg: TrainConfig, spec: ModelSpec, recipe: Recipe, device, sa
         else:
             say(f"=> initialized from {data.display_path(path)}"
                 + (f" (new: {', '.join(sorted({k.rsplit('.', 1)[-1] for k in missing}))} at their defaults)" if missing else ""))
-    for _, layer in quantized_layers(model):
-        layer.grad_scale = recipe.alpha_grad_scale
-        layer.clip_weight_grad = recipe.clip_weight_grad and cfg.bit > 2
-        layer.weight_stats_grad = recipe.weight_stats_grad
-    return model.to(device)
+    return set_quantizer_options(model, recipe).to(device)
 
 
 def _load_init(cfg: TrainConfig, path: Path) -> nn.Module:

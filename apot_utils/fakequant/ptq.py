@@ -10,11 +10,13 @@ every clipping threshold from data instead of learning it:
   calibration images *with every earlier layer already quantized*: the α minimizing the mean
   squared quantization error of those inputs ('mse'), or a high percentile of them ('percentile');
 - BatchNorm running statistics carried over to the quantized network (:func:`_transfer_batchnorm`).
-  This step is not optional: the quantizer normalizes each layer's weights and never multiplies σ
+  This step is needed: the quantizer normalizes each layer's weights and never multiplies σ
   back (the release's design: BatchNorm absorbs the scale), so a quantized convolution's output is
   about 1/σ times the full-precision one (σ ≈ 0.01–0.1) and the full-precision statistics no longer
-  fit. ``bn_recalibrate`` instead re-estimates them plainly on the calibration images, which also
-  imports those images' own statistics (on the JPEG copy of the training set: several points lost).
+  fit. ``Calibration(batchnorm="recalibrate")`` instead re-estimates them plainly on the calibration
+  images, which also imports those images' own statistics (on the JPEG copy of the training set: several
+  points lost); ``batchnorm="keep"`` leaves the full-precision statistics as they are (an ablation: what
+  the transfer is for).
 
 Calibration images come from the *training* set: choosing α on test images would leak them
 into the accuracy reported on those same images.
@@ -39,22 +41,28 @@ WEIGHT_ALPHA_RANGE = (0.5, 8.0)          # σ: weight α is searched in this ran
 WEIGHT_ALPHA_STEP = 0.01                  # ... to this resolution
 ACT_ALPHA_STEP = 0.01                     # activation α: fractions of the largest input seen, to this resolution
 ACT_RULES = ("mse", "percentile")
+BATCHNORM_RULES = ("transfer", "recalibrate", "keep")
 MAX_ACT_SAMPLES = 1 << 20      # activations per layer the α search looks at (a seeded sample)
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """How α is chosen. act_rule: 'mse' or 'percentile' (then ``percentile``, in %, of the
-    layer's inputs); bn_recalibrate: re-estimate BatchNorm statistics on the calibration images."""
+    """How α and BatchNorm's statistics are chosen. act_rule: 'mse' or 'percentile' (then ``percentile``,
+    in %, of the layer's inputs). batchnorm: 'transfer' (carry the full-precision statistics over to the
+    quantized model, :func:`_transfer_batchnorm`), 'recalibrate' (transfer them while the α are chosen, then
+    re-estimate them on the calibration images) or 'keep' (leave the full-precision statistics unchanged
+    throughout, the α chosen on what the layers then receive)."""
     act_rule: str = "mse"
     percentile: float = 99.99
-    bn_recalibrate: bool = False
+    batchnorm: str = "transfer"
     batch_size: int = 128
     seed: int = 0
 
     def __post_init__(self):
         if self.act_rule not in ACT_RULES:
             raise ValueError(f"act_rule must be one of {ACT_RULES}, got {self.act_rule!r}")
+        if self.batchnorm not in BATCHNORM_RULES:
+            raise ValueError(f"batchnorm must be one of {BATCHNORM_RULES}, got {self.batchnorm!r}")
         if not 0 < self.percentile <= 100:
             raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
         check_count("batch_size", self.batch_size, allow_none=False)
@@ -251,10 +259,10 @@ def post_training_quantize(full_precision: nn.Module, spec: ModelSpec, images: t
             spread = (f" (per channel {module.weight_alpha.min().item():.2f}–{module.weight_alpha.max().item():.2f})"
                       if module.per_channel else "")
             log(f"{name}: weight alpha {module.weight_alpha.mean().item():.3f} σ{spread}, act alpha {module.act_alpha.item():.3f}")
-        elif isinstance(module, nn.BatchNorm2d):
+        elif isinstance(module, nn.BatchNorm2d) and calibration.batchnorm != "keep":   # α then sees realistic inputs
             fp_norm = fp_modules[name]
             _transfer_batchnorm(module, (fp_norm.running_mean.double(), fp_norm.running_var.double()),
                                 _channel_moments(fp_inputs(fp_norm)), _channel_moments(inputs(module)))
-    if calibration.bn_recalibrate:
+    if calibration.batchnorm == "recalibrate":
         _recalibrate_batchnorm(model, batches)
     return model

@@ -58,7 +58,7 @@ def default_recipe(dataset: str, bit: int, arch: str | None = None) -> Recipe:
     normalization without gradient through its mean and std; weight gradients never stopped.
 
     ImageNet ResNet-18/34: what the authors' TensorBoard logs show their runs did (their ``lr``
-    scalar, one step = one iteration at batch 1,024, 1,252 steps an epoch), not the unused schedule in
+    scalar, one step = one iteration at batch 1,024, 1,250 steps an epoch), not the unused schedule in
     their ``main.py``: a linear warm-up over the first 2,500 steps (2 epochs) from 0.025 (ResNet-18
     2-bit: from 0.01) to the base lr, then ×0.1 at steps 37,500 / 75,000 / 112,500 (epochs 30 / 60 /
     90), ending near step 124,800 (100 epochs). Base lr: ResNet-18 0.01 at 3–5 bits and 0.04 at 2
@@ -115,6 +115,17 @@ def parameter_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
                     "weight_decay": recipe.weight_alpha_weight_decay})
     return out
 
+
+
+def set_quantizer_options(model: nn.Module, recipe: Recipe) -> nn.Module:
+    """Give every quantized layer of ``model`` the recipe's quantizer options: the α gradient scale, whether
+    the weight gradient stops beyond ±α (above 2 bits only: the ImageNet release's 2-bit weights pass it) and
+    whether the weight normalization's mean and std are differentiated. Returns the model."""
+    for _, layer in quantized_layers(model):
+        layer.grad_scale = recipe.alpha_grad_scale
+        layer.clip_weight_grad = recipe.clip_weight_grad and layer.bit > 2
+        layer.weight_stats_grad = recipe.weight_stats_grad
+    return model
 
 RATES = ("lr", "weight_decay", "momentum", "act_alpha_lr", "act_alpha_weight_decay", "weight_alpha_lr",
          "weight_alpha_weight_decay", "alpha_grad_scale", "gamma")

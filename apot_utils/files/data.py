@@ -258,7 +258,8 @@ def batches(data: ImageArrays, batch_size: int, order: torch.Tensor | None = Non
             generator: torch.Generator | None = None, device=None):
     """Yield (normalized float images [B, 3, 32, 32], labels [B]) on ``device``.
 
-    order: the indices to visit (default all, in order), e.g. from :func:`epoch_order`.
+    order: the indices to visit (default all, in order: a class-sorted file, such as a sample of the JPEG
+    copy, then gives one class a batch; train on :func:`epoch_order`'s shuffle).
     train_augment: random crop and flip (:func:`augment`, drawing from ``generator``, which must
     live on the arrays' device). The arrays stay where they are (CPU, or already on the GPU for a
     device-resident pipeline); each batch is moved, augmented and normalized there.

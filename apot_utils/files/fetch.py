@@ -9,7 +9,7 @@ What it makes, under ``dest`` (default ``data/reference``):
 Every file is checked against its sha256 (the images: a digest of their pixels and labels) and
 appears under its name only once checked; an interrupted download resumes where it stopped.
 
-Not public, so never downloaded: the JPEG copy of CIFAR-10 that chapters 05 and 07 train and calibrate
+Not public, so never downloaded: the JPEG copy of CIFAR-10 that chapters 03 (its JPEG section), 04 and 05 calibrate, train and test on
 on, and ``reference/imagenet_resnet18_release_keys.json`` (:data:`LOCAL_ONLY`); with ``--from`` they are
 copied (checked) when the source folder has them.
 """
@@ -130,6 +130,6 @@ def fetch(dest: str | Path = DEFAULT_DEST, source: str | Path | None = None, log
             _copy_verified(source / relative, target, lambda p: sha256_of(p) == sha, relative)
             log(f"wrote   {relative}")
         else:
-            log(f"missing {relative} (not public: only in a copy of the reference data; chapters 05 and 07 need it)")
+            log(f"missing {relative} (not public: only in a copy of the reference data; chapters 03, 04 and 05 need it)")
     log(f"=> done: export APOT_DATA_DIR={dest.resolve()}")
     return dest

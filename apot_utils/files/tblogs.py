@@ -6,7 +6,9 @@ from pathlib import Path
 from .paths import reference_dir
 
 LOG_URL = "https://github.com/yhhhli/APoT_Quantization/tree/master/ImageNet/events"
-STEPS_PER_EPOCH = 1252   # a log step is one iteration at batch 1,024: 1,281,167 training images / 1,024
+# a log step is one iteration (batch 1k, the README's "batch1k"); the learning rate drops at steps 37,500, 75,000
+# and 112,500, the recipe's epochs 30, 60 and 90: 1,250 steps an epoch (1,281,167 images / 1,024 would be 1,251.1)
+STEPS_PER_EPOCH = 1250
 
 
 def read_scalars(path: str | Path) -> dict[str, tuple[list[int], list[float]]]:

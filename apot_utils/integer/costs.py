@@ -10,6 +10,10 @@ Counting rules (per multiply-accumulate, MAC, of a convolution or linear layer):
   (an 8-bit × 8-bit MAC, the first layer, counts 1, and so does a full-precision one); an APoT MAC
   counts 3/4 of the uniform one. The 3/4 is not derived here: it is the factor the paper's own
   numbers imply (its ResNet-18 APoT rows are 0.75 of its uniform rows, layer for layer).
+
+Per input activation of a quantized layer, requantization: its nearest of the L = 2^b levels takes L − 1
+comparisons with the decision thresholds (``act comparisons``; a binary search needs only b of them, at the
+price of data-dependent branches).
 """
 from __future__ import annotations
 
@@ -25,17 +29,19 @@ APOT_FIXOPS_FACTOR = 0.75
 def layer_rows(model: nn.Module, image_shape: tuple[int, int, int]) -> list[dict]:
     """One row per convolution or linear layer of ``model`` for one image of ``image_shape`` (C, H, W):
     name, bits (weights/activations), MACs, weight and activation terms (most set bits of a level's
-    integer), shift-adds, partial products, and weight storage in bytes (packed codes; float32 at
-    full precision)."""
+    integer), shift-adds, partial products, the comparisons that requantize the layer's input
+    activations (quantized layers), and weight storage in bytes (packed codes; float32 at full precision)."""
     rows, hooks = [], []
 
     def count(name):
         def hook(module, args, out):
             macs = out.numel() * module.weight[0].numel()        # per output element: C_in/groups · kh · kw
+            comparisons = None
             if isinstance(module, QuantConv2d) and module.quantized:
                 b, n_w = module.bit, max_set_bits(module.bit - 1, module.scheme, module.terms)
                 n_a = max_set_bits(module.bit, module.scheme, module.terms)
                 bits, weight_bytes = (b, b), module.weight.numel() * b / 8
+                comparisons = args[0].numel() * (2**b - 1)
             elif isinstance(module, (FirstConv8bit, LastLinear8bit)):     # 8-bit codes: an 8-bit multiplier
                 bits, n_w, n_a, weight_bytes = (8, 8), None, None, module.weight.numel()
             else:
@@ -44,6 +50,7 @@ def layer_rows(model: nn.Module, image_shape: tuple[int, int, int]) -> list[dict
                          "weight terms": n_w, "act terms": n_a,
                          "shift-adds": None if n_w is None else macs * n_w,
                          "partial products": None if n_w is None else macs * n_w * n_a,
+                         "act comparisons": comparisons,
                          "weight bytes": weight_bytes, "_bits": bits,
                          "_apot": isinstance(module, QuantConv2d) and module.quantized and module.scheme == "apot"})
         return hook
@@ -73,11 +80,12 @@ def fixops(rows: list[dict]) -> float:
 def totals(rows: list[dict]) -> dict:
     """Sums over :func:`layer_rows`: multiplications (MACs of the layers that keep a multiplier: full
     precision and the 8-bit first and last layers), shift-adds and partial products of the others,
-    weight bytes, and FixOPS."""
+    activation comparisons, weight bytes, and FixOPS."""
     def total(key):
         return sum(r[key] for r in rows if r[key] is not None)
     return {"MACs": total("MACs"), "multiplications": sum(r["MACs"] for r in rows if r["shift-adds"] is None),
             "shift-adds": total("shift-adds"), "partial products": total("partial products"),
+            "act comparisons": total("act comparisons"),
             "weight bytes": total("weight bytes"), "FixOPS": fixops(rows)}
 
 

@@ -8,6 +8,8 @@ figures do not depend on the machine's summation order.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -180,7 +182,7 @@ def layer_inputs(model: nn.Module, layer: str, images: torch.Tensor) -> tuple[to
         return x, quantize_activation(x, module.act_alpha, module.act_levels)
 
 
-ALPHA_RULES = ("RCF (APoT)", "PACT", "LSQ")
+ALPHA_RULES = ("RCF", "PACT", "LSQ")
 
 
 def _pact_quantize(x: torch.Tensor, alpha: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -191,28 +193,28 @@ def _pact_quantize(x: torch.Tensor, alpha: torch.Tensor, levels: torch.Tensor) -
     return y + (rounded - y).detach()
 
 
-def _rule_quantizer(rule: str, bits: int, elements: int):
-    """(quantize(x, α), levels) for one α-gradient rule on ``elements`` inputs. RCF: the release's
-    quantizer on APoT levels. PACT: uniform levels, its gradient. LSQ (Esser et al. 2020): uniform levels,
-    the RCF gradient in α's units scaled by 1 / sqrt(N · (2^b − 1)), N the inputs (its gradient scale)."""
-    if rule == "RCF (APoT)":
-        levels = level_set(bits)
-        return (lambda x, a: quantize_activation(x, a, levels)), levels
-    levels = level_set(bits, "uniform")
+def _rule_quantizer(rule: str, bits: int, elements: int, scheme: str):
+    """quantize(x, α) on the b-bit ``scheme`` levels with the α gradient of ``rule``, for a tensor of
+    ``elements`` inputs. RCF: the release's quantizer. PACT: its clip-then-round gradient. LSQ (Esser et
+    al. 2020): the RCF gradient scaled by 1 / sqrt(N · (2^b − 1)), N the inputs (its gradient scale).
+    The forward is the same for all three."""
+    levels = level_set(bits, scheme)
+    if rule == "RCF":
+        return lambda x, a: quantize_activation(x, a, levels)
     if rule == "PACT":
-        return (lambda x, a: _pact_quantize(x, a, levels)), levels
+        return lambda x, a: _pact_quantize(x, a, levels)
     if rule == "LSQ":
         scale = 1.0 / (elements * (2**bits - 1)) ** 0.5
-        return (lambda x, a: quantize_activation(x, a, levels, grad_scale=scale)), levels
+        return lambda x, a: quantize_activation(x, a, levels, grad_scale=scale)
     raise ValueError(f"rule must be one of {ALPHA_RULES}, got {rule!r}")
 
 
-def alpha_gradient(rule: str, bits: int = 3, points: int = 801) -> dict[str, torch.Tensor]:
-    """∂q/∂α of one input x at α = 1 under ``rule`` (:data:`ALPHA_RULES`), measured through autograd,
-    for x from -0.25 to 1.5 (units of α). LSQ's gradient is shown without its 1/sqrt(N·(2^b − 1)) scale,
-    which depends on the size N of the tensor. Returns u [points] and grad [points]."""
+def alpha_gradient(rule: str, bits: int = 3, scheme: str = "uniform", points: int = 801) -> dict[str, torch.Tensor]:
+    """∂q/∂α of one input x at α = 1 under ``rule`` (:data:`ALPHA_RULES`) on the ``scheme`` levels,
+    measured through autograd, for x from -0.25 to 1.5 (units of α). LSQ's gradient is shown without its
+    1/sqrt(N·(2^b − 1)) scale, which depends on the size N of the tensor. Returns u [points] and grad [points]."""
     u = torch.linspace(-0.25, 1.5, points, dtype=torch.float64)
-    quantize, _ = _rule_quantizer(rule, bits, elements=1)
+    quantize = _rule_quantizer(rule, bits, 1, scheme)
     unscale = (2**bits - 1) ** 0.5 if rule == "LSQ" else 1.0
     grads = []
     for value in u:
@@ -222,12 +224,12 @@ def alpha_gradient(rule: str, bits: int = 3, points: int = 801) -> dict[str, tor
 
 
 def fit_activation_alpha(x: torch.Tensor, bits: int, rule: str, init: float, steps: int = 200,
-                         lr: float = 0.05) -> dict[str, list[float]]:
-    """Learn α for activations x (any shape, non-negative) by gradient descent on the mean squared
-    quantization error, with the α gradient of ``rule``; the same init, steps and lr for every rule.
-    Returns α and the error before every step and after the last."""
+                         lr: float = 0.05, scheme: str = "uniform") -> dict[str, list[float]]:
+    """Learn α for activations x (any shape, non-negative) on the b-bit ``scheme`` levels by gradient
+    descent (:func:`descend_alpha`) on the mean squared quantization error, with the α gradient of
+    ``rule``. Returns α and the error before every step and after the last."""
     x = x.detach().flatten().double()
-    quantize, _ = _rule_quantizer(rule, bits, x.numel())
+    quantize = _rule_quantizer(rule, bits, x.numel(), scheme)
     return descend_alpha(lambda alpha: (quantize(x, alpha) - x).square().mean(), init, steps, lr)
 
 
@@ -239,17 +241,31 @@ def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[floa
     return 100 * (centre - half), 100 * (centre + half)
 
 
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar test of two classifiers on the same images: ``only_a`` images only the first
+    gets right, ``only_b`` only the second. Under "equally accurate" each of the n = only_a + only_b
+    discordant images is a fair coin, so p = P(a count at least this far from n/2), from Binomial(n, 1/2)."""
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
 def agreement_table(predictions: dict[str, torch.Tensor], targets: torch.Tensor, reference: str) -> list[dict]:
     """Per model, on the same images: accuracy, and against ``reference``'s predictions the images on which
-    both are right, both wrong, only the model right, only the reference right. predictions: label -> [N]."""
+    both are right, both wrong, only the model right, only the reference right, and the McNemar p-value of
+    the two being equally accurate (:func:`mcnemar_p`). predictions: label -> [N]."""
     ref_right = predictions[reference] == targets
     rows = []
     for label, pred in predictions.items():
         right = pred == targets
+        only_this, only_reference = int((right & ~ref_right).sum()), int((~right & ref_right).sum())
         rows.append({"model": label, "top-1 %": 100 * float(right.float().mean()),
                      "same prediction": int((pred == predictions[reference]).sum()),
                      "both right": int((right & ref_right).sum()), "both wrong": int((~right & ~ref_right).sum()),
-                     "only this right": int((right & ~ref_right).sum()), f"only {reference} right": int((~right & ref_right).sum())})
+                     "only this right": only_this, f"only {reference} right": only_reference,
+                     "McNemar p": mcnemar_p(only_this, only_reference)})
     return rows
 
 

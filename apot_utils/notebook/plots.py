@@ -74,7 +74,7 @@ def curves(series: dict[str, tuple[list[float], list[float]]], title: str, xlabe
 
 
 def release_curves(logs: dict, tag: str, title: str, ylabel: str, ylim=None, log_y: bool = False):
-    """One panel per architecture: scalar ``tag`` of the released runs against the epoch (step / 1,252,
+    """One panel per architecture: scalar ``tag`` of the released runs against the epoch (step / 1,250,
     one step being one iteration at batch 1,024), a line per bitwidth. logs: (arch, bit) -> scalars, as
     :func:`apot_utils.files.tblogs.release_logs` returns."""
     archs = sorted({arch for arch, _ in logs})
@@ -83,7 +83,7 @@ def release_curves(logs: dict, tag: str, title: str, ylabel: str, ylim=None, log
         series = {f"{bit}-bit": ([step / STEPS_PER_EPOCH for step in logs[(arch, bit)][tag][0]],
                                  logs[(arch, bit)][tag][1])
                   for a, bit in sorted(logs) if a == arch}
-        curves(series, f"{arch}: {title}", "epoch (step / 1,252; batch 1,024)", ylabel, ax=ax)
+        curves(series, f"{arch}: {title}", "epoch (1,250 steps of batch 1k)", ylabel, ax=ax)
         if ylim is not None:
             ax.set_ylim(*ylim)
         if log_y:
@@ -129,9 +129,9 @@ def lr_schedules(logs: dict):
     axes[0].set_yscale("log")
     axes[0].set_title("Learning rate of the released ImageNet runs")
     axes[1].set_xlim(0, 5)
-    axes[1].set_title("the first 5 epochs: linear warm-up over 2,500 steps")
+    axes[1].set_title("first 5 epochs: a 2,500-step ramp", fontsize=10)
     for ax in axes:
-        ax.set_xlabel("epoch (step / 1,252; batch 1,024)")
+        ax.set_xlabel("epoch (1,250 steps of batch 1k)")
         ax.set_ylabel("lr")
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=7, ncol=2)
@@ -147,7 +147,8 @@ def drop_from_full_precision(exact: dict, jpeg: dict, published: dict[str, dict[
     published figures and this project's on the exact images; right: the JPEG copy, on its own axis.
     """
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.4), gridspec_kw={"width_ratios": [1.6, 1]})
-    bits = [2, 3, 4, 5]
+    bits = sorted({b for group in (exact, jpeg, published) for values in group.values() for b, v in values.items()
+                   if b != 32 and v is not None})
     markers = iter("sD^v")
     for label, values in published.items():
         xs = [b for b in bits if b in values]
@@ -160,10 +161,11 @@ def drop_from_full_precision(exact: dict, jpeg: dict, published: dict[str, dict[
             low = np.array([values[b][1][0] - fp for b in xs])
             high = np.array([values[b][1][1] - fp for b in xs])
             ax.errorbar(np.array(xs) + offset, drop, yerr=[drop - low, high - drop], fmt="o", capsize=4, label=label)
-    for ax, title in zip(axes, ("published, and this project on the 1,000 exact test images",
+    for ax, title in zip(axes, ("published (10,000 test images), and this project on the 1,000 exact ones",
                                 "this project on the JPEG copy of the 10,000 test images")):
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_xticks(bits, [f"{b}-bit" for b in bits])
+        ax.set_xlabel("bitwidth")
         ax.set_ylabel("accuracy − full precision's (points)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
@@ -282,6 +284,20 @@ def quantizer_curves(curves: dict[str, dict[str, torch.Tensor]], alpha: float, u
     return fig
 
 
+def _log_axis_labelled_at(ax, values) -> None:
+    """A log y axis whose five labelled ticks lie where ``values`` (any numbers) are, two significant digits,
+    instead of at powers of ten that the curves may never reach."""
+    v = np.concatenate([np.ravel(np.asarray(x, dtype=float)) for x in values])
+    v = v[v > 0]
+    low, high = v.min(), v.max()
+    ax.set_yscale("log")
+    ax.set_ylim(low / 1.08, high * 1.08)
+    ticks = sorted({float(f"{t:.2g}") for t in np.geomspace(low, high, 5)})
+    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda t, _: f"{t:.2g}"))
+    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
 def alpha_trajectories(trajectories: dict[str, dict[str, list[float]]], best: dict[str, tuple[float, float]]):
     """label -> :func:`apot_utils.notebook.analysis.fit_alpha` trajectory; ``best``: label -> (α, error) of the grid
     search. Left: α (σ) per step, dashed at the grid optimum; right: the error (σ²) per step, dashed at the
@@ -294,10 +310,7 @@ def alpha_trajectories(trajectories: dict[str, dict[str, list[float]]], best: di
         axes[1].axhline(best[label][1], color=color, ls="--", lw=1, label=f"{label}: at the grid optimum")
     axes[0].set_ylabel("α (σ)")
     axes[1].set_ylabel("quantization error (σ²)")
-    axes[1].set_yscale("log")
-    axes[1].yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3f"))
-    axes[1].yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.3f"))
-    axes[1].tick_params(axis="y", which="minor", labelsize=7)
+    _log_axis_labelled_at(axes[1], [t["mse"] for t in trajectories.values()] + [b[1] for b in best.values()])
     for ax, title in zip(axes, ("Clipping threshold during gradient descent", "Error during gradient descent")):
         ax.set_xlabel("step")
         ax.set_title(title)
@@ -331,7 +344,7 @@ def alpha_rule_fits(fits: dict[str, dict[str, list[float]]], name: str):
         axes[1].plot(t["mse"], label=label)
     axes[0].set_ylabel("α (activation units)")
     axes[1].set_ylabel("mean squared quantization error")
-    axes[1].set_yscale("log")
+    _log_axis_labelled_at(axes[1], [t["mse"] for t in fits.values()])
     for ax, title in zip(axes, (f"{name}: α during gradient descent", f"{name}: error during gradient descent")):
         ax.set_xlabel("step")
         ax.set_title(title, fontsize=10)
@@ -395,7 +408,7 @@ def draw_level_explorer(fig, w: torch.Tensor, magnitudes: torch.Tensor, alpha: f
     ax_fn.legend(fontsize=8, loc="upper left")
     ax_err.plot(alphas.numpy(), errors.numpy(), color="0.3")
     ax_err.plot([alpha], [error], "o", color="tab:red", label=f"α = {alpha:.2f} σ")
-    ax_err.set_yscale("log")
+    _log_axis_labelled_at(ax_err, [errors.numpy(), [error]])
     ax_err.set_title("error against α", fontsize=10)
     ax_err.set_xlabel("clipping threshold α (σ)")
     ax_err.set_ylabel("mean squared error (σ²)")
@@ -419,7 +432,8 @@ def training_curves(scalars: dict[str, tuple[list[int], list[float]]], title: st
     step (thin: each batch; thick: running mean of ``window`` batches), validation top-1 (markers,
     step 0 = before the first step)."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-    for ax, tag, ylabel in ((axes[0], "loss_train", "cross-entropy"), (axes[1], "acc1_train", "top-1 accuracy (%)")):
+    for ax, tag, ylabel in ((axes[0], "loss_train", "loss (cross-entropy, or distillation with a teacher)"),
+                            (axes[1], "acc1_train", "top-1 accuracy (%)")):
         steps, values = scalars[tag]
         ax.plot(steps, values, color="tab:blue", lw=0.6, alpha=0.4, label="training batch")
         ax.plot(steps, smoothed(values, window), color="tab:blue", lw=2, label=f"training, mean of {window} batches")
@@ -427,7 +441,7 @@ def training_curves(scalars: dict[str, tuple[list[int], list[float]]], title: st
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[1].plot(*scalars["acc1_val"], "o", color="tab:red", ms=7, label="validation")
-    axes[0].plot(*scalars["loss_val"], "o", color="tab:red", ms=7, label="validation")
+    axes[0].plot(*scalars["loss_val"], "o", color="tab:red", ms=7, label="validation (cross-entropy on the labels)")
     axes[0].set_title(f"{title}: loss", fontsize=10)
     axes[1].set_title(f"{title}: top-1", fontsize=10)
     for ax in axes:
@@ -437,9 +451,9 @@ def training_curves(scalars: dict[str, tuple[list[int], list[float]]], title: st
 
 
 def alpha_targets(start: list[tuple[str, float, float]], end: list[tuple[str, float, float]],
-                  target: list[tuple[str, float, float]], target_label: str):
+                  target: list[tuple[str, float, float]], target_label: str, title: str | None = None):
     """Per quantized layer, α at the start and at the end of a run beside a reference model's α
-    (each a list of (layer, weight α, act α) in module order)."""
+    (each a list of (layer, weight α, act α) in module order), under ``title`` if given."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), sharex=True)
     x = np.arange(len(start))
     for ax, col, kind in ((axes[0], 1, "weight α (σ)"), (axes[1], 2, "activation α")):
@@ -450,7 +464,9 @@ def alpha_targets(start: list[tuple[str, float, float]], end: list[tuple[str, fl
         ax.set_xticks(x, [r[0].replace("downsample.0", "down") for r in start], rotation=90, fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1, 0.95) if title else None)
     return fig
 
 
@@ -472,7 +488,8 @@ def integer_layer(trace: dict, name: str):
     axes[2].plot(fake[pick].numpy(), rescaled[pick].numpy(), ".", ms=2)
     axes[2].set_xlabel("float output (fake-quantized layer)")
     axes[2].set_ylabel("s · integer convolution")
-    axes[2].set_title(f"largest difference {float((fake - rescaled).abs().max()):.1e}")
+    gap = float((fake - rescaled).abs().max())
+    axes[2].set_title(f"largest absolute difference {gap:.1e} (relative {gap / float(fake.abs().max()):.1e})", fontsize=10)
     fig.suptitle(f"{name}: from codes to integers")
     fig.tight_layout()
     return fig

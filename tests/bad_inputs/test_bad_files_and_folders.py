@@ -154,7 +154,7 @@ def test_notebooks_skip_with_the_reason_without_reference_data():
     env = {k: v for k, v in os.environ.items() if k not in ("APOT_DATA_DIR", "APOT_REQUIRE_DATA")}
     root = Path(__file__).resolve().parents[2]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                          str(root / "notebooks" / "06_integer_inference.ipynb")],
+                          str(root / "notebooks" / "07_integer_inference.ipynb")],
                          capture_output=True, text=True, cwd=root, env=env, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:]
     assert "passed" not in run.stdout.splitlines()[-1] and "skipped" in run.stdout.splitlines()[-1]
