@@ -101,7 +101,7 @@ def test_the_exported_file_is_the_checkpoints_model(bit, exported, exact_images)
 
 @pytest.mark.slow
 def test_integer_path_equals_the_quantized_model(exported, exact_images):
-    """At 3 bits (the comparison is the same code at every bitwidth; chapter 07 runs it at all three)."""
+    """At 3 bits (the comparison is the same code at every bitwidth; chapter 07 runs it at 2 and 3 bits)."""
     x, y = exact_images
     found = compare_with_float(exported[3], x, y)
     # float64 float parts: integer codes and exact integer convolutions against the fake-quantized model on exact levels

@@ -80,6 +80,35 @@ def test_batchnorm_rules_keep_recalibrate_and_refuse_others(setup):
         ptq.Calibration(batchnorm="freeze")
 
 
+
+def _scalar_search(error, low, high, step, coarse=10):
+    """coarse_to_fine for one row, written plainly: the reference the vectorized search must equal."""
+    grid = torch.arange(low, high + step / 2, step * coarse, dtype=torch.float64).tolist()
+    best = min(grid, key=error)
+    fine = torch.arange(max(low, best - step * coarse), min(high, best + step * coarse) + step / 2, step,
+                        dtype=torch.float64).tolist()
+    return min(fine, key=error)
+
+
+def test_per_channel_search_equals_one_search_per_channel(setup):
+    fp, _, _ = setup
+    w = normalize_weight(dict(fp.named_modules())["layer2.0.conv1"].weight.detach().double())
+    magnitudes = levels.weight_projection_order(4)
+    at_once = ptq.best_weight_alphas(w.flatten(1), magnitudes)
+    for channel in range(0, len(w), 3):
+        row = w[channel].flatten()
+        alone = _scalar_search(lambda a: float(ptq.weight_mse(row, torch.tensor(a, dtype=row.dtype), magnitudes)),
+                               *ptq.WEIGHT_ALPHA_RANGE, ptq.WEIGHT_ALPHA_STEP)
+        assert at_once[channel].item() == pytest.approx(alone, abs=1e-9), channel
+    # the range's ends: a row whose best α is at the top or the bottom of the range
+    ends = torch.stack([torch.linspace(-30, 30, 200, dtype=torch.float64), torch.linspace(-0.01, 0.01, 200, dtype=torch.float64)])
+    found = ptq.best_weight_alphas(ends, magnitudes)
+    for row, value in zip(ends, found):
+        alone = _scalar_search(lambda a: float(ptq.weight_mse(row, torch.tensor(a, dtype=row.dtype), magnitudes)),
+                               *ptq.WEIGHT_ALPHA_RANGE, ptq.WEIGHT_ALPHA_STEP)
+        assert value.item() == pytest.approx(alone, abs=1e-9)
+
+
 def test_cli_round_trip_through_validate(setup, tmp_path, capsys):
     _, _, first1000 = setup
     out = tmp_path / "ptq5.pth.tar"

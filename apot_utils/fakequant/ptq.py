@@ -68,15 +68,21 @@ class Calibration:
         check_count("batch_size", self.batch_size, allow_none=False)
 
 
-def coarse_to_fine(error, low: float, high: float, step: float, coarse: int = 10) -> float:
-    """The point of [low, high], to ``step``, where ``error(float)`` is least, searched on a grid ``coarse``
-    times coarser first and then finely around the best coarse point (about 1/coarse of the evaluations
-    of a full fine grid)."""
-    grid = torch.arange(low, high + step / 2, step * coarse, dtype=torch.float64).tolist()
-    best = min(grid, key=error)
-    fine = torch.arange(max(low, best - step * coarse), min(high, best + step * coarse) + step / 2, step,
-                        dtype=torch.float64).tolist()
-    return min(fine, key=error)
+def coarse_to_fine(error: Callable[[torch.Tensor], torch.Tensor], low: float, high: float, step: float,
+                   rows: int = 1, coarse: int = 10) -> torch.Tensor:
+    """``rows`` independent searches at once: for each, the point of [low, high], to ``step``, where its error is
+    least, on a grid ``coarse`` times coarser first and then finely around that row's best coarse point (about
+    1/coarse of the evaluations of a full fine grid; the first of equal errors wins). ``error`` maps candidate
+    points [rows] (float64, one per row) to their errors [rows]. Returns the points [rows], float64."""
+    grid = torch.arange(low, high + step / 2, step * coarse, dtype=torch.float64)
+    errors = torch.stack([error(torch.full((rows,), float(g), dtype=torch.float64)) for g in grid])
+    best = grid[errors.argmin(0)]
+    start = (best - step * coarse).clamp(min=low)
+    stop = (best + step * coarse).clamp(max=high) + step / 2
+    count = ((stop - start) / step).ceil().long()            # torch.arange(start, stop, step)'s length, per row
+    fine = torch.stack([start + j * step for j in range(int(count.max()))])                     # [J, rows]
+    fine_errors = torch.stack([torch.where(j < count, error(points), torch.inf) for j, points in enumerate(fine)])
+    return fine[fine_errors.argmin(0), torch.arange(rows)]
 
 
 def weight_mse(w: torch.Tensor, alpha: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
@@ -86,12 +92,19 @@ def weight_mse(w: torch.Tensor, alpha: torch.Tensor, magnitudes: torch.Tensor) -
         return (quantize_weight(w, alpha, magnitudes) - w).square().mean()
 
 
-def best_weight_alpha(w: torch.Tensor, magnitudes: torch.Tensor) -> float:
-    """The α (σ) with the least :func:`weight_mse`, searched to 0.01 σ (:func:`coarse_to_fine`)."""
-    def error(a: float) -> float:
-        return float(weight_mse(w, torch.tensor(a, dtype=w.dtype), magnitudes))
+def best_weight_alphas(rows: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
+    """For each row of normalized weights ``rows`` [R, K], the α (σ) with the least mean squared error of that
+    row, searched to 0.01 σ (:func:`coarse_to_fine`), all rows at once. Returns [R], float64."""
+    def error(alphas: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return (quantize_weight(rows, alphas.to(rows.dtype).view(-1, 1), magnitudes) - rows).square().mean(dim=1)
 
-    return coarse_to_fine(error, *WEIGHT_ALPHA_RANGE, WEIGHT_ALPHA_STEP)
+    return coarse_to_fine(error, *WEIGHT_ALPHA_RANGE, WEIGHT_ALPHA_STEP, rows=len(rows))
+
+
+def best_weight_alpha(w: torch.Tensor, magnitudes: torch.Tensor) -> float:
+    """The α (σ) with the least :func:`weight_mse` of normalized weights ``w`` (any shape), to 0.01 σ."""
+    return float(best_weight_alphas(w.reshape(1, -1), magnitudes)[0])
 
 
 def weight_alpha(layer: QuantConv2d) -> torch.Tensor:
@@ -99,9 +112,8 @@ def weight_alpha(layer: QuantConv2d) -> torch.Tensor:
     α, or with ``layer.per_channel`` one per output channel, each fitted to that channel alone.
     Shape: ``layer.weight_alpha``'s."""
     w = normalize_weight(layer.weight.detach().double())
-    channels = list(w) if layer.per_channel else [w]
-    fitted = [best_weight_alpha(c.flatten(), layer.weight_levels) for c in channels]
-    return torch.tensor(fitted, dtype=layer.weight_alpha.dtype).view_as(layer.weight_alpha)
+    rows = w.flatten(1) if layer.per_channel else w.reshape(1, -1)
+    return best_weight_alphas(rows, layer.weight_levels).to(layer.weight_alpha.dtype).view_as(layer.weight_alpha)
 
 
 def weight_error(model: nn.Module) -> float:
@@ -138,7 +150,7 @@ def activation_alpha(x: torch.Tensor, levels: torch.Tensor, calibration: Calibra
             alpha = torch.tensor(fraction * top, dtype=x.dtype)    # project(x / α) · α: quantize_activation's
             return float((project(x / alpha, levels) * alpha - x).square().mean())   # values, one table for all α
 
-    return coarse_to_fine(error, ACT_ALPHA_STEP, 1.0, ACT_ALPHA_STEP) * top
+    return float(coarse_to_fine(lambda f: torch.tensor([error(float(f[0]))]), ACT_ALPHA_STEP, 1.0, ACT_ALPHA_STEP)[0]) * top
 
 
 class _CalibrationInputs:
