@@ -102,10 +102,15 @@ def main(argv=None) -> int:
     q.add_argument("--per-channel", action="store_true", help="one weight α per output channel instead of one per layer")
     q.add_argument("--seed", type=int, default=0, help="which calibration images are drawn")
     q.add_argument("--out", required=True, help="the checkpoint to write (refused if it exists)")
-    e = commands.add_parser("export", help="write a quantized checkpoint as packed integer codes (.safetensors)")
+    e = commands.add_parser("export", help="write a quantized checkpoint as packed integer codes (.safetensors) "
+                                           "or as an ONNX model for ONNX Runtime (.onnx)")
     _common(e)
     e.add_argument("--checkpoint", default="release", help="'release' (the authors' CIFAR-10 models) or a path")
-    e.add_argument("--out", required=True, help="the .safetensors file to write (refused if it exists)")
+    e.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors", help="the file to write")
+    e.add_argument("--variant", choices=("exact", "fast", "float"), default="exact",
+                   help="onnx: exact (the integer path's logits, bit for bit), fast (QLinearConv integer kernels) "
+                        "or float (no activation quantization: the speed baseline)")
+    e.add_argument("--out", required=True, help="the file to write (refused if it exists)")
     f = commands.add_parser("fetch", help="make the reference data layout (APOT_DATA_DIR) from the public sources or local files")
     f.add_argument("--dest", default=None, help="where to build it (default data/reference)")
     f.add_argument("--from", dest="source", default=None, help="a local folder with the same layout to copy from (checked)")
@@ -136,7 +141,7 @@ def main(argv=None) -> int:
             from .commands.export import export_checkpoint
             if args.bit == FULL_PRECISION:
                 parser.error("export needs a quantized model (--bit 2..8)")
-            export_checkpoint(args.dataset, args.arch, args.bit, args.checkpoint, args.out)
+            export_checkpoint(args.dataset, args.arch, args.bit, args.checkpoint, args.out, args.format, args.variant)
         elif args.command == "validate":
             from .commands.validate import run_validation
             bit = 4 if args.bit is None and args.checkpoint == "release" else args.bit

@@ -18,7 +18,21 @@ from ..integer.format import load_exported
 def model_of(dataset: str, arch: str, bit: int | None, checkpoint="release", scheme: str | None = None, device="cpu",
              log: Callable[[str], None] = print) -> nn.Module:
     """The model ``validate`` runs: an exported integer model for a ``.safetensors`` file
-    (:func:`~apot_utils.integer.format.load_exported`), else :func:`~apot_utils.fakequant.loading.load_model`."""
+    (:func:`~apot_utils.integer.format.load_exported`), an ONNX Runtime session for an ``.onnx`` file
+    (:class:`~apot_utils.deploy.runtime.OnnxRuntimeModel`, CPU; its dataset, arch and bit must match any given),
+    else :func:`~apot_utils.fakequant.loading.load_model`."""
+    if str(checkpoint).endswith(".onnx"):
+        from ..deploy.runtime import OnnxRuntimeModel
+        model = OnnxRuntimeModel(checkpoint)
+        meta = model.meta
+        for key, given in (("dataset", dataset), ("arch", arch), ("bit", bit)):
+            if given is not None and key in meta and meta[key] != given:
+                raise ValueError(f"{checkpoint} holds a {meta.get('bit')}-bit {meta.get('dataset')} {meta.get('arch')}, "
+                                 f"not --{key} {given}")
+        if str(device) != "cpu":
+            log("=> ONNX models run on the CPU (ONNX Runtime's CPU execution provider)")
+        log(f"=> loading the ONNX model {checkpoint} ({meta['variant']} variant) into ONNX Runtime")
+        return model
     if str(checkpoint).endswith(".safetensors"):
         log(f"=> loading the exported integer model {checkpoint}")
         return load_exported(checkpoint, dataset=dataset, arch=arch, bit=bit).to(device)
@@ -32,7 +46,7 @@ def run_validation(dataset: str = "cifar10", arch: str = "resnet20", bit: int | 
     batch_size (default 100 for CIFAR-10, 256 for ImageNet) and limit (the first N images) must be at least 1."""
     check_count("batch_size", batch_size)
     check_count("limit", limit)
-    dev = pick_device(device)
+    dev = pick_device("cpu" if str(checkpoint).endswith(".onnx") else device)
     log(describe_device(dev))
     model = model_of(dataset, arch, bit, checkpoint, scheme, dev, log)
     layers = quantized_layers(model)
