@@ -7,8 +7,8 @@ from pathlib import Path
 import apot_utils
 
 PACKAGE = Path(apot_utils.__file__).parent
-LAYERS = {"core": 0, "files": 1, "fast": 2, "fakequant": 3, "integer": 4, "commands": 5, "notebook": 5, "cli": 6,
-          "__main__": 7}
+LAYERS = {"core": 0, "files": 1, "fast": 2, "fakequant": 3, "integer": 4, "deploy": 5, "commands": 6, "notebook": 6,
+          "cli": 7, "__main__": 8}
 
 
 def _modules() -> dict[str, Path]:

@@ -1,5 +1,5 @@
-"""Quantized layers: ``QuantConv2d`` (APoT/PoT/uniform weights and activations) and the
-8-bit first convolution and last linear layer.
+"""Quantized layers: ``QuantConv2d`` and ``QuantLinear`` (APoT/PoT/uniform weights and activations, unsigned or
+signed inputs) and the 8-bit first convolution and last linear layer.
 
 Every forward quantizes the weight afresh, except inside :func:`frozen_weights`, which
 quantizes each layer's weight once for a validation loop and forgets it on leaving: no cache
@@ -45,35 +45,35 @@ def frozen_weights(model: nn.Module):
             m.__dict__.pop("_frozen_weight", None)
 
 
-class QuantConv2d(_QuantizedWeight, nn.Conv2d):
-    """Conv2d with b-bit weights and b-bit input activations.
+class _APoTQuantized(_QuantizedWeight):
+    """Mixin for a Conv2d or Linear with b-bit weights and b-bit inputs (:class:`QuantConv2d`, :class:`QuantLinear`).
 
-    Input: [N, C_in, H, W], non-negative (it follows a ReLU). bit: 2..8, or 32 for a plain
-    full-precision convolution (no α). scheme: 'apot', 'pot' or 'uniform'. Learnable clipping
-    thresholds ``weight_alpha`` (normalized-weight units) and ``act_alpha`` (activation units).
-    ``grad_scale`` multiplies both α gradients; ``clip_weight_grad`` stops the weight gradient
-    beyond ±α (the ImageNet release above 2 bits; its 2-bit "calibrated" gradient passes it);
-    ``weight_stats_grad`` differentiates through the normalization's mean and std (the ImageNet
-    release; the CIFAR-10 release treats them as constants). Levels are projected onto in
-    :func:`apot_utils.core.levels.projection_order`, so midpoint ties go where the release sent them.
+    bit: 2..8, or 32 for a plain full-precision layer (no α). scheme: 'apot', 'pot' or 'uniform'. Learnable
+    clipping thresholds ``weight_alpha`` (normalized-weight units) and ``act_alpha`` (input units).
+    ``grad_scale`` multiplies both α gradients; ``clip_weight_grad`` stops the weight gradient beyond ±α (the
+    ImageNet release above 2 bits; its 2-bit "calibrated" gradient passes it); ``weight_stats_grad``
+    differentiates through the normalization's mean and std (the ImageNet release; the CIFAR-10 release treats
+    them as constants). Levels are projected onto in :func:`apot_utils.core.levels.projection_order`, so
+    midpoint ties go where the release sent them.
 
-    terms: the number n of additive terms of both level sets (None: the release's, ceil(b / 2)
-    for activations, ceil((b - 1) / 2) for the weight magnitudes). per_channel: one weight α per
-    output channel (``weight_alpha`` of shape [C_out, 1, 1, 1]) instead of one per layer; the
-    weights are still normalized over the whole tensor, as in the release.
+    terms: the number n of additive terms of the level sets (None: the release's, ceil(b / 2) for unsigned
+    inputs, ceil((b - 1) / 2) for the weight magnitudes). per_channel: one weight α per output channel
+    (``weight_alpha`` of shape [C_out, 1, ...]) instead of one per layer; the weights are still normalized over
+    the whole tensor, as in the release. signed: the input can be negative (it does not follow a ReLU): it is
+    quantized as the weights are, sign and a (b − 1)-bit magnitude set, α · sign(c) · nearest(|c|),
+    c = clip(x / α, −1, 1), with no gradient to inputs beyond ±α. Unsigned (the release's): α · nearest(clip(x / α, 0, 1)).
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=False, bit: int = 4, scheme: str = "apot", terms: int | None = None,
-                 per_channel: bool = False, weight_alpha: float = 3.0, act_alpha: float = 8.0,
-                 grad_scale: float = 1.0):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
-        self.bit, self.scheme, self.terms, self.grad_scale = bit, scheme, terms, grad_scale
+    def _init_quantization(self, out_channels: int, weight_dims: int, bit: int, scheme: str, terms: int | None,
+                           per_channel: bool, weight_alpha: float, act_alpha: float, grad_scale: float, signed: bool):
+        self.bit, self.scheme, self.terms, self.grad_scale, self.signed = bit, scheme, terms, grad_scale, signed
         self.clip_weight_grad, self.weight_stats_grad = False, True
         if bit != FULL_PRECISION:
-            self.register_buffer("weight_levels", weight_projection_order(bit, scheme, terms), persistent=False)
-            self.register_buffer("act_levels", projection_order(bit, scheme, terms), persistent=False)
-            shape = (out_channels, 1, 1, 1) if per_channel else ()
+            magnitudes = weight_projection_order(bit, scheme, terms)
+            self.register_buffer("weight_levels", magnitudes, persistent=False)
+            self.register_buffer("act_levels", magnitudes.clone() if signed else projection_order(bit, scheme, terms),
+                                 persistent=False)
+            shape = (out_channels,) + (1,) * (weight_dims - 1) if per_channel else ()
             self.weight_alpha = nn.Parameter(torch.full(shape, float(weight_alpha)))
             self.act_alpha = nn.Parameter(torch.tensor(float(act_alpha)))
 
@@ -91,16 +91,54 @@ class QuantConv2d(_QuantizedWeight, nn.Conv2d):
         return quantize_weight(normalize_weight(self.weight, self.weight_stats_grad), self.weight_alpha, self.weight_levels,
                                self.grad_scale, self.clip_weight_grad)
 
+    def _quantized_input(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.quantized:
+            return x
+        if self.signed:
+            return quantize_weight(x, self.act_alpha, self.act_levels, self.grad_scale, clip_grad=True)
+        return quantize_activation(x, self.act_alpha, self.act_levels, self.grad_scale)
+
+    def _quantization_repr(self) -> str:
+        terms = "" if self.terms is None else f", terms={self.terms}"
+        channel = ", per_channel=True" if self.per_channel else ""
+        signed = ", signed=True" if self.signed else ""
+        return f", bit={self.bit}, scheme={self.scheme}{terms}{channel}{signed}"
+
+
+class QuantConv2d(_APoTQuantized, nn.Conv2d):
+    """Conv2d with b-bit weights and b-bit input activations (:class:`_APoTQuantized` gives the options). Input
+    [N, C_in, H, W]: non-negative unless ``signed`` (it follows a ReLU, as in the release). Groups (depthwise
+    included), dilation and bias as nn.Conv2d's."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=False, bit: int = 4, scheme: str = "apot", terms: int | None = None,
+                 per_channel: bool = False, weight_alpha: float = 3.0, act_alpha: float = 8.0,
+                 grad_scale: float = 1.0, signed: bool = False):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        self._init_quantization(out_channels, 4, bit, scheme, terms, per_channel, weight_alpha, act_alpha, grad_scale, signed)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.quantized:
-            x = quantize_activation(x, self.act_alpha, self.act_levels, self.grad_scale)
-        return F.conv2d(x, self._weight_for_forward(), self.bias, self.stride, self.padding,
+        return F.conv2d(self._quantized_input(x), self._weight_for_forward(), self.bias, self.stride, self.padding,
                         self.dilation, self.groups)
 
     def extra_repr(self) -> str:
-        terms = "" if self.terms is None else f", terms={self.terms}"
-        channel = ", per_channel=True" if self.per_channel else ""
-        return super().extra_repr() + f", bit={self.bit}, scheme={self.scheme}{terms}{channel}"
+        return super().extra_repr() + self._quantization_repr()
+
+
+class QuantLinear(_APoTQuantized, nn.Linear):
+    """Linear with b-bit weights and b-bit inputs [N, in_features] (:class:`_APoTQuantized` gives the options)."""
+
+    def __init__(self, in_features, out_features, bias=True, bit: int = 4, scheme: str = "apot",
+                 terms: int | None = None, per_channel: bool = False, weight_alpha: float = 3.0,
+                 act_alpha: float = 8.0, grad_scale: float = 1.0, signed: bool = False):
+        super().__init__(in_features, out_features, bias)
+        self._init_quantization(out_features, 2, bit, scheme, terms, per_channel, weight_alpha, act_alpha, grad_scale, signed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self._quantized_input(x), self._weight_for_forward(), self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._quantization_repr()
 
 
 class FirstConv8bit(_QuantizedWeight, nn.Conv2d):
@@ -124,10 +162,10 @@ class LastLinear8bit(_QuantizedWeight, nn.Linear):
         return F.linear(x, self._weight_for_forward(), self.bias)
 
 
-def quantized_layers(model: nn.Module) -> list[tuple[str, QuantConv2d]]:
-    """(name, layer) of every quantized QuantConv2d, in ``model.modules()`` order."""
+def quantized_layers(model: nn.Module) -> list[tuple[str, QuantConv2d | QuantLinear]]:
+    """(name, layer) of every quantized QuantConv2d and QuantLinear, in ``model.modules()`` order."""
     return [(name, m) for name, m in model.named_modules()
-            if isinstance(m, QuantConv2d) and m.quantized]
+            if isinstance(m, _APoTQuantized) and m.quantized]
 
 
 def alphas(model: nn.Module) -> list[tuple[str, float, float]]:

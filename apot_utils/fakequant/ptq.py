@@ -255,22 +255,38 @@ def post_training_quantize(full_precision: nn.Module, spec: ModelSpec, images: t
     missing, unexpected = model.load_state_dict(full_precision.state_dict(), strict=False)
     if unexpected or any(not k.endswith("alpha") for k in missing):
         raise ValueError(f"the full-precision model does not fit {spec.arch}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return calibrate(model, full_precision, images, calibration, log)
+
+
+def calibrate(model: nn.Module, full_precision: nn.Module, images: torch.Tensor,
+              calibration: Calibration = Calibration(), log: Callable[[str], None] = print) -> nn.Module:
+    """Post-training calibration of a quantized ``model`` that holds ``full_precision``'s weights (a built
+    :class:`ModelSpec`, or any model from :func:`apot_utils.fakequant.convert.convert`): every weight α by
+    least squared error, every input α by the calibration's rule, in forward order, and BatchNorm by the
+    calibration's rule. A signed layer's input α is fitted to |x| against its magnitude set (the error of a
+    sign-symmetric set is that of the magnitudes). images: normalized calibration images [N, ...], N >= 1,
+    from the training set. Returns ``model``, changed in place, in eval mode on the CPU."""
+    if images.dim() < 2 or len(images) == 0:
+        raise ValueError(f"calibration images must be a non-empty batch [N, ...], got shape {tuple(images.shape)}")
     model, full_precision = model.cpu().eval(), full_precision.cpu().eval()
     batches = list(images.cpu().split(calibration.batch_size))
     fp_modules = dict(full_precision.named_modules())
     inputs, fp_inputs = _CalibrationInputs(model, batches), _CalibrationInputs(full_precision, batches)
-    for _, layer in quantized_layers(model):
+    layers = dict(quantized_layers(model))
+    for layer in layers.values():
         layer.weight_alpha.data.copy_(weight_alpha(layer))
     for name, module in model.named_modules():     # forward order: upstream is final when a module's turn comes
-        if isinstance(module, QuantConv2d) and module.quantized:
+        if name in layers:
             try:
-                alpha = activation_alpha(inputs(module), module.act_levels, calibration)
+                x = inputs(module)
+                alpha = activation_alpha(x.abs() if module.signed else x, module.act_levels, calibration)
             except ValueError as error:
                 raise ValueError(f"{name}: {error}") from None
             module.act_alpha.data.fill_(alpha)
             spread = (f" (per channel {module.weight_alpha.min().item():.2f}–{module.weight_alpha.max().item():.2f})"
                       if module.per_channel else "")
-            log(f"{name}: weight alpha {module.weight_alpha.mean().item():.3f} σ{spread}, act alpha {module.act_alpha.item():.3f}")
+            log(f"{name}: weight alpha {module.weight_alpha.mean().item():.3f} σ{spread}, act alpha {module.act_alpha.item():.3f}"
+                + (" (signed input)" if module.signed else ""))
         elif isinstance(module, nn.BatchNorm2d) and calibration.batchnorm != "keep":   # α then sees realistic inputs
             fp_norm = fp_modules[name]
             _transfer_batchnorm(module, (fp_norm.running_mean.double(), fp_norm.running_var.double()),

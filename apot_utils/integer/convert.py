@@ -9,7 +9,7 @@ import copy
 from torch import nn
 
 from ..core.eight_bit import eight_bit_codes
-from ..fakequant.layers import FirstConv8bit, LastLinear8bit, QuantConv2d, quantized_layers
+from ..fakequant.layers import FirstConv8bit, LastLinear8bit, QuantConv2d, QuantLinear, quantized_layers
 from .arithmetic import weight_codes
 from .layers import LEVEL_VALUES, Fixed8bit, FixedOrderBatchNorm2d, FixedOrderGlobalPool, IntegerConv2d
 
@@ -17,9 +17,13 @@ from .layers import LEVEL_VALUES, Fixed8bit, FixedOrderBatchNorm2d, FixedOrderGl
 def integer_layer(module: nn.Module, level_values: str = "release") -> nn.Module | None:
     """The integer counterpart of one layer of a fake-quantized model, or None for a layer that stays as it
     is (ReLU, a residual block's container, a full-precision convolution). level_values: 'release' or 'exact'."""
+    if isinstance(module, QuantLinear) and module.quantized:
+        raise ValueError(f"{module}: the integer path runs quantized convolutions, not linear layers")
     if isinstance(module, QuantConv2d) and module.quantized:
         if module.groups != 1 or module.dilation != (1, 1) or module.bias is not None:
             raise ValueError(f"{module}: the integer path runs convolutions without groups, dilation or bias")
+        if module.signed:
+            raise ValueError(f"{module}: the integer path runs unsigned input activations (after a ReLU)")
         codes = weight_codes(module.weight, module.weight_alpha, module.bit, module.weight_levels,
                              module.weight_stats_grad)
         return IntegerConv2d(codes, module.weight_alpha, module.act_alpha, module.stride, module.padding,

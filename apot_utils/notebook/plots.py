@@ -493,3 +493,43 @@ def integer_layer(trace: dict, name: str):
     fig.suptitle(f"{name}: from codes to integers")
     fig.tight_layout()
     return fig
+
+
+def onnx_block(graphs: dict, scope: str, title: str = ""):
+    """The nodes of ONNX graphs (``onnx.ModelProto`` by name) whose names start with ``scope`` (e.g. a block,
+    'layer1.1/'), one column per graph, in execution order, top to bottom: each box names the operator and
+    the stored constants it reads (dtype, shape), and arrows join a node to the nodes that use its output."""
+    import onnx
+
+    dtype = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.FLOAT: "float32",
+             onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32"}
+    columns = {name: [n for n in g.graph.node if n.name.startswith(scope)] for name, g in graphs.items()}
+    rows = max(len(nodes) for nodes in columns.values())
+    fig, axes = plt.subplots(1, len(graphs), figsize=(4.6 * len(graphs), 0.42 * rows + 1.2), squeeze=False)
+    for ax, (name, nodes) in zip(axes[0], columns.items()):
+        stored = {i.name: i for i in graphs[name].graph.initializer}
+        where = {}
+        for row, node in enumerate(nodes):
+            consts = [stored[i] for i in node.input if i in stored and len(stored[i].dims) > 0]
+            detail = ", ".join(f"{dtype.get(c.data_type, c.data_type)}{list(c.dims)}" for c in consts[:2])
+            label = node.op_type + (f"  ({detail})" if detail else "")
+            ax.text(0, -row, label, ha="center", va="center", fontsize=8, family="monospace",
+                    bbox={"boxstyle": "round,pad=0.25", "fc": "#dbe8fb" if node.op_type in _INTEGER_OPS else "#f4f4f4",
+                          "ec": "#555"})
+            for out in node.output:
+                where[out] = row
+            for i in node.input:
+                if i in where and where[i] != row:
+                    rad = 0 if row - where[i] == 1 else 0.5
+                    ax.annotate("", (0, -row + 0.28), (0, -where[i] - 0.28),
+                                arrowprops={"arrowstyle": "->", "color": "#777", "connectionstyle": f"arc3,rad={rad}"})
+        ax.set_xlim(-1.6, 1.6)
+        ax.set_ylim(-rows + 0.4, 0.8)
+        ax.set_title(f"{name}: {len(nodes)} nodes", fontsize=10)
+        ax.axis("off")
+    fig.suptitle(title or f"one block ({scope.rstrip('/')}) in each ONNX graph (blue: 8-bit integer operators)", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return fig
+
+
+_INTEGER_OPS = {"QLinearConv", "QuantizeLinear", "DequantizeLinear", "ConvInteger", "MatMulInteger"}

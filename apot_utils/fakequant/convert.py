@@ -1,0 +1,149 @@
+"""APoT for any PyTorch CNN: :func:`convert` swaps every ``nn.Conv2d`` and ``nn.Linear`` of a model for its
+quantized counterpart (:class:`~apot_utils.fakequant.layers.QuantConv2d`, :class:`~apot_utils.fakequant.layers.QuantLinear`,
+and the release's 8-bit :class:`~apot_utils.fakequant.layers.FirstConv8bit` / :class:`~apot_utils.fakequant.layers.LastLinear8bit`
+for the first and last layer), carrying the original weights, as torch.ao's ``prepare_qat`` swaps modules.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Iterable, NamedTuple
+
+import torch
+from torch import nn
+
+from ..core.levels import FULL_PRECISION, projection_order, weight_projection_order
+from .layers import FirstConv8bit, LastLinear8bit, QuantConv2d, QuantLinear
+
+# modules with parameters that convert leaves as they are: normalization layers keep float statistics
+PASSED = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+
+
+class Conversion(NamedTuple):
+    """What :func:`convert` returns: the converted copy and one row per replaced or kept layer
+    (name, was, now, bit, signed)."""
+    model: nn.Module
+    rows: list[dict]
+
+    def table(self) -> str:
+        lines = [f"{'layer':32s} {'was':10s} {'now':15s} {'bit':>3s}  input"]
+        for r in self.rows:
+            lines.append(f"{r['name']:32s} {r['was']:10s} {r['now']:15s} {r['bit']:>3}  "
+                         f"{'signed' if r['signed'] else 'unsigned' if r['bit'] not in (8, FULL_PRECISION) else 'float'}")
+        return "\n".join(lines)
+
+
+def negative_inputs(model: nn.Module, example: torch.Tensor) -> set[str]:
+    """Names of the Conv2d and Linear layers of ``model`` that receive a negative value on ``example``
+    (one forward, eval mode, no gradients)."""
+    found, hooks = set(), []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            def hook(_m, inputs, name=name):
+                if bool((inputs[0] < 0).any()):
+                    found.add(name)
+            hooks.append(m.register_forward_pre_hook(hook))
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return found
+
+
+def _check_levels(bit: int, scheme: str, terms: int | None) -> None:
+    """Refuse a bitwidth or n without a level set (the message lists the choices)."""
+    if not (isinstance(bit, int) and 2 <= bit <= 8):
+        raise ValueError(f"bit must be 2..8, got {bit!r}")
+    projection_order(bit, scheme, terms)
+    weight_projection_order(bit, scheme, terms)
+
+
+def _copy_weights(new: nn.Module, old: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        new.weight.copy_(old.weight)
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    return new.to(old.weight.device, old.weight.dtype)
+
+
+def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None = None, per_channel: bool = False,
+            first_last_bits: int | None = 8, skip: Iterable[str] = (), signed: str | bool | Iterable[str] = "auto",
+            example: torch.Tensor | None = None, keep_unsupported: bool = False) -> Conversion:
+    """A copy of ``model`` with every ``nn.Conv2d`` (groups and depthwise included) and ``nn.Linear`` replaced
+    by its b-bit APoT counterpart carrying the same weights (``model`` itself is not changed).
+
+    bit, scheme, terms (n), per_channel: the level sets and weight α of every quantized layer (the sets of
+    :mod:`apot_utils.core.levels`; one that does not exist is refused with the choices). first_last_bits: 8
+    (default) makes the first and the last of those layers, in registration order, the release's 8-bit
+    layers with unquantized input; None quantizes them too. skip: names of layers kept in full precision.
+    signed: which layers get a signed input set (sign and b − 1 magnitude bits): 'auto' those that receive
+    a negative value on ``example`` (inputs [N, ...], e.g. a few training images; required then), or a
+    collection of names, or True / False for all. keep_unsupported: leave other modules with parameters
+    (ConvTranspose2d, Conv1d, …) in float; by default they are refused, listed. The α start at the
+    layers' defaults: calibrate them (:func:`apot_utils.fakequant.ptq.calibrate`) or train them.
+    """
+    _check_levels(bit, scheme, terms)
+    skip = set(skip)
+    names = dict(model.named_modules())
+    missing = sorted(skip - set(names))
+    if missing:
+        raise ValueError(f"skip names layers the model does not have: {missing}")
+    targets = [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and type(m) in
+               (nn.Conv2d, nn.Linear)]
+    others = [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
+              if name and not isinstance(m, (nn.Conv2d, nn.Linear, *PASSED)) and name not in skip
+              and any(True for _ in m.parameters(recurse=False))]
+    if others and not keep_unsupported:
+        raise ValueError(f"convert cannot quantize {', '.join(others)}: pass their names in skip, or "
+                         "keep_unsupported=True, to keep them in float")
+    if not targets:
+        raise ValueError("the model has no nn.Conv2d or nn.Linear to quantize")
+    if signed == "auto":
+        if example is None:
+            raise ValueError("signed='auto' chooses the signed layers from example inputs: pass example=<a batch>, "
+                             "or name the signed layers (signed=[...], True or False)")
+        signed_layers = negative_inputs(model, example)
+    elif isinstance(signed, bool):
+        signed_layers = set(targets) if signed else set()
+    else:
+        signed_layers = set(signed)
+        unknown = sorted(signed_layers - set(targets))
+        if unknown:
+            raise ValueError(f"signed names layers that convert does not quantize: {unknown}")
+    eight_bit = {targets[0], targets[-1]} if first_last_bits == 8 else set()
+    if first_last_bits not in (8, None):
+        raise ValueError(f"first_last_bits must be 8 or None, got {first_last_bits!r}")
+    converted, rows = copy.deepcopy(model), []
+    for name in targets:
+        old = names[name]
+        if name in skip:
+            rows.append({"name": name, "was": type(old).__name__, "now": type(old).__name__, "bit": FULL_PRECISION,
+                         "signed": False})
+            continue
+        is_conv = isinstance(old, nn.Conv2d)
+        if name in eight_bit:
+            if is_conv:
+                new = FirstConv8bit(old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                                    old.dilation, old.groups, old.bias is not None, old.padding_mode)
+            else:
+                new = LastLinear8bit(old.in_features, old.out_features, old.bias is not None)
+            layer_bit, is_signed = 8, False
+        else:
+            options = {"bit": bit, "scheme": scheme, "terms": terms, "per_channel": per_channel,
+                       "signed": name in signed_layers}
+            if is_conv:
+                if old.padding_mode != "zeros":
+                    raise ValueError(f"{name}: padding_mode {old.padding_mode!r} is not supported (zeros only)")
+                new = QuantConv2d(old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                                  old.dilation, old.groups, old.bias is not None, **options)
+            else:
+                new = QuantLinear(old.in_features, old.out_features, old.bias is not None, **options)
+            layer_bit, is_signed = bit, name in signed_layers
+        parent, _, child = name.rpartition(".")
+        setattr(converted.get_submodule(parent) if parent else converted, child, _copy_weights(new, old))
+        rows.append({"name": name, "was": type(old).__name__, "now": type(new).__name__, "bit": layer_bit,
+                     "signed": is_signed})
+    return Conversion(converted, rows)

@@ -1,0 +1,146 @@
+"""convert(): any PyTorch CNN to APoT layers (torchvision ResNet-18 and MobileNetV2, grouped convolutions), signed
+inputs chosen from data, the refusals, the release's ResNet-20 rebuilt from a plain one, calibration."""
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from apot_utils.fakequant.convert import convert
+from apot_utils.fakequant.layers import FirstConv8bit, LastLinear8bit, QuantConv2d, QuantLinear, frozen_weights
+from apot_utils.fakequant.loading import load_model
+from apot_utils.fakequant.ptq import Calibration, calibrate
+from apot_utils.fakequant.spec import ModelSpec
+from apot_utils.files import data
+from apot_utils.integer.convert import to_integer
+
+
+def kinds(model):
+    return [type(m).__name__ for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def forward_backward(model, x):
+    model.train()
+    loss = model(x).logsumexp(1).mean()
+    loss.backward()
+    return [p for p in model.parameters() if p.grad is None]
+
+
+def test_torchvision_resnet18():
+    torch.manual_seed(0)
+    fp = torchvision.models.resnet18(num_classes=10)
+    x = torch.randn(2, 3, 64, 64)
+    q, rows = convert(fp, 4, example=x)
+    found = kinds(q)
+    assert found[0] == "FirstConv8bit" and found[-1] == "LastLinear8bit"
+    assert found.count("QuantConv2d") == 19 and len(rows) == 21            # 16 in blocks, 3 downsamples
+    assert not any(r["signed"] for r in rows)                               # every quantized input follows a ReLU
+    assert torch.equal(q.layer1[0].conv1.weight, fp.layer1[0].conv1.weight)  # the original weights
+    assert kinds(fp).count("Conv2d") == 20                                  # the original is unchanged
+    assert forward_backward(q, x) == []
+
+
+def test_torchvision_mobilenet_v2_gets_signed_and_depthwise_layers():
+    torch.manual_seed(0)
+    fp = torchvision.models.mobilenet_v2(num_classes=10)
+    x = torch.randn(2, 3, 64, 64)
+    q, rows = convert(fp, 3, example=x)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["features.0.0"]["now"] == "FirstConv8bit" and by_name["classifier.1"]["now"] == "LastLinear8bit"
+    depthwise = [m for m in q.modules() if isinstance(m, QuantConv2d) and m.groups == m.in_channels > 1]
+    assert len(depthwise) == 17
+    # a block's expansion convolution reads the previous block's linear bottleneck (no ReLU): signed;
+    # its depthwise convolution reads a ReLU6: unsigned
+    assert by_name["features.2.conv.0.0"]["signed"] and not by_name["features.2.conv.1.0"]["signed"]
+    assert by_name["features.1.conv.0.0"]["signed"] is False                # after the stem's ReLU6
+    assert sum(r["signed"] for r in rows) == 16 + 1                          # the expansions of blocks 2..17, the last 1×1
+    assert forward_backward(q, x) == []
+
+
+def test_grouped_convolutions_and_inner_linear_layers():
+    torch.manual_seed(0)
+    fp = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1, groups=4, bias=False),
+                       nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 20),
+                       nn.Linear(20, 5))
+    q, rows = convert(fp, 5, terms=2, per_channel=True, signed=False)
+    assert kinds(q) == ["FirstConv8bit", "QuantConv2d", "QuantLinear", "LastLinear8bit"]
+    assert q[2].groups == 4 and q[2].weight_alpha.shape == (32, 1, 1, 1) and q[7].weight_alpha.shape == (20, 1)
+    assert forward_backward(q, torch.randn(4, 3, 8, 8)) == []
+    q, _ = convert(fp, 4, first_last_bits=None, skip=["8"], signed=["7"])
+    assert kinds(q) == ["QuantConv2d", "QuantConv2d", "QuantLinear", "Linear"] and q[7].signed and not q[2].signed
+
+
+def test_signed_inputs_quantize_negatives_to_negative_levels():
+    layer = QuantLinear(4, 2, bit=4, signed=True, act_alpha=2.0)
+    x = torch.tensor([-3.0, -1.2, -0.5, 0.0, 0.5, 1.2, 3.0])
+    q = layer._quantized_input(x)
+    assert torch.equal(q, -layer._quantized_input(-x))                     # symmetric
+    assert (q[:3] < 0).all() and q[0] == -2.0 and q[-1] == 2.0             # clipped at ±α
+    magnitudes = set((layer.act_levels * 2.0).tolist())
+    assert set(q.abs().tolist()) <= magnitudes and len(layer.act_levels) == 8      # sign + 3-bit magnitudes
+    unsigned = QuantLinear(4, 2, bit=4, act_alpha=2.0)._quantized_input(x)
+    assert (unsigned[:3] == 0).all()                                        # the release's set drops them
+
+
+def test_what_convert_cannot_do_is_refused():
+    fp = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ConvTranspose2d(8, 8, 2), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.LazyLinear(3))
+    with pytest.raises(ValueError, match=r"cannot quantize 1 \(ConvTranspose2d\)"):
+        convert(fp, 4, signed=False)
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 2, 1))
+    with pytest.raises(ValueError, match="bit must be 2..8"):
+        convert(plain, 9, signed=False)
+    with pytest.raises(ValueError, match="terms"):
+        convert(plain, 4, terms=5, signed=False)
+    with pytest.raises(ValueError, match="example"):
+        convert(plain, 4)
+    with pytest.raises(ValueError, match="does not have"):
+        convert(plain, 4, skip=["conv9"], signed=False)
+    q, _ = convert(plain, 4, signed=False)
+    with pytest.raises(ValueError, match="integer path"):
+        to_integer(convert(plain, 4, signed=True).model)
+    assert isinstance(q[0], FirstConv8bit) and isinstance(q[3], FirstConv8bit)    # a last convolution: 8-bit too
+    assert not isinstance(q[0], LastLinear8bit)
+
+
+def test_calibrate_a_converted_mobilenet():
+    torch.manual_seed(0)
+    fp = torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.25).eval()
+    images = torch.randn(16, 3, 32, 32)
+    q = calibrate(convert(fp, 4, example=images).model, fp, images, Calibration(), log=lambda line: None)
+    layers = [m for m in q.modules() if isinstance(m, QuantConv2d)]
+    assert all(m.act_alpha.item() != 8.0 and m.weight_alpha.item() != 3.0 for m in layers)
+    with torch.no_grad(), frozen_weights(q):
+        assert torch.isfinite(q(images)).all()
+
+
+def plain_resnet20() -> nn.Module:
+    """The release's ResNet-20 with every layer a plain nn.Conv2d / nn.Linear (as a user's own model would be)."""
+    model = ModelSpec("cifar10", "resnet20", 32).build()
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.Conv2d):
+            plain = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, bias=False)
+        elif isinstance(m, nn.Linear):
+            plain = nn.Linear(m.in_features, m.out_features)
+        else:
+            continue
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, plain)
+    return model
+
+
+@pytest.mark.slow
+def test_a_converted_plain_resnet20_is_the_released_4bit_model(ref):
+    """A plain ResNet-20 holding the released 4-bit checkpoint's weights, converted at 4 bits (signed inputs
+    chosen from the images: none), with the release's α loaded, predicts as the released model, image for image."""
+    test = data.load_npz(ref("cifar10/test_first1000_lossless.npz"))
+    x = data.normalize(test.x)
+    released = load_model("cifar10", "resnet20", 4, "release", log=lambda line: None).eval()
+    state = released.state_dict()
+    plain = plain_resnet20()
+    plain.load_state_dict({k: v for k, v in state.items() if "alpha" not in k})
+    converted, rows = convert(plain, 4, example=x[:200])
+    assert not any(r["signed"] for r in rows)
+    converted.load_state_dict(state)
+    converted.eval()
+    with torch.no_grad(), frozen_weights(converted), frozen_weights(released):
+        assert torch.equal(torch.cat([converted(b) for b in x.split(250)]).argmax(1),
+                           torch.cat([released(b) for b in x.split(250)]).argmax(1))
