@@ -10,6 +10,7 @@ from apot_utils.fakequant.layers import FirstConv8bit, LastLinear8bit, QuantConv
 from apot_utils.fakequant.loading import load_model
 from apot_utils.fakequant.ptq import Calibration, calibrate
 from apot_utils.fakequant.spec import ModelSpec
+from apot_utils.fakequant.training import default_recipe, parameter_groups, set_quantizer_options, train_one_epoch
 from apot_utils.files import data
 from apot_utils.integer.convert import to_integer
 
@@ -144,3 +145,19 @@ def test_a_converted_plain_resnet20_is_the_released_4bit_model(ref):
     with torch.no_grad(), frozen_weights(converted), frozen_weights(released):
         assert torch.equal(torch.cat([converted(b) for b in x.split(250)]).argmax(1),
                            torch.cat([released(b) for b in x.split(250)]).argmax(1))
+
+
+def test_train_a_converted_model_from_python():
+    """The toolkit's training loop and the release's SGD groups (α with their own rates) on a converted MobileNetV2."""
+    torch.manual_seed(0)
+    fp = torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.25)
+    images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    q = calibrate(convert(fp, 4, example=images).model, fp, images, Calibration(), log=lambda line: None)
+    recipe = default_recipe("cifar10", 4)
+    groups = parameter_groups(set_quantizer_options(q, recipe), recipe)
+    assert {g["name"] for g in groups} == {"weights", "act_alpha", "weight_alpha"}
+    optimizer = torch.optim.SGD(groups, lr=0.01, momentum=0.9)
+    before = {n: p.detach().clone() for n, p in q.named_parameters() if n.endswith("act_alpha")}
+    result = train_one_epoch(q, [(images, labels)] * 2, 2, optimizer, "cpu", 0, 0, None, 1, False, q)
+    assert torch.isfinite(torch.tensor(result["loss"]))
+    assert any(not torch.equal(p, before[n]) for n, p in q.named_parameters() if n in before)   # α learn

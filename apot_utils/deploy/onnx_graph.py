@@ -44,7 +44,7 @@ from torch import nn
 from ..core.levels import integer_levels
 from ..fast.projection import decisions, project
 from ..integer.arithmetic import FLOAT32_EXACT, accumulator_bound
-from ..integer.layers import Fixed8bit, FixedOrderBatchNorm2d, FixedOrderGlobalPool, IntegerConv2d
+from ..integer.layers import Fixed8bit, FixedOrderBatchNorm2d, IntegerConv2d
 
 VARIANTS = ("exact", "fast", "float")
 OPSET = 21
@@ -85,6 +85,10 @@ class GraphBuilder:
         name = self._name(what)
         self.initializers.append(self._numpy.from_array(np.asarray(array), name))
         return name
+
+    def output(self, value: str, name: str) -> None:
+        """Make ``value`` the graph output ``name``."""
+        self.nodes.append(self._helper.make_node("Identity", [value], [name], name=name))
 
     def op(self, op_type: str, inputs: list[str], outputs: int = 1, **attributes):
         """Add one node; returns its output name (a list of them when ``outputs`` > 1)."""
@@ -207,7 +211,8 @@ class _Exporter:
             acc = g.op("Add", [acc, g.const(_tensor(conv.bias.float().view(1, -1, 1, 1), np.float32), "bias")])
         return acc
 
-    def pool_and_fc(self, pool: FixedOrderGlobalPool, fc: Fixed8bit, x: str) -> str:
+    def pool_and_fc(self, fc: Fixed8bit, x: str, positions: int) -> str:
+        """The global average pool over ``positions`` (H·W) and the 8-bit fc: logits [N, classes]."""
         g = self.g
         weight = fc.codes.float().div(127).mul(fc.weight_max.float())                     # [O, K]
         if self.variant != "exact":
@@ -218,7 +223,7 @@ class _Exporter:
             return g.op("Gemm", inputs, transB=1)
         # fixed_order_global_mean: positions added in row-major order, then divided by their count
         flat = g.op("Reshape", [x, g.const(np.array([0, 0, -1], np.int64), "shape")])          # [N, C, H·W]
-        count = self.spatial
+        count = positions
         parts = g.op("Split", [flat, g.const(np.ones(count, np.int64), "split")], outputs=count, axis=2)
         acc = parts[0]
         for part in parts[1:]:
@@ -375,7 +380,7 @@ class _Exporter:
                 residual = self.bn(block.downsample[1], conv(block.downsample[0], x))
         return g.op("Relu", [g.op("Add", [out, residual])])
 
-    def build(self, image_size: int, classes: int):
+    def build(self, image_size: int) -> GraphBuilder:
         m, g = self.model, self.g
         with g.scope("stem"):
             x = g.op("Relu", [self.bn(m.bn1, self.first_conv(m.conv1, "images"))])
@@ -387,10 +392,9 @@ class _Exporter:
                 with g.scope(f"{stage}.{i}"):
                     x = self.block(block, x)
         side = image_size // (4 if hasattr(m, "maxpool") else 1) // 2 ** (len(stages) - 1)
-        self.spatial = side * side
         with g.scope("head"):
-            out = self.pool_and_fc(m.avgpool, m.fc, x)
-        g.nodes.append(g._helper.make_node("Identity", [out], ["logits"], name="logits"))
+            out = self.pool_and_fc(m.fc, x, side * side)
+        g.output(out, "logits")
         return g
 
 
@@ -424,7 +428,7 @@ def to_onnx(model: nn.Module, variant: str = "exact", meta: dict | None = None):
     check_exportable(model, variant)
     image_size = 32 if not hasattr(model, "maxpool") else 224
     classes = model.fc.codes.shape[0]
-    g = _Exporter(model, variant).build(image_size, classes)
+    g = _Exporter(model, variant).build(image_size)
     graph = helper.make_graph(
         g.nodes, f"apot_{variant}",
         [helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, ["N", 3, image_size, image_size])],
