@@ -83,9 +83,13 @@ def test_signed_inputs_quantize_negatives_to_negative_levels():
 
 
 def test_what_convert_cannot_do_is_refused():
-    fp = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ConvTranspose2d(8, 8, 2), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.LazyLinear(3))
+    fp = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ConvTranspose2d(8, 8, 2), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8, 3))
     with pytest.raises(ValueError, match=r"cannot quantize 1 \(ConvTranspose2d\)"):
         convert(fp, 4, signed=False)
+    with pytest.raises(ValueError, match="lazy"):
+        convert(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.LazyLinear(3)), 4, signed=False)
+    with pytest.raises(ValueError, match="already quantized"):
+        convert(ModelSpec("cifar10", "resnet20", 4).build(), 4, signed=False)
     plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 2, 1))
     with pytest.raises(ValueError, match="bit must be 2..8"):
         convert(plain, 9, signed=False)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..core.levels import FULL_PRECISION, projection_order, weight_projection_order
-from .layers import FirstConv8bit, LastLinear8bit, QuantConv2d, QuantLinear
+from .layers import FirstConv8bit, LastLinear8bit, QuantConv2d, QuantLinear, _QuantizedWeight
 
 # modules with parameters that convert leaves as they are: normalization layers keep float statistics
 PASSED = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
@@ -91,8 +91,13 @@ def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None 
     missing = sorted(skip - set(names))
     if missing:
         raise ValueError(f"skip names layers the model does not have: {missing}")
-    targets = [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and type(m) in
-               (nn.Conv2d, nn.Linear)]
+    quantized = [name for name, m in model.named_modules() if isinstance(m, _QuantizedWeight)]
+    if quantized:
+        raise ValueError(f"the model is already quantized ({', '.join(quantized[:3])}, …): convert a full-precision one")
+    lazy = [name for name, m in model.named_modules() if isinstance(m, nn.modules.lazy.LazyModuleMixin)]
+    if lazy:
+        raise ValueError(f"{', '.join(lazy)} not initialized yet (lazy): run one forward before converting")
+    targets = [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     others = [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
               if name and not isinstance(m, (nn.Conv2d, nn.Linear, *PASSED)) and name not in skip
               and any(True for _ in m.parameters(recurse=False))]
