@@ -38,7 +38,7 @@ def _workers(requested: int | None) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=sorted(ARCHS), default="cifar10")
-    p.add_argument("--arch", default="resnet20", help="cifar10: resnet20/32/44/56; imagenet: resnet18/34")
+    p.add_argument("--arch", default="resnet20", help="cifar10: resnet20/32/44/56, mobilenet_v2; imagenet: resnet18/34, mobilenet_v2")
     p.add_argument("--bit", type=int, choices=BITS, default=None,
                    help="bitwidth, 32 = full precision (validate: default the checkpoint's own, or 4; train: default 4)")
     p.add_argument("--scheme", choices=SCHEMES, default=None, help="default apot (validate: the checkpoint's own)")

@@ -5,7 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
-from apot_utils.fakequant.convert import convert
+from apot_utils.fakequant.convert import convert, graph_signed_inputs, negative_inputs
 from apot_utils.fakequant.layers import FirstConv8bit, LastLinear8bit, QuantConv2d, QuantLinear, frozen_weights
 from apot_utils.fakequant.loading import load_model
 from apot_utils.fakequant.ptq import Calibration, calibrate
@@ -13,6 +13,7 @@ from apot_utils.fakequant.spec import ModelSpec
 from apot_utils.fakequant.training import default_recipe, parameter_groups, set_quantizer_options, train_one_epoch
 from apot_utils.files import data
 from apot_utils.integer.convert import to_integer
+from apot_utils.integer.costs import layer_rows
 
 
 def kinds(model):
@@ -55,6 +56,73 @@ def test_torchvision_mobilenet_v2_gets_signed_and_depthwise_layers():
     assert by_name["features.1.conv.0.0"]["signed"] is False                # after the stem's ReLU6
     assert sum(r["signed"] for r in rows) == 16 + 1                          # the expansions of blocks 2..17, the last 1×1
     assert forward_backward(q, x) == []
+
+
+@pytest.mark.parametrize("build", [lambda: torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.25),
+                                   lambda: torchvision.models.mobilenet_v3_small(num_classes=10),
+                                   lambda: torchvision.models.resnet18(num_classes=10)],
+                         ids=["mobilenet_v2", "mobilenet_v3_small", "resnet18"])
+def test_signed_layers_from_the_graph_are_those_that_see_negative_values(build):
+    """signed='graph' (no ReLU-like op in front, through pooling, sums, products with a hard sigmoid's gate)
+    chooses the layers that receive negative values on random images: none more, none fewer."""
+    torch.manual_seed(0)
+    fp = build().eval()
+    assert graph_signed_inputs(fp) == negative_inputs(fp, torch.randn(4, 3, 64, 64))
+    rows = convert(fp, 4, signed="graph").rows
+    assert {r["name"] for r in rows if r["signed"]} == graph_signed_inputs(fp) - {rows[0]["name"], rows[-1]["name"]}
+
+
+def test_the_graph_rule_is_conservative_where_it_cannot_tell():
+    class Shifted(nn.Module):        # relu(x) - 1 can be negative; relu(x) + 2 relu(x) cannot
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c, self.d = (nn.Conv2d(3 if i == 0 else 4, 4, 1) for i in range(4))
+
+        def forward(self, x):
+            y = torch.relu(self.a(x))
+            return self.c(y + y * 2.0) + self.d(self.b(y + (-1.0)))
+
+    assert graph_signed_inputs(Shifted()) == {"a", "b", "d"}
+
+    class Dynamic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return self.conv(x) if x.sum() > 0 else x
+
+    with pytest.raises(ValueError, match="torch.fx can trace"):
+        convert(Dynamic(), 4, first_last_bits=None, signed="graph")
+
+
+def test_mobilenet_v2_is_an_architecture_of_the_toolkit():
+    """ModelSpec builds the CIFAR-10 MobileNetV2 converted (signed layers from the graph), with the full-precision
+    one's parameter names plus the α, so a full-precision checkpoint initializes it."""
+    fp = ModelSpec("cifar10", "mobilenet_v2", 32).build()
+    q = ModelSpec("cifar10", "mobilenet_v2", 3, "uniform").build()
+    assert not any(isinstance(m, QuantConv2d) for m in fp.modules())
+    assert sum(m.signed for m in q.modules() if isinstance(m, QuantConv2d)) == 17
+    assert q.features[2].conv[0][0].signed and q.features[2].conv[0][0].scheme == "uniform"
+    assert set(q.state_dict()) - set(fp.state_dict()) == {k for k in q.state_dict() if k.endswith("alpha")}
+    assert q(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert fp.features[0][0].stride == (1, 1)                              # the CIFAR stem
+
+
+def test_costs_of_a_converted_mobilenet():
+    """Depthwise MACs are C_in/groups · kh · kw per output; a signed input has 2^b - 1 levels (2^b - 2
+    comparisons); a quantized inner Linear counts as quantized."""
+    q = ModelSpec("cifar10", "mobilenet_v2", 4).build()
+    rows = {r["layer"]: r for r in layer_rows(q, (3, 32, 32))}
+    depthwise = rows["features.1.conv.0.0"]                 # 16 channels at 32 x 32, 3 x 3 each
+    assert depthwise["MACs"] == 16 * 32 * 32 * 9 and depthwise["bits w/a"] == "4/4"
+    expansion = rows["features.2.conv.0.0"]                 # signed: reads block 1's 8 output channels at 32 x 32
+    assert expansion["act comparisons"] == 8 * 32 * 32 * (2**4 - 2)
+    assert rows["features.1.conv.0.0"]["act comparisons"] == 16 * 32 * 32 * (2**4 - 1)
+    assert rows["classifier.1"]["bits w/a"] == "8/8"
+    inner = convert(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(), nn.Linear(4 * 4, 8), nn.Linear(8, 2)), 3,
+                    signed=True).model
+    assert [r["bits w/a"] for r in layer_rows(inner, (3, 2, 2))] == ["8/8", "3/3", "8/8"]
 
 
 def test_grouped_convolutions_and_inner_linear_layers():
@@ -147,8 +215,10 @@ def test_a_converted_plain_resnet20_is_the_released_4bit_model(ref):
     converted.load_state_dict(state)
     converted.eval()
     with torch.no_grad(), frozen_weights(converted), frozen_weights(released):
-        assert torch.equal(torch.cat([converted(b) for b in x.split(250)]).argmax(1),
-                           torch.cat([released(b) for b in x.split(250)]).argmax(1))
+        logits = torch.cat([converted(b) for b in x.split(250)])
+        assert torch.equal(logits.argmax(1), torch.cat([released(b) for b in x.split(250)]).argmax(1))
+        # its layers allow the integer path (unsigned inputs, no groups): the same logits, layer swap for layer swap
+        assert torch.equal(to_integer(converted)(x[:250]), logits[:250])
 
 
 def test_train_a_converted_model_from_python():

@@ -55,6 +55,20 @@ def test_integer_levels_are_the_level_sets():
         assert torch.allclose((ints.double() / ints[-1]).float(), level_set(bits), rtol=0, atol=6e-8)
 
 
+def test_the_integer_model_is_in_eval_mode_as_returned():
+    """to_integer's new layers (BatchNorm included) are in eval mode: its float path is the model's, logit for logit."""
+    torch.manual_seed(0)
+    model = ModelSpec("cifar10", "resnet20", 4).build()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+    integer = to_integer(model.train())
+    assert not any(m.training for m in integer.modules())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad(), frozen_weights(model.eval()):
+        assert torch.equal(integer(x), model(x))
+
+
 @pytest.mark.parametrize("terms, per_channel", [(None, True), (3, False)])
 def test_export_round_trip_of_any_configuration(tmp_path, terms, per_channel):
     torch.manual_seed(0)

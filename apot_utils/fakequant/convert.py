@@ -6,9 +6,11 @@ for the first and last layer), carrying the original weights, as torch.ao's ``pr
 from __future__ import annotations
 
 import copy
+import operator
 from typing import Iterable, NamedTuple
 
 import torch
+import torch.fx
 from torch import nn
 
 from ..core.levels import FULL_PRECISION, projection_order, weight_projection_order
@@ -53,6 +55,66 @@ def negative_inputs(model: nn.Module, example: torch.Tensor) -> set[str]:
     return found
 
 
+# ops whose output is >= 0 whatever their input, and ops that keep a tensor >= 0 when their inputs are
+NON_NEGATIVE_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Hardsigmoid, nn.Softmax)
+NON_NEGATIVE_FUNCTIONS = {torch.relu, torch.sigmoid, torch.nn.functional.relu, torch.nn.functional.relu6,
+                          torch.nn.functional.sigmoid, torch.nn.functional.hardsigmoid, torch.softmax,
+                          torch.nn.functional.softmax}
+NON_NEGATIVE_METHODS = {"relu", "sigmoid", "softmax"}
+KEEPS_SIGN_MODULES = (nn.Dropout, nn.Identity, nn.Flatten, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+                      nn.AdaptiveMaxPool2d, nn.Upsample)
+KEEPS_SIGN_FUNCTIONS = {torch.flatten, torch.cat, torch.add, operator.add, torch.mul, operator.mul, operator.getitem, torch.nn.functional.dropout,
+                        torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.avg_pool2d,
+                        torch.nn.functional.max_pool2d, torch.nn.functional.interpolate}
+KEEPS_SIGN_METHODS = {"flatten", "view", "reshape", "contiguous", "permute", "transpose", "mean", "add", "mul"}
+
+
+def _non_negative(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether the value of ``node`` is >= 0 by construction: produced by a ReLU-like op, or by a sum, concatenation,
+    pooling or reshaping of such values. Anything else (the input, a BatchNorm, a convolution) may be negative."""
+    if node.op == "call_module":
+        module = modules[node.target]
+        if isinstance(module, NON_NEGATIVE_MODULES):
+            return True
+        keeps = isinstance(module, KEEPS_SIGN_MODULES)
+    elif node.op == "call_function":
+        if node.target in NON_NEGATIVE_FUNCTIONS:
+            return True
+        keeps = node.target in KEEPS_SIGN_FUNCTIONS
+    elif node.op == "call_method":
+        if node.target in NON_NEGATIVE_METHODS:
+            return True
+        keeps = node.target in KEEPS_SIGN_METHODS
+    else:
+        return False
+    tensors = _node_arguments(node)
+    if node.target in (torch.add, operator.add, "add", torch.mul, operator.mul, "mul") and (
+            "alpha" in node.kwargs or any(isinstance(a, (int, float)) and a < 0 for a in node.args)):
+        return False     # x + (negative constant), x * (negative constant), x + alpha * y
+    return keeps and bool(tensors) and all(_non_negative(a, modules) for a in tensors)
+
+
+def _node_arguments(node: torch.fx.Node) -> list[torch.fx.Node]:
+    found: list[torch.fx.Node] = []
+    torch.fx.node.map_arg((node.args, node.kwargs), found.append)
+    return found
+
+
+def graph_signed_inputs(model: nn.Module) -> set[str]:
+    """Names of the Conv2d and Linear layers of ``model`` whose input is not >= 0 by construction (no ReLU-like op
+    in front, through pooling, reshaping, sums and concatenations), from the graph ``torch.fx.symbolic_trace``
+    records; a model it cannot trace is refused (name the signed layers, or use signed='auto')."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception as error:     # fx raises TraceError, TypeError, NotImplementedError, ... on dynamic code
+        raise ValueError(f"signed='graph' needs a model torch.fx can trace ({type(error).__name__}: {error}); pass "
+                         "signed='auto' with example inputs, or the names of the signed layers") from None
+    modules = dict(model.named_modules())
+    return {node.target for node in graph.nodes if node.op == "call_module"
+            and isinstance(modules[node.target], (nn.Conv2d, nn.Linear))
+            and not _non_negative(_node_arguments(node)[0], modules)}
+
+
 def _check_levels(bit: int, scheme: str, terms: int | None) -> None:
     """Refuse a bitwidth or n without a level set (the message lists the choices)."""
     if not (isinstance(bit, int) and 2 <= bit <= 8):
@@ -80,8 +142,9 @@ def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None 
     (default) makes the first and the last of those layers, in registration order, the release's 8-bit
     layers with unquantized input; None quantizes them too. skip: names of layers kept in full precision.
     signed: which layers get a signed input set (sign and b − 1 magnitude bits): 'auto' those that receive
-    a negative value on ``example`` (inputs [N, ...], e.g. a few training images; required then), or a
-    collection of names, or True / False for all. keep_unsupported: leave other modules with parameters
+    a negative value on ``example`` (inputs [N, ...], e.g. a few training images; required then), 'graph'
+    those without a ReLU-like op in front (:func:`graph_signed_inputs`, no data), or a collection of names,
+    or True / False for all. keep_unsupported: leave other modules with parameters
     (ConvTranspose2d, Conv1d, …) in float; by default they are refused, listed. The α start at the
     layers' defaults: calibrate them (:func:`apot_utils.fakequant.ptq.calibrate`) or train them.
     """
@@ -111,6 +174,8 @@ def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None 
             raise ValueError("signed='auto' chooses the signed layers from example inputs: pass example=<a batch>, "
                              "or name the signed layers (signed=[...], True or False)")
         signed_layers = negative_inputs(model, example)
+    elif signed == "graph":
+        signed_layers = graph_signed_inputs(model)
     elif isinstance(signed, bool):
         signed_layers = set(targets) if signed else set()
     else:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..core.levels import FULL_PRECISION, LEVEL_RULE, SCHEMES, projection_order, weight_projection_order
-from .models import ARCHS, BITS, CifarResNet, ImageNetResNet
+from .models import ARCHS, BITS, CifarResNet, ImageNetResNet, quantized_mobilenet_v2
 
 SPEC_FIELDS = ("dataset", "arch", "bit", "scheme", "terms", "per_channel")
 
@@ -56,9 +56,12 @@ class ModelSpec:
 
     def build(self) -> nn.Module:
         """A fresh, randomly initialized model; ``model.spec`` is this description."""
-        depth_or_layers = ARCHS[self.dataset][self.arch]
-        cls = CifarResNet if self.dataset == "cifar10" else ImageNetResNet
-        model = cls(depth_or_layers, self.bit, self.scheme, terms=self.terms, per_channel=self.per_channel)
+        shape = ARCHS[self.dataset][self.arch]
+        if callable(shape):       # a torchvision network, converted (:func:`apot_utils.fakequant.convert.convert`)
+            model = quantized_mobilenet_v2(shape(), self.bit, self.scheme, self.terms, self.per_channel)
+        else:
+            cls = CifarResNet if self.dataset == "cifar10" else ImageNetResNet
+            model = cls(shape, self.bit, self.scheme, terms=self.terms, per_channel=self.per_channel)
         model.spec = self
         return model
 

@@ -18,12 +18,13 @@ def integer_layer(module: nn.Module, level_values: str = "release") -> nn.Module
     """The integer counterpart of one layer of a fake-quantized model, or None for a layer that stays as it
     is (ReLU, a residual block's container, a full-precision convolution). level_values: 'release' or 'exact'."""
     if isinstance(module, QuantLinear) and module.quantized:
-        raise ValueError(f"{module}: the integer path runs quantized convolutions, not linear layers")
+        raise ValueError("the integer path runs quantized convolutions, not linear layers")
     if isinstance(module, QuantConv2d) and module.quantized:
         if module.groups != 1 or module.dilation != (1, 1) or module.bias is not None:
-            raise ValueError(f"{module}: the integer path runs convolutions without groups, dilation or bias")
+            raise ValueError(f"groups={module.groups}, dilation={module.dilation}, bias={module.bias is not None}: "
+                             "the integer path runs convolutions without groups, dilation or bias")
         if module.signed:
-            raise ValueError(f"{module}: the integer path runs unsigned input activations (after a ReLU)")
+            raise ValueError("signed input: the integer path runs unsigned input activations (after a ReLU)")
         codes = weight_codes(module.weight, module.weight_alpha, module.bit, module.weight_levels,
                              module.weight_stats_grad)
         return IntegerConv2d(codes, module.weight_alpha, module.act_alpha, module.stride, module.padding,
@@ -52,8 +53,11 @@ def to_integer(model: nn.Module, level_values: str = "release") -> nn.Module:
         raise ValueError("the model has no quantized layers: the integer path needs a 2..8-bit model")
     model = copy.deepcopy(model).eval()
     for name, module in list(model.named_modules()):
-        replacement = integer_layer(module, level_values)
+        try:
+            replacement = integer_layer(module, level_values)
+        except ValueError as error:
+            raise ValueError(f"layer {name} ({type(module).__name__}): {error}") from None
         if replacement is not None:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, replacement)
-    return model
+    return model.eval()      # the new layers too (a BatchNorm in training mode would use batch statistics)

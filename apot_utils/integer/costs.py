@@ -11,8 +11,8 @@ Counting rules (per multiply-accumulate, MAC, of a convolution or linear layer):
   counts 3/4 of the uniform one. The 3/4 is not derived here: it is the factor the paper's own
   numbers imply (its ResNet-18 APoT rows are 0.75 of its uniform rows, layer for layer).
 
-Per input activation of a quantized layer, requantization: its nearest of the L = 2^b levels takes L − 1
-comparisons with the decision thresholds (``act comparisons``; a binary search needs only b of them, at the
+Per input activation of a quantized layer, requantization: its nearest of the L levels (2^b unsigned, 2^b − 1
+signed: ± the (b−1)-bit magnitudes) takes L − 1 comparisons with the decision thresholds (``act comparisons``; a binary search needs only b of them, at the
 price of data-dependent branches).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..core.levels import FULL_PRECISION, max_set_bits
-from ..fakequant.layers import FirstConv8bit, LastLinear8bit, QuantConv2d
+from ..fakequant.layers import FirstConv8bit, LastLinear8bit, QuantConv2d, QuantLinear
 
 APOT_FIXOPS_FACTOR = 0.75
 
@@ -37,11 +37,12 @@ def layer_rows(model: nn.Module, image_shape: tuple[int, int, int]) -> list[dict
         def hook(module, args, out):
             macs = out.numel() * module.weight[0].numel()        # per output element: C_in/groups · kh · kw
             comparisons = None
-            if isinstance(module, QuantConv2d) and module.quantized:
+            if isinstance(module, (QuantConv2d, QuantLinear)) and module.quantized:
                 b, n_w = module.bit, max_set_bits(module.bit - 1, module.scheme, module.terms)
-                n_a = max_set_bits(module.bit, module.scheme, module.terms)
+                # a signed input: sign and the weights' (b-1)-bit magnitudes, 2^b - 1 levels (one zero)
+                n_a = n_w if module.signed else max_set_bits(module.bit, module.scheme, module.terms)
                 bits, weight_bytes = (b, b), module.weight.numel() * b / 8
-                comparisons = args[0].numel() * (2**b - 1)
+                comparisons = args[0].numel() * (2**b - (2 if module.signed else 1))
             elif isinstance(module, (FirstConv8bit, LastLinear8bit)):     # 8-bit codes: an 8-bit multiplier
                 bits, n_w, n_a, weight_bytes = (8, 8), None, None, module.weight.numel()
             else:
@@ -52,7 +53,7 @@ def layer_rows(model: nn.Module, image_shape: tuple[int, int, int]) -> list[dict
                          "partial products": None if n_w is None else macs * n_w * n_a,
                          "act comparisons": comparisons,
                          "weight bytes": weight_bytes, "_bits": bits,
-                         "_apot": isinstance(module, QuantConv2d) and module.quantized and module.scheme == "apot"})
+                         "_apot": isinstance(module, (QuantConv2d, QuantLinear)) and module.quantized and module.scheme == "apot"})
         return hook
 
     for name, module in model.named_modules():
