@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .core.levels import FULL_PRECISION, SCHEMES
 from .fakequant.models import ARCHS, BITS
@@ -37,14 +38,36 @@ def _workers(requested: int | None) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", choices=sorted(ARCHS), default="cifar10")
-    p.add_argument("--arch", default="resnet20", help="cifar10: resnet20/32/44/56, mobilenet_v2; imagenet: resnet18/34, mobilenet_v2")
+    p.add_argument("--dataset", choices=sorted(ARCHS), default=None,
+                   help="default cifar10 (validate, export: the checkpoint's own)")
+    p.add_argument("--arch", default=None, help="cifar10: resnet20/32/44/56, mobilenet_v2; imagenet: resnet18/34, "
+                                                "mobilenet_v2 (default resnet20 / resnet18; validate, export: the checkpoint's own)")
     p.add_argument("--bit", type=int, choices=BITS, default=None,
                    help="bitwidth, 32 = full precision (validate: default the checkpoint's own, or 4; train: default 4)")
     p.add_argument("--scheme", choices=SCHEMES, default=None, help="default apot (validate: the checkpoint's own)")
     p.add_argument("--data", default=None, help="cifar10: .npz / JPEG .zip / 'torchvision'; imagenet: ImageFolder dir")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--batch-size", type=_positive, default=None, help="images a batch (at least 1)")
+
+
+DEFAULT_ARCH = {"cifar10": "resnet20", "imagenet": "resnet18"}
+
+
+def _model_from_checkpoint(args) -> None:
+    """--dataset and --arch not given: validate and export take them from a PyTorch checkpoint's metadata (the
+    release's files have none); otherwise cifar10 and its default architecture."""
+    meta = {}
+    path = getattr(args, "checkpoint", "release")
+    if args.command in ("validate", "export") and path != "release" and str(path).endswith((".pth", ".tar", ".pt")) \
+            and Path(path).is_file():
+        from .files.checkpoints import checkpoint_meta
+        try:
+            meta = checkpoint_meta(path)
+        except (CheckpointError, OSError):
+            meta = {}          # the command itself reports what is wrong with the file
+    args.dataset = args.dataset or meta.get("dataset") or "cifar10"
+    args.arch = args.arch or (meta.get("arch") if meta.get("dataset", args.dataset) == args.dataset else None) \
+        or DEFAULT_ARCH[args.dataset]
 
 
 def main(argv=None) -> int:
@@ -123,6 +146,7 @@ def main(argv=None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         return 0
+    _model_from_checkpoint(args)
     if args.arch not in ARCHS[args.dataset]:
         parser.error(f"--arch for {args.dataset} must be one of {sorted(ARCHS[args.dataset])}")
     from .fakequant.evaluate import reuse_freed_memory

@@ -1,6 +1,8 @@
 """The models this project trained and ships in checkpoints/ score what checkpoints/README.md says they were made
 for, on the exact first 1,000 CIFAR-10 test images (the images never chose them: a held-out split of the
 training images did)."""
+import json
+
 import pytest
 
 from apot_utils.fakequant.evaluate import validate_cifar10
@@ -26,3 +28,33 @@ def test_fine_tuned_models_reach_their_targets(bit, ref):
     after = validate_cifar10(model, test, "cpu", log=lambda line: None).top1
     assert after >= TARGETS[bit], (before, after)
     assert after > before + 3          # the fine-tune recovered what post-training quantization lost
+
+
+MOBILENET = SHIPPED_DIR / "mobilenet_v2"
+
+
+def mobilenet_results() -> dict:
+    return json.loads((MOBILENET / "results.json").read_text())
+
+
+@pytest.mark.parametrize("name", list(mobilenet_results()))
+def test_the_shipped_mobilenets_score_what_results_json_says(name, ref):
+    """Each shipped CIFAR-10 MobileNetV2 (full precision, post-training and fine-tuned, APoT and uniform, 4 and 3
+    bits) scores on the exact 1,000 images what checkpoints/mobilenet_v2/results.json (and the chapter, and
+    checkpoints/README.md) report: equal on a CPU with the recording machine's float32 summation order, within
+    two images on another."""
+    test = data.load_npz(ref("cifar10/test_first1000_lossless.npz"))
+    model = load_model("cifar10", "mobilenet_v2", None, MOBILENET / f"{name}.pth.tar", log=lambda line: None)
+    if name != "fp":                                     # e.g. 3bit_uniform_qat
+        assert (model.spec.bit, model.spec.scheme) == (int(name[0]), name.split("_")[1])
+    assert abs(validate_cifar10(model, test, "cpu", log=lambda line: None).top1 - mobilenet_results()[name]["exact1000"]) <= 0.2
+
+
+def test_fine_tuning_the_mobilenets_helped():
+    """Read from results.json (the test above recomputes it): each fine-tune beat its post-training start on the
+    held-out images that chose it, and on the exact test images."""
+    results = mobilenet_results()
+    for bit in (4, 3):
+        for scheme in ("apot", "uniform"):
+            ptq, qat = results[f"{bit}bit_{scheme}_ptq"], results[f"{bit}bit_{scheme}_qat"]
+            assert qat["holdout5k"] > ptq["holdout5k"] and qat["exact1000"] > ptq["exact1000"], (bit, scheme)

@@ -196,3 +196,27 @@ def test_cifar_recipe_treats_normalization_statistics_as_constants():
                                     lambda line: None)
     assert {layer.weight_stats_grad for _, layer in quantized_layers(cifar)} == {False}
     assert {layer.weight_stats_grad for _, layer in quantized_layers(imagenet)} == {True}
+
+
+@pytest.mark.slow
+def test_train_and_validate_a_mobilenet_from_the_command_line(sources, tmp_path):
+    """`train --arch mobilenet_v2` fine-tunes the shipped full-precision MobileNetV2 at 3 bits (uniform; signed
+    layers from the graph), records the architecture, and `validate` rebuilds the model from the checkpoint alone."""
+    from apot_utils.files.paths import SHIPPED_DIR
+    fp = SHIPPED_DIR / "mobilenet_v2" / "fp.pth.tar"
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "apot_utils", "train", "--arch", "mobilenet_v2", "--bit", "3", "--scheme", "uniform",
+               "--init", str(fp), "--no-calibrate", "--epochs", "1", "--subset", "64", "--batch-size", "32",
+               "--data", str(sources[0]), "--val-data", str(sources[1]), "--out", str(run), "--device", "cpu",
+               "--no-progress"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "=> 3-bit mobilenet_v2, epochs 0..0, 2 steps an epoch" in out.stdout
+    meta = checkpoints.checkpoint_meta(run / "checkpoint.pth.tar")
+    assert (meta["arch"], meta["bit"], meta["scheme"]) == ("mobilenet_v2", 3, "uniform")
+    model = load_model("cifar10", "mobilenet_v2", None, run / "checkpoint.pth.tar", log=lambda line: None)
+    assert sum(m.signed for _, m in quantized_layers(model)) == 17
+    last = re.findall(r"val top-1 ([\d.]+) %", out.stdout)[-1]
+    shown = subprocess.run([sys.executable, "-m", "apot_utils", "validate", "--checkpoint", str(run / "checkpoint.pth.tar"), "--data", str(sources[1]), "--device", "cpu"],
+                           capture_output=True, text=True, check=True).stdout
+    assert shown.splitlines()[-1] == f" * Prec {float(last):.3f}% "

@@ -98,7 +98,9 @@ def release_path(dataset: str, arch: str, bit: int, download: bool = True) -> Pa
     if key not in RELEASED:
         known = ", ".join(f"{d} {a} {b}-bit" for d, a, b in RELEASED)
         hint = (f"; their ImageNet checkpoints are on Google Drive ({IMAGENET_CHECKPOINTS}): download one by hand "
-                "and pass --checkpoint PATH") if dataset == "imagenet" else ""
+                "and pass --checkpoint PATH") if dataset == "imagenet" else (
+            "; this project trained CIFAR-10 MobileNetV2s: pass --checkpoint checkpoints/mobilenet_v2/<file>.pth.tar"
+            if arch == "mobilenet_v2" else "")
         raise CheckpointError(f"the authors released no {arch} {bit}-bit {dataset} checkpoint in their repository "
                               f"(there: {known}){hint}")
     entry = RELEASED[key]

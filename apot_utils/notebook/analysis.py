@@ -173,13 +173,14 @@ def descend_alpha(error, init: float, steps: int, lr: float) -> dict[str, list[f
 
 def layer_inputs(model: nn.Module, layer: str, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """What the quantized layer ``layer`` receives for a batch of images [B, 3, H, W] and what
-    it turns that into: (input activations, quantized activations), both [B, C, H', W']."""
+    it turns that into (its unsigned or signed input set): (input activations, quantized activations), both
+    [B, C, H', W']."""
     module = dict(model.named_modules())[layer]
     if not isinstance(module, QuantConv2d) or not module.quantized:
         raise ValueError(f"{layer} is not a quantized QuantConv2d")
     x = input_to(model.eval(), module, images)
     with torch.no_grad():
-        return x, quantize_activation(x, module.act_alpha, module.act_levels)
+        return x, module._quantized_input(x)
 
 
 ALPHA_RULES = ("RCF", "PACT", "LSQ")

@@ -27,7 +27,7 @@ def alphas_by_layer(alpha_rows: dict, title: str = "Clipping thresholds learned 
                            (axes[1], "activation α", "activation units")):
         ax.set_title(kind)
         ax.set_ylabel(f"α ({unit})")
-        ax.set_xticks(np.arange(len(names)), names, rotation=90, fontsize=8)
+        ax.set_xticks(np.arange(len(names)), names, rotation=90, fontsize=8 if len(names) <= 30 else 6)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
@@ -356,10 +356,12 @@ def alpha_rule_fits(fits: dict[str, dict[str, list[float]]], name: str):
 
 def activation_histogram(x: torch.Tensor, q: torch.Tensor, levels: torch.Tensor, alpha: float, name: str):
     """A layer's input activations x and their quantized values q (same shape), with the levels
-    α·levels: left the raw inputs, right how many values land on each level."""
+    α·levels (at α = 1: the unsigned set, or a signed one such as ``weight_level_set``): left the raw inputs,
+    right how many values land on each level."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     x, q, levels = x.flatten(), q.flatten(), levels.sort().values
-    axes[0].hist(x.numpy(), bins=120, range=(0, max(float(x.max()), alpha) * 1.02), color="0.6", log=True)
+    low = min(float(x.min()), -alpha) * 1.02 if levels[0] < 0 else 0.0
+    axes[0].hist(x.numpy(), bins=120, range=(low, max(float(x.max()), alpha) * 1.02), color="0.6", log=True)
     axes[0].vlines((levels * alpha).numpy(), 0, 1, transform=axes[0].get_xaxis_transform(), color="tab:green",
                    lw=0.9, label=f"levels (α = {alpha:.2f})")
     axes[0].set_title(f"{name}: input activations ({x.numel():,} values)", fontsize=9)
@@ -367,7 +369,8 @@ def activation_histogram(x: torch.Tensor, q: torch.Tensor, levels: torch.Tensor,
     values = (levels * alpha).to(q.dtype)
     counts = (q[:, None] == values[None, :]).sum(0)
     axes[1].bar(np.arange(len(values)), 100.0 * counts.numpy() / q.numel(), color="tab:green")
-    axes[1].set_xticks(np.arange(len(values)), [f"{v:.2f}" for v in values.tolist()], fontsize=9)
+    axes[1].set_xticks(np.arange(len(values)), [f"{v:.2f}" for v in values.tolist()], fontsize=9 if len(values) <= 16 else 7,
+                       rotation=0 if len(values) <= 8 else 90)
     axes[1].set_title(f"{name}: share of values on each level", fontsize=9)
     axes[1].set_ylabel("share of activations (%)")
     axes[0].set_xlabel("activation value")
@@ -533,3 +536,32 @@ def onnx_block(graphs: dict, scope: str, title: str = ""):
 
 
 _INTEGER_OPS = {"QLinearConv", "QuantizeLinear", "DequantizeLinear", "ConvInteger", "MatMulInteger"}
+
+
+def stages_by_bitwidth(panels: dict[str, dict[str, float]], title: str):
+    """Top-1 (%) of models named 'fp' and '<b>bit_<scheme>_<stage>' (stage 'ptq' or 'qat'), one panel per
+    entry of ``panels`` (panel title -> name -> top-1): bars grouped by bitwidth, one per scheme and stage,
+    full precision as a dashed line."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.2), sharey=True, squeeze=False)
+    for ax, (panel, scores) in zip(axes[0], panels.items()):
+        keys = [k.split("_") for k in scores if k != "fp"]
+        bits = sorted({k[0] for k in keys}, reverse=True)
+        bars = [(scheme, stage) for scheme in dict.fromkeys(k[1] for k in keys) for stage in ("ptq", "qat")]
+        width = 0.8 / len(bars)
+        for i, (scheme, stage) in enumerate(bars):
+            values = [scores.get(f"{b}_{scheme}_{stage}", np.nan) for b in bits]
+            x = np.arange(len(bits)) + (i - (len(bars) - 1) / 2) * width
+            ax.bar(x, values, width, label=f"{scheme}, {'post-training' if stage == 'ptq' else 'fine-tuned'}",
+                   color=f"C{bars.index((scheme, 'ptq')) // 2}", alpha=0.45 if stage == "ptq" else 0.95)
+            for xi, v in zip(x, values):
+                ax.text(xi, v + 0.3, f"{v:.1f}", ha="center", fontsize=7)
+        ax.axhline(scores["fp"], color="k", ls="--", lw=1, label=f"full precision {scores['fp']:.1f}")
+        ax.set_xticks(np.arange(len(bits)), [b.replace("bit", "-bit") for b in bits])
+        ax.set_title(panel, fontsize=10)
+        ax.set_ylabel("top-1 (%)")
+        ax.set_ylim(min(v for v in scores.values()) - 5, scores["fp"] + 3)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="lower left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
