@@ -51,10 +51,13 @@ def test_the_shipped_mobilenets_score_what_results_json_says(name, ref):
 
 
 def test_fine_tuning_the_mobilenets_helped():
-    """Read from results.json (the test above recomputes it): each fine-tune beat its post-training start on the
-    held-out images that chose it, and on the exact test images."""
+    """Read from results.json (the held-out scores as evaluate.py recorded them): each fine-tune beat its
+    post-training start on the held-out images that chose its epoch, and at 3 bits by more than 3 points on both
+    image sets (at 4 bits the exact-image score of the uniform one fell: chapter 09)."""
     results = mobilenet_results()
     for bit in (4, 3):
         for scheme in ("apot", "uniform"):
             ptq, qat = results[f"{bit}bit_{scheme}_ptq"], results[f"{bit}bit_{scheme}_qat"]
-            assert qat["holdout5k"] > ptq["holdout5k"] and qat["exact1000"] > ptq["exact1000"], (bit, scheme)
+            assert qat["holdout5k"] > ptq["holdout5k"], (bit, scheme)
+            if bit == 3:
+                assert min(qat["holdout5k"] - ptq["holdout5k"], qat["exact1000"] - ptq["exact1000"]) > 3, scheme
