@@ -11,7 +11,6 @@ last 1×1 convolution) get signed input sets, found from the graph (``signed='gr
 """
 from __future__ import annotations
 
-import torchvision
 from torch import nn
 
 from ...core.levels import FULL_PRECISION
@@ -22,6 +21,7 @@ CIFAR_WIDTH = 0.5
 
 def cifar_mobilenet_v2() -> nn.Module:
     """The full-precision CIFAR-10 MobileNetV2 (10 classes)."""
+    import torchvision      # here, not at import: torchvision loads torch._dynamo, which the package avoids
     model = torchvision.models.mobilenet_v2(num_classes=10, width_mult=CIFAR_WIDTH)
     model.features[0][0].stride = (1, 1)
     return model
@@ -29,6 +29,7 @@ def cifar_mobilenet_v2() -> nn.Module:
 
 def imagenet_mobilenet_v2() -> nn.Module:
     """torchvision's full-precision MobileNetV2 (1,000 classes, width 1)."""
+    import torchvision
     return torchvision.models.mobilenet_v2(num_classes=1000)
 
 
