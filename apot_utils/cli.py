@@ -70,6 +70,27 @@ def _model_from_checkpoint(args) -> None:
         or DEFAULT_ARCH[args.dataset]
 
 
+def _take_the_runs_model(args) -> None:
+    """train --resume: the model is the run's (dataset, arch, bit, scheme as its last checkpoint records them);
+    one of them given otherwise is refused, naming both (CheckpointError: the command's clean error)."""
+    from .files.checkpoints import checkpoint_meta
+
+    last = Path(args.out or "") / "checkpoint.pth.tar"
+    if args.out is None or not last.is_file():
+        return                     # train itself says that there is nothing to resume
+    meta = checkpoint_meta(last)
+    asked = {k: getattr(args, k) for k in ("dataset", "arch", "bit", "scheme") if getattr(args, k) is not None}
+    differ = [f"--{k} {v} (the run: {meta.get(k, 'apot' if k == 'scheme' else None)})" for k, v in asked.items()
+              if v != meta.get(k, "apot" if k == "scheme" else None)]
+    if differ:
+        raise CheckpointError(f"--resume continues the run in {args.out}, a {meta.get('bit')}-bit {meta.get('scheme', 'apot')} "
+                              f"{meta.get('arch')} {meta.get('dataset')}; asked for {', '.join(differ)}. For another "
+                              "model, start a new run with another --out")
+    for key in ("dataset", "arch", "bit", "scheme"):
+        if key in meta:
+            setattr(args, key, meta[key])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m apot_utils", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +167,12 @@ def main(argv=None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         return 0
+    if args.command == "train" and args.resume:
+        try:
+            _take_the_runs_model(args)
+        except (CheckpointError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     _model_from_checkpoint(args)
     if args.arch not in ARCHS[args.dataset]:
         parser.error(f"--arch for {args.dataset} must be one of {sorted(ARCHS[args.dataset])}")

@@ -1,5 +1,7 @@
 """convert(): any PyTorch CNN to APoT layers (torchvision ResNet-18 and MobileNetV2, grouped convolutions), signed
 inputs chosen from data, the refusals, the release's ResNet-20 rebuilt from a plain one, calibration."""
+import dataclasses
+
 import pytest
 import torch
 import torchvision
@@ -227,7 +229,9 @@ def test_train_a_converted_model_from_python():
     fp = torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.25)
     images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     q = calibrate(convert(fp, 4, example=images).model, fp, images, Calibration(), log=lambda line: None)
-    recipe = default_recipe("cifar10", 4)
+    # a fine-tune's α rates (the recipe's 0.1 is meant for 300 epochs: on this random network it pushes an α below 0
+    # within a step, which the loop stops as it should)
+    recipe = dataclasses.replace(default_recipe("cifar10", 4), act_alpha_lr=0.01, weight_alpha_lr=0.002)
     groups = parameter_groups(set_quantizer_options(q, recipe), recipe)
     assert {g["name"] for g in groups} == {"weights", "act_alpha", "weight_alpha"}
     optimizer = torch.optim.SGD(groups, lr=0.01, momentum=0.9)

@@ -79,3 +79,42 @@ def test_float_path_follows_the_release_and_integer_path_is_the_same_everywhere(
     # the variants do change the float arithmetic (otherwise this test would show nothing)
     for bit in first:
         assert results["default"][bit]["float_logits_sha256"] != results["onednn-off"][bit]["float_logits_sha256"], bit
+
+
+CALIBRATION = r"""
+import hashlib, json, sys
+import torch
+torch.backends.mkldnn.enabled = sys.argv[1] != "onednn-off"
+from apot_utils.files import data
+from apot_utils.fakequant.loading import load_model
+from apot_utils.fakequant.ptq import post_training_quantize
+from apot_utils.fakequant.spec import ModelSpec
+
+images = data.normalize(data.load_npz(sys.argv[2]).sample(64, seed=0).x)
+full_precision = load_model("cifar10", "resnet20", 32, "release", log=lambda line: None)
+model = post_training_quantize(full_precision, ModelSpec("cifar10", "resnet20", 5, per_channel=True), images,
+                               log=lambda line: None)
+state = model.state_dict()
+print(json.dumps({"alpha": {k: v.flatten().tolist() for k, v in state.items() if k.endswith("alpha")},
+                  "batchnorm": {k: v.tolist() for k, v in state.items() if k.endswith(("running_mean", "running_var"))}}))
+"""
+
+
+def test_post_training_calibration_is_the_same_under_two_arithmetics(ref):
+    """The same calibration images give the same α under another float32 summation order (chapter 07's 5-bit
+    per-channel model: in float32 the calibration moved a layer's α by 9 % between AVX-512 and AVX2), and
+    BatchNorm's transferred statistics agree to float32 rounding."""
+    images = ref("cifar10/test_first1000_lossless.npz")     # any images: the test compares two runs on them
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    runs = {name: subprocess.Popen([sys.executable, "-c", CALIBRATION, name, str(images)], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=env) for name in VARIANTS}
+    results = {}
+    for name, run in runs.items():
+        stdout, stderr = run.communicate()
+        assert run.returncode == 0, stderr[-3000:]
+        results[name] = json.loads(stdout.splitlines()[-1])
+    first, other = results["default"], results["onednn-off"]
+    for key, values in first["alpha"].items():
+        assert other["alpha"][key] == pytest.approx(values, rel=1e-6), key
+    for key, values in first["batchnorm"].items():
+        assert other["batchnorm"][key] == pytest.approx(values, rel=1e-5, abs=1e-6), key

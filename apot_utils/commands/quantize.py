@@ -8,6 +8,7 @@ from torch import nn
 
 from ..core.checks import check_count
 from ..core.levels import FULL_PRECISION
+from ..fakequant.evaluate import check_model_computes
 from ..fakequant.loading import checkpoint_path, load_model
 from ..fakequant.ptq import Calibration, post_training_quantize
 from ..fakequant.spec import ModelSpec
@@ -20,7 +21,8 @@ def quantize_checkpoint(spec: ModelSpec, init, out, calib: int = 512, calibratio
     """Post-training quantization (:func:`~apot_utils.fakequant.ptq.post_training_quantize`) of the
     full-precision checkpoint ``init`` ('release' or a path) to the model ``spec`` describes, on ``calib``
     training images, written to ``out`` (refused if it exists) with ``spec``'s metadata, where it came from
-    and how it was calibrated. Returns the quantized model."""
+    and how it was calibrated; a model that computes NaN or infinity is not written, and the written file is
+    loaded back and run once (removed if that fails). Returns the quantized model."""
     if spec.dataset != "cifar10":
         raise ValueError("post-training quantization is implemented for cifar10 (its training images calibrate α)")
     if not spec.quantized:
@@ -39,6 +41,13 @@ def quantize_checkpoint(spec: ModelSpec, init, out, calib: int = 512, calibratio
     meta = spec.meta() | {
         "source": data.display_path(path), "source_sha256": checkpoints.sha256_of(path),
         "post_training": {**asdict(calibration), "calib_images": len(train_images), "calib_source": train_images.source}}
+    check_model_computes(model, spec.image_size, f"the {spec.describe()} calibrated from {path}")
     checkpoints.save_checkpoint({"state_dict": model.state_dict(), "meta": meta}, out)
+    try:            # the file as validate will read it
+        check_model_computes(load_model(spec.dataset, spec.arch, spec.bit, out, log=lambda line: None),
+                             spec.image_size, f"the written {out}")
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
     log(f"=> wrote {out}")
     return model

@@ -401,7 +401,7 @@ def _train(cfg: TrainConfig, device, where: Distributed, out: Path, log: Callabl
     source = path = None
     if saved:
         spec = ModelSpec.from_meta(saved["meta"])
-        for name in ("terms", "per_channel"):
+        for name in ("dataset", "arch", "bit", "scheme", "terms", "per_channel"):
             if getattr(cfg, name) is not None and getattr(cfg, name) != getattr(spec, name):
                 raise ValueError(f"--resume continues the run in {out} with {name}={getattr(spec, name)}, not {getattr(cfg, name)}")
     elif cfg.init is not None:

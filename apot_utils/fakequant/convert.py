@@ -71,7 +71,10 @@ KEEPS_SIGN_METHODS = {"flatten", "view", "reshape", "contiguous", "permute", "tr
 
 def _non_negative(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     """Whether the value of ``node`` is >= 0 by construction: produced by a ReLU-like op, or by a sum, concatenation,
-    pooling or reshaping of such values. Anything else (the input, a BatchNorm, a convolution) may be negative."""
+    pooling or reshaping of such values, with no negative constant (positional or keyword) and no op changing it
+    in place. Anything else (the input, a BatchNorm, a convolution, a subtraction) may be negative."""
+    if _mutated(node):
+        return False
     if node.op == "call_module":
         module = modules[node.target]
         if isinstance(module, NON_NEGATIVE_MODULES):
@@ -88,10 +91,30 @@ def _non_negative(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     else:
         return False
     tensors = _node_arguments(node)
+    constants = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, (int, float)) and not isinstance(a, bool)]
     if node.target in (torch.add, operator.add, "add", torch.mul, operator.mul, "mul") and (
-            "alpha" in node.kwargs or any(isinstance(a, (int, float)) and a < 0 for a in node.args)):
-        return False     # x + (negative constant), x * (negative constant), x + alpha * y
+            "alpha" in node.kwargs or any(c < 0 for c in constants)):
+        return False     # x + (negative constant), x * (negative constant), also as keywords; x + alpha * y
     return keeps and bool(tensors) and all(_non_negative(a, modules) for a in tensors)
+
+
+IN_PLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ipow, operator.setitem}
+
+
+def _mutated(node: torch.fx.Node) -> bool:
+    """Whether an op changes ``node``'s tensor in place (``x.sub_(0.5)``, ``x -= 1``, ``x[...] = v``, an
+    ``inplace=True`` function, any ``torch.*_`` function): what the graph records of its value no longer holds."""
+    def in_place(name: str) -> bool:
+        return name.endswith("_") and not name.endswith("__")
+
+    for user in node.users:
+        if user.kwargs.get("inplace") is True or user.target in IN_PLACE_FUNCTIONS:
+            return True
+        if user.op == "call_method" and in_place(user.target):
+            return True
+        if user.op == "call_function" and in_place(getattr(user.target, "__name__", "")):
+            return True
+    return False
 
 
 def _node_arguments(node: torch.fx.Node) -> list[torch.fx.Node]:
@@ -145,8 +168,11 @@ def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None 
     a negative value on ``example`` (inputs [N, ...], e.g. a few training images; required then), 'graph'
     those without a ReLU-like op in front (:func:`graph_signed_inputs`, no data), or a collection of names,
     or True / False for all. keep_unsupported: leave other modules with parameters
-    (ConvTranspose2d, Conv1d, …) in float; by default they are refused, listed. The α start at the
-    layers' defaults: calibrate them (:func:`apot_utils.fakequant.ptq.calibrate`) or train them.
+    (ConvTranspose2d, Conv1d, …) in float; by default they are refused, listed. A subclass of nn.Conv2d or
+    nn.Linear with its own forward is refused unless named in skip; padding modes (reflect, circular, …) are
+    kept; a layer registered under several names is converted once and stays shared (its table row names
+    them all). The α start at the layers' defaults: calibrate them (:func:`apot_utils.fakequant.ptq.calibrate`)
+    or train them.
     """
     _check_levels(bit, scheme, terms)
     skip = set(skip)
@@ -161,6 +187,14 @@ def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None 
     if lazy:
         raise ValueError(f"{', '.join(lazy)} not initialized yet (lazy): run one forward before converting")
     targets = [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    own_forward = [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
+                   if name in targets and name not in skip and type(m).forward not in (nn.Conv2d.forward, nn.Linear.forward)]
+    if own_forward:
+        raise ValueError(f"{', '.join(own_forward)} computes its own forward (a subclass of nn.Conv2d or nn.Linear): "
+                         "a quantized layer would replace what it computes; pass its name in skip to keep it in float")
+    aliases = {}           # a module registered under several names (self.c = self.b) is converted once, for all
+    for name, m in model.named_modules(remove_duplicate=False):
+        aliases.setdefault(id(m), []).append(name)
     others = [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
               if name and not isinstance(m, (nn.Conv2d, nn.Linear, *PASSED)) and name not in skip
               and any(True for _ in m.parameters(recurse=False))]
@@ -197,7 +231,7 @@ def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None 
         if name in eight_bit:
             if is_conv:
                 new = FirstConv8bit(old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
-                                    old.dilation, old.groups, old.bias is not None, old.padding_mode)
+                                    old.dilation, old.groups, old.bias is not None, old.padding_mode)   # honoured in forward
             else:
                 new = LastLinear8bit(old.in_features, old.out_features, old.bias is not None)
             layer_bit, is_signed = 8, False
@@ -205,15 +239,15 @@ def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None 
             options = {"bit": bit, "scheme": scheme, "terms": terms, "per_channel": per_channel,
                        "signed": name in signed_layers}
             if is_conv:
-                if old.padding_mode != "zeros":
-                    raise ValueError(f"{name}: padding_mode {old.padding_mode!r} is not supported (zeros only)")
                 new = QuantConv2d(old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
-                                  old.dilation, old.groups, old.bias is not None, **options)
+                                  old.dilation, old.groups, old.bias is not None, padding_mode=old.padding_mode, **options)
             else:
                 new = QuantLinear(old.in_features, old.out_features, old.bias is not None, **options)
             layer_bit, is_signed = bit, name in signed_layers
-        parent, _, child = name.rpartition(".")
-        setattr(converted.get_submodule(parent) if parent else converted, child, _copy_weights(new, old))
-        rows.append({"name": name, "was": type(old).__name__, "now": type(new).__name__, "bit": layer_bit,
-                     "signed": is_signed})
+        new = _copy_weights(new, old)
+        for alias in aliases[id(old)]:
+            parent, _, child = alias.rpartition(".")
+            setattr(converted.get_submodule(parent) if parent else converted, child, new)
+        rows.append({"name": " = ".join(aliases[id(old)]), "was": type(old).__name__, "now": type(new).__name__,
+                     "bit": layer_bit, "signed": is_signed})
     return Conversion(converted, rows)

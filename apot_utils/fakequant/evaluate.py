@@ -119,12 +119,56 @@ def ranked_correct(output: torch.Tensor, labels: torch.Tensor, k: int = 5) -> tu
     return ranked, ranked.eq(labels[:, None])
 
 
+def first_non_finite(model: nn.Module, images: torch.Tensor) -> str:
+    """Where ``model`` first computes NaN or infinity on ``images``: 'first in <module name> (<type>)' for the
+    first module, in the order they run, whose output is not finite; 'in its input images' when those are
+    not finite; 'inside the model' where no module of it shows it (an ONNX Runtime session)."""
+    if not bool(torch.isfinite(images).all()):
+        return "in its input images"
+    found: list[str] = []
+
+    def hook(module, inputs, output, name):
+        if not found and isinstance(output, torch.Tensor) and output.is_floating_point() \
+                and not bool(torch.isfinite(output).all()):
+            found.append(f"first in {name} ({type(module).__name__})")
+
+    handles = [m.register_forward_hook(lambda m, i, o, name=name: hook(m, i, o, name))
+               for name, m in model.named_modules() if name and not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] if found else "inside the model"
+
+
+def check_finite_logits(model: nn.Module, images: torch.Tensor, output: torch.Tensor, what: str = "the model") -> None:
+    """Raise FloatingPointError, naming the first layer where it appears (:func:`first_non_finite`), when
+    ``output`` (``model``'s logits on ``images``) holds NaN or infinity: an accuracy counted from such logits
+    would be a number with no meaning."""
+    if not bool(torch.isfinite(output).all()):
+        raise FloatingPointError(f"{what} computes logits that are not finite (NaN or infinity), "
+                                 f"{first_non_finite(model, images)}; no accuracy is reported")
+
+
+def check_model_computes(model: nn.Module, image_size: int, what: str = "the model") -> None:
+    """:func:`check_finite_logits` on four seeded random images [4, 3, image_size, image_size] (normalized
+    scale): a model whose weights make NaN or infinity on any input shows it here. What export and quantize
+    run on the model they are about to write, and on the file they wrote."""
+    probe = torch.randn(4, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    with torch.no_grad():
+        check_finite_logits(model, probe, model(probe), what)
+
+
 def validate(model: nn.Module, batches: Iterable, total: int, device: torch.device,
              style: str = "cifar", print_freq: int = 10, log: Callable[[str], None] = print) -> ValidationResult:
     """Evaluate ``model`` on (images [B, 3, H, W], labels [B]) batches; ``total`` = number of batches.
 
     style 'cifar' prints ``Test: [i/N] Time Loss Prec`` and `` * Prec x%``; 'imagenet' prints
-    ``Acc@1``/``Acc@5`` as the ImageNet script did.
+    ``Acc@1``/``Acc@5`` as the ImageNet script did. Logits with NaN or infinity stop it with a FloatingPointError
+    that names the first layer computing them (:func:`check_finite_logits`), never an accuracy.
     """
     model.eval()
     batch_time, losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter(), AverageMeter()
@@ -134,6 +178,7 @@ def validate(model: nn.Module, batches: Iterable, total: int, device: torch.devi
         for i, (images, labels) in enumerate(batches):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             output = model(images)
+            check_finite_logits(model, images, output)
             loss = F.cross_entropy(output, labels)
             ranked, correct = ranked_correct(output, labels)
             n = labels.numel()

@@ -28,6 +28,13 @@ class _QuantizedWeight:
     def _weight_for_forward(self) -> torch.Tensor:
         return self._quantized_weight() if self._frozen_weight is None else self._frozen_weight
 
+    def __getstate__(self):
+        """A copy (deepcopy, pickle) made inside :func:`frozen_weights` does not take the frozen weight along:
+        it would use that weight forever, whatever its own weights become."""
+        state = dict(super().__getstate__())
+        state.pop("_frozen_weight", None)
+        return state
+
 
 @contextmanager
 def frozen_weights(model: nn.Module):
@@ -108,18 +115,17 @@ class _APoTQuantized(_QuantizedWeight):
 class QuantConv2d(_APoTQuantized, nn.Conv2d):
     """Conv2d with b-bit weights and b-bit input activations (:class:`_APoTQuantized` gives the options). Input
     [N, C_in, H, W]: non-negative unless ``signed`` (it follows a ReLU, as in the release). Groups (depthwise
-    included), dilation and bias as nn.Conv2d's."""
+    included), dilation, bias and padding_mode as nn.Conv2d's."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=False, bit: int = 4, scheme: str = "apot", terms: int | None = None,
                  per_channel: bool = False, weight_alpha: float = 3.0, act_alpha: float = 8.0,
-                 grad_scale: float = 1.0, signed: bool = False):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+                 grad_scale: float = 1.0, signed: bool = False, padding_mode: str = "zeros"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
         self._init_quantization(out_channels, 4, bit, scheme, terms, per_channel, weight_alpha, act_alpha, grad_scale, signed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(self._quantized_input(x), self._weight_for_forward(), self.bias, self.stride, self.padding,
-                        self.dilation, self.groups)
+        return self._conv_forward(self._quantized_input(x), self._weight_for_forward(), self.bias)   # any padding_mode
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._quantization_repr()
@@ -148,8 +154,7 @@ class FirstConv8bit(_QuantizedWeight, nn.Conv2d):
         return quantize_8bit(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self._weight_for_forward(), self.bias, self.stride, self.padding,
-                        self.dilation, self.groups)
+        return self._conv_forward(x, self._weight_for_forward(), self.bias)          # any padding_mode
 
 
 class LastLinear8bit(_QuantizedWeight, nn.Linear):

@@ -11,6 +11,7 @@ from ..core.levels import FULL_PRECISION
 from ..files import checkpoints
 from ..files.checkpoints import CheckpointError
 from .evaluate import print_alphas
+from .layers import quantized_layers
 from .spec import ModelSpec
 
 
@@ -47,14 +48,28 @@ def load_into(model: nn.Module, path: str | Path) -> dict:
     if meta.get("level_rule", spec.level_rule) != spec.level_rule:
         raise CheckpointError(f"{path} was made with level-set rule {meta['level_rule']!r}; this version builds "
                               f"{spec.level_rule!r}, so its levels would differ")
-    state_dict = checkpoints.to_model_keys(content["state_dict"])
+    state_dict = checkpoints.to_model_keys(content["state_dict"], str(path))
     if not spec.quantized:
         state_dict = checkpoints.without_unused_alphas(model, state_dict)
     checkpoints.check_state_dict(model, state_dict, str(path))
     checkpoints.check_alphas(state_dict, str(path))
     checkpoints.check_finite(state_dict, str(path))
+    checkpoints.check_batchnorm_variances(state_dict, str(path))
+    check_normalizable(model, state_dict, str(path))
     model.load_state_dict(state_dict)
     return {k: v for k, v in content.items() if k not in ("state_dict", "optimizer")}
+
+
+def check_normalizable(model: nn.Module, state_dict: dict, source: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` naming the first quantized layer of ``model`` whose weight in
+    ``state_dict`` is constant: its normalization (w − mean) / std would divide rounding noise by about 0 (NaN,
+    or finite values with no meaning)."""
+    for name, _ in quantized_layers(model):
+        w = state_dict[f"{name}.weight"].detach().double()
+        if not bool(w.std() > 1e-6 * w.abs().max()):
+            raise CheckpointError(f"{source}: {name}.weight is constant ({float(w.flatten()[0]):.4g} everywhere, "
+                                  "up to rounding); a quantized layer divides its weights by their standard deviation, "
+                                  "which is 0 here")
 
 
 def checkpoint_path(checkpoint: str | Path, dataset: str, arch: str, bit: int) -> Path:

@@ -11,6 +11,7 @@ from ..core.levels import FULL_PRECISION, LEVEL_RULE, SCHEMES, projection_order,
 from .models import ARCHS, BITS, CifarResNet, ImageNetResNet, quantized_mobilenet_v2
 
 SPEC_FIELDS = ("dataset", "arch", "bit", "scheme", "terms", "per_channel")
+IMAGE_SIZE = {"cifar10": 32, "imagenet": 224}
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,11 @@ class ModelSpec:
     @property
     def quantized(self) -> bool:
         return self.bit != FULL_PRECISION
+
+    @property
+    def image_size(self) -> int:
+        """The side of the square images the model is made for, in pixels: 32 (CIFAR-10), 224 (ImageNet)."""
+        return IMAGE_SIZE[self.dataset]
 
     def describe(self) -> str:
         """e.g. '3-bit resnet20 cifar10', 'full-precision resnet18 imagenet'."""

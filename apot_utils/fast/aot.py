@@ -97,9 +97,9 @@ def _build(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int
     shapes = tuple(None if d is None else {i: dims.setdefault(name, Dim(name, min=2)) for i, name in d.items()}
                    for d in dynamic)
     program = export(_Call(fn), args, dynamic_shapes=(shapes,))      # forward(*args): one input, a tuple
-    path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".building-") as scratch:
         built = torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(scratch, path.name))
+        os.chmod(built, 0o644)                  # whatever the umask: only this user writes it (check_writers)
         os.replace(built, path)
 
 
@@ -112,6 +112,57 @@ def remove_stale_builds() -> list[Path]:
     for folder in stale:
         shutil.rmtree(folder, ignore_errors=True)
     return stale
+
+
+LOCK_TIMEOUT_S = 600.0      # a build takes about 15 s; a lock held this long is a stopped or hung build
+
+
+class UntrustedKernel(RuntimeError):
+    """A kernel package (or its folder) that another user could have written: loading it would run their code."""
+
+
+def check_writers(path: Path) -> None:
+    """Refuse ``path`` (the kernel folder or a package) unless this user owns it and no one else may write it
+    (a package is a shared library: loading it runs its code, so a planted one in a shared or world-writable
+    folder, ``APOT_KERNEL_DIR=/tmp/...``, must not be loaded); as ssh treats ``~/.ssh``."""
+    info = path.stat()
+    others = info.st_mode & 0o022
+    if info.st_uid != os.getuid() or others:
+        who = f"owned by user {info.st_uid}" if info.st_uid != os.getuid() else "writable by group or others"
+        raise UntrustedKernel(f"{path} is {who}: a kernel package there could be anyone's code, so it is not "
+                              "loaded; point APOT_KERNEL_DIR at a folder of your own (mode 755 or 700)")
+
+
+class build_lock:
+    """The kernel folder's build lock (``fcntl.flock`` on ``.lock``, released when its holder ends, however it
+    ends). While another process holds it, say so once on stderr and wait; after :data:`LOCK_TIMEOUT_S`
+    (``APOT_KERNEL_LOCK_TIMEOUT`` seconds) give up with a TimeoutError: the caller computes eagerly instead."""
+
+    def __enter__(self):
+        import fcntl
+        import sys
+        import time
+
+        timeout = float(os.environ.get("APOT_KERNEL_LOCK_TIMEOUT", LOCK_TIMEOUT_S))
+        self.file = open(KERNEL_DIR / ".lock", "w")
+        start, said = time.monotonic(), False
+        while True:
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() - start >= timeout:
+                    self.file.close()
+                    raise TimeoutError(f"another process has held the kernel build lock {KERNEL_DIR / '.lock'} for "
+                                       f"{timeout:.0f} s (a stopped or hung build?)") from None
+                if not said:
+                    print(f"=> waiting for another process's kernel build ({KERNEL_DIR / '.lock'}; at most "
+                          f"{timeout:.0f} s, then the eager kernels)", file=sys.stderr, flush=True)
+                    said = True
+                time.sleep(0.2)
+
+    def __exit__(self, *exc):
+        self.file.close()          # closing releases the lock
 
 
 def pending(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, str] | None, ...]) -> bool:
@@ -127,18 +178,21 @@ def load(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, 
     dynamic: for each argument, the dimensions that may vary from call to call, by name (dimensions with the
     same name are equal in every call), or None; every other dimension is fixed at its size in ``args``.
     The package is built on first use on a machine (about 15 s on 2 CPU cores; a lock keeps concurrent
-    processes from building it twice) and loaded from disk after that.
+    processes from building it twice, :class:`build_lock`) and loaded from disk after that, only from a
+    folder and a file of this user's that no one else may write (:func:`check_writers`).
     """
     path = package_path(fn, args, dynamic)
     if not path.exists():
-        import fcntl
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(KERNEL_DIR / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.chmod(0o755)            # whatever the umask: only this user writes it
+        check_writers(path.parent)
+        with build_lock():
             remove_stale_builds()
             if not path.exists():
                 _build(fn, args, dynamic, path)
+    check_writers(path.parent)
+    check_writers(path)
     device = args[0].device
     index = -1 if device.type == "cpu" else (device.index if device.index is not None else torch.cuda.current_device())
     try:   # the loader behind torch._inductor.package.load_package, without that module's imports (0.9 s)

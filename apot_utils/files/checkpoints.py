@@ -196,6 +196,8 @@ def read_checkpoint(path: str | Path) -> dict:
     if head not in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip nor a pickle); "
                               "only trusted checkpoints in the documented formats are loaded")
+    if head == b"PK":
+        _check_zip_members(path)
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -216,15 +218,56 @@ def read_checkpoint(path: str | Path) -> dict:
     released = _RELEASED_BY_SHA.get(sha256_of(path))
     if released is not None:
         content.setdefault("meta", {"dataset": released.dataset, "arch": released.arch, "bit": released.bit})
+    if "meta" in content:
+        check_meta(content["meta"], path)
     return content
 
 
-def to_model_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Release key names -> this project's: drop ``module.``, ``weight_quant.wgt_alpha`` -> ``weight_alpha``."""
-    out = {}
+def _check_zip_members(path: Path) -> None:
+    """Every member of a torch zip checkpoint against its CRC-32 (``torch.load`` never checks them: flipped
+    bytes inside a tensor load silently as other numbers)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as error:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt): {error}") from None
+    if damaged is not None:
+        raise CheckpointError(f"{path} is damaged: its member {damaged} fails its CRC check (changed bytes: bit rot "
+                              "or a broken copy); use an intact copy of the file")
+
+
+# The metadata fields a checkpoint of this project records, and the types each must have.
+_META_TYPES = {"dataset": (str,), "arch": (str,), "bit": (int,), "scheme": (str,), "terms": (int, type(None)),
+               "per_channel": (bool,), "level_rule": (str,), "epoch": (int,), "best_acc1": (float, int),
+               "recipe": (dict,), "post_training": (dict,), "source": (str,), "source_sha256": (str,)}
+
+
+def check_meta(meta, path) -> None:
+    """Raise :class:`CheckpointError` unless ``meta`` is a dict whose known fields have their types (bool is
+    not an int here) and ``epoch`` is not negative."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its meta is a {type(meta).__name__}, not a dict of fields")
+    for key, types in _META_TYPES.items():
+        value = meta.get(key)
+        if key in meta and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            raise CheckpointError(f"{path}: its meta field {key!r} is {value!r} ({type(value).__name__}); expected "
+                                  + " or ".join("None" if t is type(None) else t.__name__ for t in types))
+    if meta.get("epoch", 0) < 0:
+        raise CheckpointError(f"{path}: its meta field 'epoch' is {meta['epoch']}; an epoch count is not negative")
+
+
+def to_model_keys(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Release key names -> this project's: drop ``module.``, ``weight_quant.wgt_alpha`` -> ``weight_alpha``.
+    Two keys that become one (``module.fc.weight`` beside ``fc.weight``) are refused: which to keep is a guess."""
+    out, origin = {}, {}
     for key, value in state_dict.items():
-        key = key.removeprefix("module.").replace("weight_quant.wgt_alpha", "weight_alpha")
-        out[key] = value
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{source}: its state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
+        renamed = key.removeprefix("module.").replace("weight_quant.wgt_alpha", "weight_alpha")
+        if renamed in out:
+            raise CheckpointError(f"{source}: its state_dict holds both {origin[renamed]!r} and {key!r}, which name the same "
+                                  f"tensor {renamed!r}: which one the model should get cannot be told")
+        out[renamed], origin[renamed] = value, key
     return out
 
 
@@ -248,7 +291,7 @@ def without_unused_alphas(model: nn.Module, state_dict: dict[str, torch.Tensor])
 def has_trained_alphas(path: str | Path) -> bool:
     """Whether the checkpoint at ``path`` holds clipping thresholds that something set: a quantized model's
     (the release's full-precision files carry ``act_alpha`` 6.0 and ``weight_alpha`` 3.0, never used)."""
-    state = to_model_keys(read_checkpoint(path)["state_dict"])
+    state = to_model_keys(read_checkpoint(path)["state_dict"], str(path))
     return any(key.rsplit(".", 1)[-1] in _RELEASE_UNUSED_ALPHAS
                and not (value.numel() == 1 and float(value) == _RELEASE_UNUSED_ALPHAS[key.rsplit(".", 1)[-1]])
                for key, value in state.items())
@@ -259,6 +302,15 @@ def check_finite(state_dict: dict[str, torch.Tensor], source: str = "checkpoint"
     for key, value in state_dict.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise CheckpointError(f"{source}: {key} holds NaN or infinite values (the checkpoint of a run that diverged?)")
+
+
+def check_batchnorm_variances(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` naming the first BatchNorm running variance with a negative value
+    (its square root would be NaN); 0 is allowed (a channel that never varied: eps keeps it finite)."""
+    for key, value in state_dict.items():
+        if key.endswith("running_var") and value.is_floating_point() and bool((value < 0).any()):
+            raise CheckpointError(f"{source}: {key} holds negative values ({float(value.min()):.3g}); a variance "
+                                  "is never negative")
 
 
 def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:

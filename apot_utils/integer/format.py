@@ -129,9 +129,10 @@ def read_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _tensor(tensors: dict[str, torch.Tensor], key: str, shape: tuple | None, path, dtypes=None,
-            positive: bool = False) -> torch.Tensor:
+            positive: bool = False, non_negative: bool = False) -> torch.Tensor:
     """``tensors[key]``, checked: present, of ``shape`` (None: any), of one of ``dtypes`` (None: floating),
-    finite, and with ``positive`` greater than 0; a CheckpointError naming the file and the tensor."""
+    finite, with ``positive`` greater than 0, with ``non_negative`` at least 0 (a BatchNorm variance: 0 is a
+    channel that never varied); a CheckpointError naming the file and the tensor."""
     if key not in tensors:
         raise checkpoints.CheckpointError(f"{path} lacks tensor {key!r}: another architecture, or a damaged file?")
     t = tensors[key]
@@ -143,6 +144,9 @@ def _tensor(tensors: dict[str, torch.Tensor], key: str, shape: tuple | None, pat
         raise checkpoints.CheckpointError(f"{path}: {key} holds values that are not finite")
     if positive and not bool((t > 0).all()):
         raise checkpoints.CheckpointError(f"{path}: {key} is {t.flatten()[:4].tolist()}; it must be positive")
+    if non_negative and not bool((t >= 0).all()):
+        raise checkpoints.CheckpointError(f"{path}: {key} holds negative values ({float(t.min()):.3g}); it must "
+                                          "not be negative")
     return t
 
 
@@ -154,7 +158,7 @@ def load_exported(path: str | Path, level_values: str = "release", dataset: str 
     (float arithmetic by default, the float model's bit for bit; inside
     :func:`~apot_utils.integer.layers.integer_arithmetic` integers and fixed-order rounding, the same on every machine). dataset / arch / bit, when given, must match the file.
     Every tensor is checked as a checkpoint is (shape, dtype, finite; α, ``weight_max`` and the running
-    variances positive; the 8-bit codes' largest 127) before the model is built from it."""
+    variances not negative; the 8-bit codes' largest 127) before the model is built from it."""
     tensors, meta = read_exported(path)
     check_recorded(meta, path, what="model", dataset=dataset, arch=arch, bit=bit)
     try:
@@ -195,7 +199,7 @@ def load_exported(path: str | Path, level_values: str = "release", dataset: str 
             replacement = FixedOrderBatchNorm2d(module.num_features, module.eps)
             for key in ("weight", "bias", "running_mean", "running_var"):
                 getattr(replacement, key).data.copy_(_tensor(tensors, f"{name}.{key}", (module.num_features,), path,
-                                                             positive=key == "running_var"))
+                                                             non_negative=key == "running_var"))
         elif isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
             replacement = FixedOrderGlobalPool(module)
         else:

@@ -195,3 +195,21 @@ def test_a_threshold_pushed_below_zero_stops_the_run_at_that_step(tmp_path, firs
     cli(*tiny_args(first1000, out, "--epochs", "1")).assert_clean_error(
         "act_alpha of layer layer1.1.conv2 became [-0.3", "at epoch 0, step 1", "lower --act-alpha-lr")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, asked", [(["--bit", "4"], "--bit 4 (the run: 3)"),
+                                          (["--arch", "resnet32"], "--arch resnet32 (the run: resnet20)"),
+                                          (["--scheme", "uniform"], "--scheme uniform (the run: apot)")])
+def test_resume_refuses_another_model_and_changes_nothing(extra, asked, interrupted, first1000, cli):
+    """--resume trains the run's own model: another --bit, --arch or --scheme is refused, not logged and ignored."""
+    before = (interrupted / "checkpoint.pth.tar").read_bytes()
+    args = [a for a in tiny_args(first1000, interrupted, "--resume") if a not in ("--bit", "3")]
+    run = cli(*args, *extra)
+    run.assert_clean_error("continues the run", "3-bit apot resnet20", asked)
+    assert (interrupted / "checkpoint.pth.tar").read_bytes() == before
+
+
+def test_resume_without_bit_logs_the_runs_model(interrupted, first1000, cli):
+    run = cli(*[a for a in tiny_args(first1000, interrupted, "--resume") if a not in ("--bit", "3")])
+    assert run.status == 0, run.err
+    assert "=> 3-bit resnet20" in run.out
