@@ -151,9 +151,9 @@ def main(argv=None) -> int:
     _common(e)
     e.add_argument("--checkpoint", default="release", help="'release' (the authors' CIFAR-10 models) or a path")
     e.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors", help="the file to write")
-    e.add_argument("--variant", choices=("exact", "fast", "float"), default="exact",
-                   help="onnx: exact (the integer path's logits, bit for bit), fast (QLinearConv integer kernels) "
-                        "or float (no activation quantization: the speed baseline)")
+    e.add_argument("--variant", choices=("exact", "fast", "float"), default=None,
+                   help="with --format onnx: exact (default: the integer path's logits, bit for bit), fast (QLinearConv "
+                        "integer kernels) or float (no activation quantization: the speed baseline)")
     e.add_argument("--out", required=True, help="the file to write (refused if it exists)")
     f = commands.add_parser("fetch", help="make the reference data layout (APOT_DATA_DIR) from the public sources or local files")
     f.add_argument("--dest", default=None, help="where to build it (default data/reference)")
@@ -192,9 +192,14 @@ def main(argv=None) -> int:
             from .commands.export import export_checkpoint
             if args.bit == FULL_PRECISION:
                 parser.error("export needs a quantized model (--bit 2..8)")
-            export_checkpoint(args.dataset, args.arch, args.bit, args.checkpoint, args.out, args.format, args.variant)
+            if args.variant is not None and args.format != "onnx":
+                parser.error(f"--variant chooses an ONNX graph: add --format onnx (--format {args.format} has no variants)")
+            export_checkpoint(args.dataset, args.arch, args.bit, args.checkpoint, args.out, args.format,
+                              args.variant or "exact")
         elif args.command == "validate":
             from .commands.validate import run_validation
+            if args.scheme is not None and str(args.checkpoint).endswith((".safetensors", ".onnx")):
+                parser.error("--scheme is recorded in an exported file: drop it (validate reads the file's own)")
             bit = 4 if args.bit is None and args.checkpoint == "release" else args.bit
             run_validation(args.dataset, args.arch, bit, args.checkpoint, args.data, args.device,
                            args.batch_size, args.limit, args.scheme, _workers(args.workers))
@@ -205,6 +210,10 @@ def main(argv=None) -> int:
             OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {args.command} stopped (files are written atomically: none is left half-written)",
+              file=sys.stderr)
+        return 130
     return 0
 
 
@@ -219,6 +228,8 @@ def _train_config(args):
     if args.batch_size is not None:
         overrides["batch_size"] = args.batch_size
     if args.milestones is not None:
+        if sorted(set(args.milestones)) != list(args.milestones):
+            raise ValueError(f"--milestones must be increasing epochs, each once, got {' '.join(map(str, args.milestones))}")
         overrides["milestones"] = tuple(args.milestones)
     recipe = None      # --resume without recipe options: the run's own (train checks any that are given)
     if not args.resume or overrides or args.epochs is not None:

@@ -61,3 +61,33 @@ def test_fine_tuning_the_mobilenets_helped():
             assert qat["holdout5k"] > ptq["holdout5k"], (bit, scheme)
             if bit == 3:
                 assert min(qat["holdout5k"] - ptq["holdout5k"], qat["exact1000"] - ptq["exact1000"]) > 3, scheme
+
+
+RESNET20_FILES = ["resnet20_5bit_apot.pth.tar", "resnet20_3bit_qat.pth.tar", "resnet20_2bit_qat.pth.tar",
+                  "resnet20_3bit_qat/resnet20_3bit_ptq.pth.tar"]
+
+
+@pytest.mark.parametrize("name", RESNET20_FILES)
+def test_the_shipped_resnets_export_and_validate_from_the_files(name, ref, tmp_path):
+    """Post-training BatchNorm transfer leaves some running variances at exactly 0 (channels that never vary); the
+    exported files keep them and validate: the .safetensors file with the checkpoint's predictions (its float path
+    is the fake-quantized model's, bit for bit), the exact ONNX file with the integer path's."""
+    import torch
+
+    from apot_utils.commands.export import export_checkpoint
+    from apot_utils.commands.validate import model_of
+    from apot_utils.integer.layers import integer_arithmetic
+
+    test = data.load_npz(ref("cifar10/test_first1000_lossless.npz")).subset(300)
+    silent = lambda line: None
+    path = SHIPPED_DIR / name
+    checkpoint = validate_cifar10(load_model("cifar10", "resnet20", None, path, log=silent), test, "cpu", log=silent)
+    files = {fmt: export_checkpoint("cifar10", "resnet20", None, path, tmp_path / f"m.{fmt}", fmt, log=silent)
+             for fmt in ("safetensors", "onnx")}
+    exported = model_of("cifar10", "resnet20", None, files["safetensors"], log=silent)
+    assert torch.equal(validate_cifar10(exported, test, "cpu", log=silent).predictions, checkpoint.predictions)
+    with torch.no_grad(), integer_arithmetic(exported):
+        integer = torch.cat([exported(x).argmax(1) for x, _ in data.batches(test, 100)])
+    onnx = validate_cifar10(model_of("cifar10", "resnet20", None, files["onnx"], log=silent), test, "cpu", log=silent)
+    assert torch.equal(onnx.predictions, integer)
+    assert int((integer != checkpoint.predictions).sum()) <= 2       # float32 against exact integer sums

@@ -29,6 +29,9 @@ def quantize_checkpoint(spec: ModelSpec, init, out, calib: int = 512, calibratio
         raise ValueError("post-training quantization needs a bitwidth of 2..8, not 32 (full precision)")
     check_count("--calib", calib, allow_none=False)
     out = new_file(out)
+    if out.suffix not in (".tar", ".pth", ".pt"):
+        raise ValueError(f"quantize writes a PyTorch checkpoint: name it .pth.tar, .pth or .pt, not {out.name} (export "
+                         "it to .safetensors or .onnx afterwards)")
     path = checkpoint_path(init, spec.dataset, spec.arch, FULL_PRECISION)
     init_bit = checkpoints.checkpoint_meta(path).get("bit", FULL_PRECISION)
     if init_bit != FULL_PRECISION:

@@ -366,6 +366,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         torch.cuda.set_device(device)
     out = Path(cfg.out)
     last_path = out / "checkpoint.pth.tar"
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; a run is written into a folder: choose another --out")
     if last_path.exists() and not cfg.resume:
         raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or another --out")
     if cfg.resume and not last_path.exists():
@@ -395,6 +397,9 @@ def _train(cfg: TrainConfig, device, where: Distributed, out: Path, log: Callabl
         raise ValueError(f"nothing to do: the run in {out} already finished its {recipe.epochs} epochs")
     if where.main:
         remove_stale_temporaries(out)
+        if not saved and (out / "tensorboard").is_dir():    # a start killed before its first checkpoint
+            shutil.rmtree(out / "tensorboard")
+            say(f"=> removed {out / 'tensorboard'} of an earlier start that saved no checkpoint")
     say(describe_device(device) + (f", {where.world} processes" if where.world > 1 else ""))
     torch.manual_seed(cfg.seed)
     run_data = _prepare_data(cfg, recipe, device, where, say)

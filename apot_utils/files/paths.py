@@ -56,5 +56,7 @@ def new_file(out: str | Path, suffix: str | None = None) -> Path:
     if out.exists():
         raise FileExistsError(f"{out} exists: choose another --out (nothing was overwritten)")
     if suffix is not None and out.suffix != suffix:
+        if out.name == suffix:         # '.safetensors' alone is a hidden file's name, without a suffix
+            raise ValueError(f"{out} has no name before {suffix}: give it one, e.g. {out.with_name('model' + suffix)}")
         raise ValueError(f"the file's name must end in {suffix}, got {out.name}")
     return out

@@ -92,8 +92,10 @@ def save_exported(model: nn.Module, out: str | Path, meta: dict) -> Path:
     return checkpoints.write_atomically(out, lambda f: f.write(data))
 
 
-def read_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, metadata) of an exported file; a clear error for anything else."""
+def read_exported(path: str | Path, require_digest: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, metadata) of an exported file; a clear error for anything else. The tensors must match the
+    sha256 its metadata records (every file :func:`save_exported` writes has one); a file without it (written by
+    another tool, or with the digest deleted) is refused unless ``require_digest`` is False."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -112,6 +114,10 @@ def read_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise checkpoints.CheckpointError(f"{path} was made with level-set rule {raw.get('level_rule')!r}, this "
                                           f"version builds {LEVEL_RULE!r}")
     recorded = raw.get("tensors_sha256")
+    if recorded is None and require_digest:
+        raise checkpoints.CheckpointError(f"{path} records no sha256 of its tensors (every file the exporter writes "
+                                          "does): an edited file, or another tool's; load_exported(..., "
+                                          "require_digest=False) reads it anyway")
     if recorded is not None and recorded != tensors_digest(tensors):
         raise checkpoints.CheckpointError(f"{path}: its tensors are not the ones it was exported with (their sha256 "
                                           "differs from the one in its metadata): an edited or damaged file")
@@ -151,15 +157,16 @@ def _tensor(tensors: dict[str, torch.Tensor], key: str, shape: tuple | None, pat
 
 
 def load_exported(path: str | Path, level_values: str = "release", dataset: str | None = None, arch: str | None = None,
-                  bit: int | None = None) -> nn.Module:
+                  bit: int | None = None, require_digest: bool = True) -> nn.Module:
     """The model of an exported file, in eval mode: the architecture of its metadata, with every
     quantized convolution an :class:`~apot_utils.integer.layers.IntegerConv2d` and the 8-bit layers
     :class:`~apot_utils.integer.layers.Fixed8bit`, BatchNorm and the average pool their fixed-order counterparts
     (float arithmetic by default, the float model's bit for bit; inside
     :func:`~apot_utils.integer.layers.integer_arithmetic` integers and fixed-order rounding, the same on every machine). dataset / arch / bit, when given, must match the file.
     Every tensor is checked as a checkpoint is (shape, dtype, finite; α, ``weight_max`` and the running
-    variances not negative; the 8-bit codes' largest 127) before the model is built from it."""
-    tensors, meta = read_exported(path)
+    variances not negative; the 8-bit codes' largest 127; the tensors' sha256, see :func:`read_exported`) before
+    the model is built from it."""
+    tensors, meta = read_exported(path, require_digest)
     check_recorded(meta, path, what="model", dataset=dataset, arch=arch, bit=bit)
     try:
         model = ModelSpec.from_meta(meta).build()

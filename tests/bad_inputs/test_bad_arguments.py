@@ -55,3 +55,32 @@ def test_a_percentile_that_is_zero_says_so(cli, ref, tmp_path):
               "--data", ref("cifar10/test_first100_lossless.npz"), "--out", out)
     run.assert_clean_error(f"the {percentile}th percentile of its input activations is 0", "% of them are 0")
     assert "divisor" not in run.err and not out.exists()
+
+
+def test_flags_that_a_command_would_ignore_are_refused(tmp_path, cli, ref):
+    """--variant belongs to ONNX; --scheme is recorded in an exported file; milestones are increasing epochs."""
+    run = cli("export", "--bit", "3", "--variant", "fast", "--out", tmp_path / "m.safetensors")
+    run.assert_clean_error("--format onnx")
+    assert not (tmp_path / "m.safetensors").exists()
+    run = cli("validate", "--checkpoint", tmp_path / "m.safetensors", "--scheme", "uniform")
+    run.assert_clean_error("--scheme is recorded")
+    cli("train", "--bit", "3", "--milestones", "1", "1", "--out", tmp_path / "run").assert_clean_error("increasing")
+    assert not (tmp_path / "run").exists()
+
+
+def test_names_that_would_mislead(tmp_path, cli):
+    run = cli("quantize", "--bit", "4", "--out", tmp_path / "q.safetensors")
+    run.assert_clean_error("quantize writes a PyTorch checkpoint")
+    cli("export", "--bit", "3", "--out", tmp_path / ".safetensors").assert_clean_error("has no name before .safetensors")
+    (tmp_path / "afile").write_text("x")
+    cli("train", "--bit", "3", "--out", tmp_path / "afile").assert_clean_error("is a file")
+
+
+def test_ctrl_c_says_interrupted_and_exits_130(monkeypatch, tmp_path, cli):
+    from apot_utils.commands import export
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(export, "export_checkpoint", interrupted)
+    run = cli("export", "--bit", "3", "--out", tmp_path / "m.safetensors")
+    assert run.status == 130 and "interrupted" in run.err and "Traceback" not in run.err

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from apot_utils.files import checkpoints
 from apot_utils.commands.export import export_checkpoint
-from apot_utils.integer.format import load_exported
+from apot_utils.integer.format import load_exported, tensors_digest
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +21,15 @@ def exported(ref, tmp_path_factory):
 
 def rewritten(exported, tmp_path, change_tensors=None, change_meta=None, keep_digest=False):
     """A copy of the exported file with ``change_tensors(tensors)`` / ``change_meta(metadata strings)`` applied.
-    Changed tensors drop the tensors' digest (a file another tool wrote), unless ``keep_digest``, so that each
-    check below is reached."""
+    Changed tensors get their digest recomputed (as a careful forger would), unless ``keep_digest``, so that
+    each check below is reached."""
     with safe_open(str(exported), framework="pt") as f:
         meta = dict(f.metadata())
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     if change_tensors:
         change_tensors(tensors)
         if not keep_digest:
-            meta.pop("tensors_sha256")
+            meta["tensors_sha256"] = tensors_digest(tensors)
     if change_meta:
         change_meta(meta)
     path = tmp_path / "changed.safetensors"
@@ -85,3 +85,12 @@ def test_an_edited_tensor_is_refused_by_the_files_digest(exported, tmp_path, cli
 
 def test_the_export_itself_loads(exported):
     assert len(list(load_exported(exported).modules())) > 20
+
+
+def test_a_file_without_the_digest_is_refused_unless_asked(exported, tmp_path, cli):
+    """Deleting the digest must not be a way around it: α × 5 without a digest is refused; asked, it loads."""
+    path = rewritten(exported, tmp_path, set_("layer1.0.conv1.weight_alpha", lambda t: t * 5),
+                     change_meta=lambda meta: meta.pop("tensors_sha256"), keep_digest=True)
+    cli("validate", "--checkpoint", path, "--limit", "1").assert_clean_error("records no sha256")
+    model = load_exported(path, require_digest=False)
+    assert model.layer1[0].conv1.weight_alpha.item() > 0
