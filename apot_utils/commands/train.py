@@ -347,6 +347,14 @@ def _saved_run(last_path: Path) -> dict:
 def _resumed_recipe(saved: dict, asked: Recipe | None, out: Path) -> Recipe:
     """The recipe the run in ``out`` was started with; ``asked`` (when given) must be the same."""
     recorded = dict(saved["meta"]["recipe"])
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    required = {f.name for f in dataclasses.fields(Recipe) if f.default is dataclasses.MISSING}
+    unknown, missing = sorted(set(recorded) - fields), sorted(required - set(recorded))
+    if unknown or missing or not isinstance(recorded.get("milestones"), (list, tuple)):
+        raise checkpoints.CheckpointError(
+            f"{out / 'checkpoint.pth.tar'}: its recorded recipe is not one this version reads (unknown {unknown}, "
+            f"missing {missing or ''}{'' if isinstance(recorded.get('milestones'), (list, tuple)) else ', milestones not a list'}): "
+            f"start a new run with --init {out / 'checkpoint.pth.tar'} and another --out")
     run = Recipe(**{**recorded, "milestones": tuple(recorded["milestones"])})
     if asked is not None and asked != run:
         changed = [f"{f.name} {getattr(asked, f.name)} (the run: {getattr(run, f.name)})"

@@ -25,7 +25,25 @@ def read_metadata(path: str | Path) -> dict:
     props = {p.key: p.value for p in proto.metadata_props}
     if props.get("format") != FORMAT:
         raise ValueError(f"{path} was not written by apot_utils' ONNX exporter (format {props.get('format')!r})")
-    return {k: (v if k in ("format", "variant") else json.loads(v)) for k, v in props.items()}
+    try:
+        meta = {k: (v if k in ("format", "variant") else json.loads(v)) for k, v in props.items()}
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: its metadata is not what the exporter writes ({error})") from None
+    missing = [k for k in ("variant", "dataset", "arch", "bit") if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: its metadata lacks {', '.join(missing)} (every file the exporter writes has them)")
+    inputs, outputs = proto.graph.input, proto.graph.output
+    if [i.name for i in inputs] != ["images"] or [o.name for o in outputs] != ["logits"]:
+        raise ValueError(f"{path}: its graph takes {[i.name for i in inputs]} and gives {[o.name for o in outputs]}; "
+                         "the exporter's take 'images' and give 'logits'")
+    side = {"cifar10": 32, "imagenet": 224}.get(meta["dataset"])
+    classes = {"cifar10": 10, "imagenet": 1000}.get(meta["dataset"])
+    shape = [d.dim_value or d.dim_param for d in inputs[0].type.tensor_type.shape.dim]
+    width = [d.dim_value or d.dim_param for d in outputs[0].type.tensor_type.shape.dim]
+    if shape[1:] != [3, side, side] or width[1:] != [classes]:
+        raise ValueError(f"{path}: its graph maps {shape} to {width}; a {meta['dataset']} model maps "
+                         f"[N, 3, {side}, {side}] to [N, {classes}]")
+    return meta
 
 
 class OnnxRuntimeModel(nn.Module):

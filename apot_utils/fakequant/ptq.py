@@ -275,8 +275,18 @@ def calibrate(model: nn.Module, full_precision: nn.Module, images: torch.Tensor,
     sign-symmetric set is that of the magnitudes). images: normalized calibration images [N, ...], N >= 1,
     from the training set. Computed in float64 (module docstring), ``full_precision`` untouched. Returns
     ``model``, changed in place, in eval mode on the CPU, in its own floating dtype."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"calibration images must be one tensor [N, ...], got a {type(images).__name__} "
+                        "(torch.stack a list of images first)")
     if images.dim() < 2 or len(images) == 0:
         raise ValueError(f"calibration images must be a non-empty batch [N, ...], got shape {tuple(images.shape)}")
+    theirs = {name: m for name, m in full_precision.named_modules()}
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) and (
+                name not in theirs or getattr(theirs[name], "weight", None) is None
+                or theirs[name].weight.shape != m.weight.shape):
+            raise ValueError(f"full_precision is not the model that was converted: its {name!r} is "
+                             f"{'missing' if name not in theirs else type(theirs[name]).__name__ + ' of another shape'}")
     dtype = next(model.parameters()).dtype
     model, full_precision = model.cpu().eval().double(), copy.deepcopy(full_precision).cpu().eval().double()
     batches = list(images.cpu().double().split(calibration.batch_size))

@@ -172,8 +172,12 @@ def _decode_member(archive: zipfile.ZipFile, name: str, path) -> np.ndarray:
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
         raise ValueError(f"{path}: member {name} is damaged ({error})") from None
     try:
-        image = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        opened = Image.open(io.BytesIO(raw))
+        if opened.size != (32, 32):        # from the header: a 60000×60000 one is refused before it is decoded
+            raise ValueError(f"{path}: member {name} is {opened.size[0]}×{opened.size[1]} pixels; CIFAR-10 images "
+                             "are 32×32")
+        image = np.asarray(opened.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
         reason = "not an image" if isinstance(error, UnidentifiedImageError) else str(error)
         raise ValueError(f"{path}: member {name} is not a readable image ({reason})") from None
     if image.shape != (32, 32, 3):
@@ -298,7 +302,7 @@ def _open_image(path: str):
         with open(path, "rb") as f:
             image = Image.open(f)
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         reason = "not an image, or empty" if isinstance(error, UnidentifiedImageError) else str(error)
         raise UnreadableImage(f"{path} is not a readable image ({reason})") from None
 

@@ -86,7 +86,11 @@ class IntegerConv2d(nn.Module):
             raise ValueError("this layer's integer convolution could overflow float64's exact range")
 
     def activation_integers(self, x: torch.Tensor) -> torch.Tensor:
-        """I_a of inputs x [N, C, H, W]: the level each input projects to (as in the float model), as its integer."""
+        """I_a of inputs x [N, C, H, W]: the level each input projects to (as in the float model), as its integer.
+        NaN or infinity has no integer: a FloatingPointError (the float path would carry it to the logits)."""
+        if not bool(torch.isfinite(x).all()):
+            raise FloatingPointError("the integer path received NaN or infinity (non-finite input images, or values "
+                                     "that overflowed upstream); it has no integer for them")
         q = project(x, self.act_levels.to(x.dtype), divisor=self.act_alpha.to(x.dtype))
         return self.act_integers[torch.searchsorted(self.act_sorted.to(x.dtype), q)]
 
