@@ -1,0 +1,137 @@
+"""Score every finished run of the scheme comparison and write ``results.json`` beside this script.
+
+    APOT_DATA_DIR=... python checkpoints/scheme_comparison/results.py
+
+For each run folder that holds a ``model_best.pth.tar`` (the epoch chosen on the 5,000 held-out training
+images, never on a test image; ``finished`` says whether the run has done all its epochs), and for the authors' released 2/3/4-bit models as a reference: top-1 on the
+held-out images, on the exact first 1,000 test images and on the JPEG copy's 10,000 test images, and which test
+images each gets right (hex bit strings, so that paired tests can be recomputed from the file). Then, for every
+bitwidth and test set, APoT against uniform and against power-of-two: the discordant counts, McNemar's exact
+p, Holm's correction over all the comparisons of that test set, and a 95 % interval of the paired difference.
+
+``tests/test_scheme_comparison.py`` re-validates every model against this file; ``figures.py`` draws from it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from apot_utils.fakequant.evaluate import validate_cifar10
+from apot_utils.fakequant.loading import load_model
+from apot_utils.files import data
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from run import RUNS, finished, make_split  # noqa: E402  (this folder's runner: the run names and the split)
+
+TEST_SETS = ("exact1000", "jpeg10000")
+
+
+def test_sets() -> dict[str, data.ImageArrays]:
+    """The held-out selection images and the two test sets, by name."""
+    _, holdout = make_split()
+    return {"holdout5k": data.load_npz(holdout),
+            "exact1000": data.load_npz(data.reference_file("cifar10/test_first1000_lossless.npz")),
+            "jpeg10000": data.load_npz(data.reference_file("cifar10/test_jpeg.npz"))}
+
+
+def correct_bits(correct: torch.Tensor) -> str:
+    """A [N] bool tensor as hex, image 0 in the top bit of the first digit (N padded to a multiple of 4)."""
+    bits = "".join("1" if c else "0" for c in correct.tolist())
+    bits += "0" * (-len(bits) % 4)
+    return "".join(f"{int(bits[i:i + 4], 2):x}" for i in range(0, len(bits), 4))
+
+
+def correct_from_bits(text: str, n: int) -> torch.Tensor:
+    """The inverse of :func:`correct_bits`: [n] bool."""
+    bits = "".join(f"{int(h, 16):04b}" for h in text)
+    return torch.tensor([b == "1" for b in bits[:n]])
+
+
+def score(path, sets: dict[str, data.ImageArrays]) -> dict:
+    model = load_model("cifar10", "resnet20", None, path, log=lambda line: None)
+    row = {"bit": model.spec.bit, "scheme": model.spec.scheme}
+    for name, images in sets.items():
+        result = validate_cifar10(model, images, "cpu", log=lambda line: None)
+        correct = result.predictions == result.targets
+        row[name] = {"top1": result.top1, "n": len(correct)}
+        if name in TEST_SETS:
+            row[name]["correct"] = correct_bits(correct)
+    return row
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (same order as given)."""
+    order = sorted(range(len(p_values)), key=p_values.__getitem__)
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p (binomial, n = the discordant images)."""
+    n, k = only_a + only_b, min(only_a, only_b)
+    return 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+def paired_interval(only_a: int, only_b: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % interval of accuracy(a) − accuracy(b), in points, from the discordant counts of n paired images:
+    the Wald interval with Agresti and Min's adjustment (0.5 added to each discordant count, 2 to n)."""
+    b, c, m = only_a + 0.5, only_b + 0.5, n + 2
+    d = (b - c) / m
+    se = math.sqrt(max(b + c - (b - c) ** 2 / m, 0.0)) / m
+    return 100 * (d - z * se), 100 * (d + z * se)
+
+
+def comparisons(models: dict[str, dict]) -> list[dict]:
+    """APoT against uniform and against PoT at every bitwidth with both runs present, per test set, Holm-adjusted
+    within each test set."""
+    rows = []
+    for test in TEST_SETS:
+        family = []
+        for bit in (2, 3, 4):
+            a = models.get(f"apot_{bit}bit_seed0")
+            for other in ("uniform", "pot"):
+                b = models.get(f"{other}_{bit}bit_seed0")
+                if a is None or b is None:
+                    continue
+                n = a[test]["n"]
+                ca, cb = correct_from_bits(a[test]["correct"], n), correct_from_bits(b[test]["correct"], n)
+                only_a, only_b = int((ca & ~cb).sum()), int((cb & ~ca).sum())
+                family.append({"test": test, "bit": bit, "a": "apot", "b": other, "n": n,
+                               "top1_a": a[test]["top1"], "top1_b": b[test]["top1"], "only_a": only_a, "only_b": only_b,
+                               "p": mcnemar_p(only_a, only_b), "interval": paired_interval(only_a, only_b, n)})
+        for row, adjusted in zip(family, holm([r["p"] for r in family])):
+            row["p_holm"] = adjusted
+        rows += family
+    return rows
+
+
+def main() -> int:
+    sets = test_sets()
+    models = {}
+    for name in RUNS:
+        best = HERE / name / "model_best.pth.tar"
+        if best.is_file():
+            models[name] = score(best, sets) | {"epoch": torch.load(best, weights_only=True)["meta"]["epoch"],
+                                                "finished": finished(HERE / name)}
+            print(f"{name}: " + ", ".join(f"{k} {v['top1']:.2f}" for k, v in models[name].items() if isinstance(v, dict)),
+                  flush=True)
+    release = {f"release_{bit}bit": score(data.reference_file(f"checkpoints/cifar10/res20_{bit}bit.pth.tar"), sets)
+               for bit in (2, 3, 4)}
+    out = {"models": models, "release": release, "comparisons": comparisons(models),
+           "runs_missing": [name for name in RUNS if name not in models]}
+    tmp = HERE / "results.json.tmp"
+    tmp.write_text(json.dumps(out, indent=1) + "\n")
+    tmp.replace(HERE / "results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
