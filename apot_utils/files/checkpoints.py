@@ -358,14 +358,38 @@ def _disk_full(error: BaseException) -> bool:
     return False
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:         # another user's process
+        return True
+    return True
+
+
+def remove_dead_temporaries(path: Path) -> list[Path]:
+    """Delete the temporaries that :func:`write_atomically` left beside ``path`` in processes that no longer run
+    (a SIGKILL between writing and renaming: ``.<name>.<pid>.<random>.tmp``); returns them."""
+    dead = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            dead.append(tmp)
+    return dead
+
+
 def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(file)`` on a temporary file in ``path``'s folder, flush it to disk, then rename it
-    over ``path``. An interrupted write leaves the previous file as it was and no temporary behind; a full
-    disk is an OSError that says so. The file gets the permissions a plain ``open`` would give it (0666
+    over ``path``. An interrupted write leaves the previous file as it was and no temporary behind (a killed
+    one's temporary, named with its process id, is removed by the next write of the same path); a full disk is an
+    OSError that says so. The file gets the permissions a plain ``open`` would give it (0666
     less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_dead_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:

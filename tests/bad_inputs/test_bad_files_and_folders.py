@@ -159,3 +159,22 @@ def test_notebooks_skip_with_the_reason_without_reference_data():
     assert run.returncode == 0, run.stdout[-2000:]
     assert "passed" not in run.stdout.splitlines()[-1] and "skipped" in run.stdout.splitlines()[-1]
     assert "notebook outputs are computed from the reference data: set APOT_DATA_DIR" in run.stdout
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    """SIGKILL between writing and renaming leaves a full-size hidden temporary: the next write of that path
+    removes it (its process is gone), and leaves a live process's alone."""
+    import os
+    import subprocess
+
+    from apot_utils.files.checkpoints import write_atomically
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = tmp_path / f".model.pth.tar.{gone.pid}.abc123.tmp"
+    live = tmp_path / f".model.pth.tar.{os.getpid()}.def456.tmp"
+    dead.write_bytes(b"x" * 1000)
+    live.write_bytes(b"y")
+    write_atomically(tmp_path / "model.pth.tar", lambda f: f.write(b"done"))
+    assert not dead.exists() and live.exists()
+    assert (tmp_path / "model.pth.tar").read_bytes() == b"done"
