@@ -92,7 +92,10 @@ def _take_the_runs_model(args) -> None:
 
 
 def main(argv=None) -> int:
+    from .core.version import __version__
+
     parser = argparse.ArgumentParser(prog="python -m apot_utils", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"apot-utils {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     v = commands.add_parser("validate", help="validate a checkpoint, printing the release's log")
     _common(v)
@@ -210,6 +213,12 @@ def main(argv=None) -> int:
             OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as error:
+        if error.name not in ("onnx", "onnxruntime"):
+            raise
+        print(f"error: ONNX files need the deploy extra ({error.name} is not installed): "
+              "pip install 'apot-utils[deploy]' (in a checkout: pip install -e '.[deploy]')", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted: {args.command} stopped (files are written atomically: none is left half-written)",
               file=sys.stderr)
@@ -245,3 +254,8 @@ def _train_config(args):
                        device=args.device, data_on_device=args.data_on_device, workers=_workers(args.workers), seed=args.seed,
                        log_every=args.log_every, progress=not args.no_progress, freeze_bn=args.freeze_bn, teacher=args.teacher,
                        calibrate_init=not args.no_calibrate)
+
+
+def run() -> None:
+    """The ``apot`` console script: :func:`main` with its exit status."""
+    sys.exit(main())

@@ -87,3 +87,34 @@ def test_the_checker_sees_an_import_that_runs_up(tmp_path):
     modules = _modules() | {"apot_utils.core.mod": fake}
     assert "apot_utils.commands.train" in _imports("apot_utils.core.mod", fake, modules)
     assert LAYERS["commands"] > LAYERS["core"]
+
+
+def test_environment_yml_installs_what_the_test_command_installs():
+    """environment.yml is checked against the README's test command and pyproject.toml's extras: the same pins of
+    torch and torchvision, the same extras, each of them defined."""
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    command = readme.split("<!-- test-command -->", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    env = (root / "environment.yml").read_text()
+    extras = set(tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    asked = set(re.search(r"-e '\.\[([\w,]+)\]'", command).group(1).split(","))
+    assert set(re.search(r"-e \.\[([\w,]+)\]", env).group(1).split(",")) == asked <= extras
+    for pin in re.findall(r"(torch(?:vision)?==[\d.]+)", command):
+        assert pin in env, pin
+
+
+def test_the_library_imports_without_the_notebook_stack():
+    """A fresh interpreter that cannot import matplotlib, ipywidgets or jupyterlab still imports the package and
+    its command line (the notebook stack is the `notebooks` extra)."""
+    import subprocess
+    import sys
+
+    script = ("import sys\nclass Block:\n def find_spec(self, name, path=None, target=None):\n"
+              "  if name.split('.')[0] in ('matplotlib', 'ipywidgets', 'jupyterlab'): raise ImportError(name)\n"
+              "sys.meta_path.insert(0, Block())\nimport apot_utils, apot_utils.cli, apot_utils.commands.validate\n"
+              "print(apot_utils.__version__)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -84,3 +84,13 @@ def test_ctrl_c_says_interrupted_and_exits_130(monkeypatch, tmp_path, cli):
     monkeypatch.setattr(export, "export_checkpoint", interrupted)
     run = cli("export", "--bit", "3", "--out", tmp_path / "m.safetensors")
     assert run.status == 130 and "interrupted" in run.err and "Traceback" not in run.err
+
+
+def test_onnx_without_the_deploy_extra_names_the_install_command(monkeypatch, tmp_path, cli):
+    import sys
+
+    for name in ("onnx", "onnx.helper", "onnx.numpy_helper", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, name, None)          # import onnx: ModuleNotFoundError, as if not installed
+    run = cli("export", "--bit", "3", "--format", "onnx", "--out", tmp_path / "m.onnx")
+    run.assert_clean_error("deploy extra", "pip install")
+    assert not (tmp_path / "m.onnx").exists()
