@@ -106,6 +106,29 @@ def reference_file(relative: str) -> Path:
     return root / relative
 
 
+class DownloadFailed(FileNotFoundError):
+    """CIFAR-10 could not be downloaded through torchvision; ``cause`` says why in words."""
+
+    def __init__(self, cause: str):
+        self.cause = cause
+        hint = ("pass --data with one of the CIFAR-10 files under APOT_DATA_DIR" if reference_dir() else
+                "offline, set APOT_DATA_DIR to a copy of the reference data or pass --data PATH.npz|PATH.zip")
+        super().__init__(f"CIFAR-10 could not be downloaded through torchvision ({cause}); {hint}")
+
+
+def download_cause(error: BaseException) -> str:
+    """Why a download failed, in words: 'no network (...)' when no server could be reached, the server's answer
+    when one came, else the error itself."""
+    import urllib.error
+
+    if isinstance(error, urllib.error.HTTPError):
+        return f"the server answered HTTP {error.code} {error.reason}"
+    reason = getattr(error, "reason", error)
+    if isinstance(error, urllib.error.URLError) or isinstance(reason, (ConnectionError, TimeoutError, OSError)):
+        return f"no network: {reason}"
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
 def load_torchvision(train: bool, root: Path = DATA_ROOT) -> ImageArrays:
     """The official CIFAR-10 through torchvision (downloads into ``data/`` when online)."""
     import urllib.error
@@ -115,9 +138,7 @@ def load_torchvision(train: bool, root: Path = DATA_ROOT) -> ImageArrays:
     try:
         ds = torchvision.datasets.CIFAR10(root=str(root), train=train, download=True)
     except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", None) or str(error).splitlines()[0]
-        raise FileNotFoundError(f"CIFAR-10 could not be downloaded through torchvision ({reason}); offline, "
-                                "set APOT_DATA_DIR to a copy of the reference data or pass --data PATH.npz|PATH.zip") from None
+        raise DownloadFailed(download_cause(error)) from None
     return ImageArrays(torch.from_numpy(ds.data), torch.tensor(ds.targets, dtype=torch.int64),
                        f"torchvision CIFAR-10 {'train' if train else 'test'} set")
 
@@ -189,8 +210,10 @@ def load_cifar10(source: str | Path | None = None, train: bool = False, sample: 
                  seed: int = 0, progress: bool = True) -> ImageArrays:
     """CIFAR-10 from ``source``: an ``.npz`` path, a JPEG ``.zip`` path, or 'torchvision'.
 
-    With no source: torchvision when it downloads, else the JPEG copy under ``$APOT_DATA_DIR/cifar10/``
-    (``test_jpeg.npz``, or the training split of ``jpeg_files.zip``); a clear error when neither is there.
+    With no source: torchvision when it downloads, else from ``$APOT_DATA_DIR/cifar10/`` the exact first 1,000
+    test images (``test_first1000_lossless.npz``; the JPEG copy ``test_jpeg.npz`` where those are missing) or
+    the training split of the JPEG copy ``jpeg_files.zip``, saying why and which; a clear error when neither is
+    there.
     sample: that many images drawn by a seeded shuffle (:meth:`ImageArrays.sample`; from a zip only
     those are decoded).
     """
@@ -211,13 +234,22 @@ def _load_cifar10(source, train: bool, progress: bool = True) -> ImageArrays:
     if source is None:
         try:
             return load_torchvision(train)
-        except Exception as error:  # offline: fall back to the mirror, saying why
-            mirror = reference_dir() / "cifar10" / ("jpeg_files.zip" if train else "test_jpeg.npz") if reference_dir() else None
+        except Exception as error:  # offline: the reference data's copy, saying why and which images
+            cause = error.cause if isinstance(error, DownloadFailed) else download_cause(error)
+            folder = reference_dir() / "cifar10" if reference_dir() else None
+            exact = folder / "test_first1000_lossless.npz" if folder else None
+            if not train and exact is not None and exact.is_file():
+                print(f"=> CIFAR-10 could not be downloaded ({cause}); scoring the exact first 1,000 test images, "
+                      f"{display_path(exact)} (all 10,000 as a JPEG copy, about 10 points lower: "
+                      f"--data {display_path(folder / 'test_jpeg.npz')})")
+                return load_npz(exact)
+            mirror = folder / ("jpeg_files.zip" if train else "test_jpeg.npz") if folder else None
             if mirror is None or not mirror.is_file():
-                raise FileNotFoundError(
-                    f"CIFAR-10 could not be downloaded ({error}) and no offline copy was given: "
-                    "pass --data PATH.npz|PATH.zip or set APOT_DATA_DIR") from None
-            print(f"=> torchvision download failed ({type(error).__name__}); using {display_path(mirror)} "
+                where = (f"APOT_DATA_DIR ({reference_dir()}) holds no CIFAR-10 copy" if reference_dir() else
+                         "no offline copy was given: set APOT_DATA_DIR to the reference data")
+                raise FileNotFoundError(f"CIFAR-10 could not be downloaded ({cause}) and {where}; or pass "
+                                        "--data PATH.npz|PATH.zip") from None
+            print(f"=> CIFAR-10 could not be downloaded ({cause}); using {display_path(mirror)} "
                   "(a JPEG copy: accuracies about 10 points below the published ones)")
             return load_jpeg_zip(mirror, "train", progress=progress) if train else load_npz(mirror)
     if str(source) == "torchvision":

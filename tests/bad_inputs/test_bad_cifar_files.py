@@ -113,3 +113,19 @@ def test_torchvision_offline_is_one_line(monkeypatch, cli, checkpoint):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     cli("validate", "--bit", "3", "--checkpoint", checkpoint, "--data", "torchvision").assert_clean_error(
         "could not be downloaded", "APOT_DATA_DIR")
+
+
+def test_offline_validate_scores_the_exact_images_and_says_so(monkeypatch, cli, ref):
+    """No network and APOT_DATA_DIR set: validate scores the exact first 1,000 test images (not the lossy JPEG
+    copy), names the cause (no network) and which images, and how to ask for the JPEG copy."""
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    run = cli("validate", "--bit", "3", "--limit", "100")
+    assert run.status == 0, run.err
+    assert "could not be downloaded (no network" in run.out
+    assert "scoring the exact first 1,000 test images" in run.out and "test_jpeg.npz" in run.out
+    assert "FileNotFoundError" not in run.out + run.err
