@@ -29,13 +29,14 @@ def read_metadata(path: str | Path) -> dict:
         meta = {k: (v if k in ("format", "variant") else json.loads(v)) for k, v in props.items()}
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: its metadata is not what the exporter writes ({error})") from None
-    missing = [k for k in ("variant", "dataset", "arch", "bit") if k not in meta]
-    if missing:
-        raise ValueError(f"{path}: its metadata lacks {', '.join(missing)} (every file the exporter writes has them)")
+    if "variant" not in meta:
+        raise ValueError(f"{path}: its metadata lacks variant (every file the exporter writes has it)")
     inputs, outputs = proto.graph.input, proto.graph.output
     if [i.name for i in inputs] != ["images"] or [o.name for o in outputs] != ["logits"]:
         raise ValueError(f"{path}: its graph takes {[i.name for i in inputs]} and gives {[o.name for o in outputs]}; "
                          "the exporter's take 'images' and give 'logits'")
+    if "dataset" not in meta:         # a graph exported without a model description (to_onnx(model) alone)
+        return meta
     side = {"cifar10": 32, "imagenet": 224}.get(meta["dataset"])
     classes = {"cifar10": 10, "imagenet": 1000}.get(meta["dataset"])
     shape = [d.dim_value or d.dim_param for d in inputs[0].type.tensor_type.shape.dim]
