@@ -106,7 +106,7 @@ def comparisons(models: dict[str, dict]) -> list[dict]:
                 only_a, only_b = int((ca & ~cb).sum()), int((cb & ~ca).sum())
                 family.append({"test": test, "bit": bit, "a": "apot", "b": other, "n": n,
                                "top1_a": a[test]["top1"], "top1_b": b[test]["top1"], "only_a": only_a, "only_b": only_b,
-                               "p": mcnemar_p(only_a, only_b), "interval": paired_interval(only_a, only_b, n)})
+                               "p": mcnemar_p(only_a, only_b), "interval": list(paired_interval(only_a, only_b, n))})
         for row, adjusted in zip(family, holm([r["p"] for r in family])):
             row["p_holm"] = adjusted
         rows += family

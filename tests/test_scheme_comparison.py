@@ -1,0 +1,60 @@
+"""The scheme comparison's shipped models (checkpoints/scheme_comparison/, issue 36) score what its results.json
+records, image for image on the exact first 1,000 test images (within two images on a CPU with another float32
+summation order), and results.json's paired statistics follow from its own per-image records."""
+import json
+
+import pytest
+import torch
+
+from apot_utils.fakequant.evaluate import validate_cifar10
+from apot_utils.fakequant.loading import load_model
+from apot_utils.files import data
+from apot_utils.files.paths import SHIPPED_DIR
+
+HERE = SHIPPED_DIR / "scheme_comparison"
+RESULTS = HERE / "results.json"
+MODELS = sorted(json.loads(RESULTS.read_text())["models"]) if RESULTS.is_file() else []
+
+needs_results = pytest.mark.skipif(not RESULTS.is_file(), reason="results.json is written when the comparison's runs "
+                                                                   "have models (checkpoints/scheme_comparison/results.py)")
+
+
+def results_module():
+    import sys
+
+    sys.path.insert(0, str(HERE))
+    import results
+    return results
+
+
+@needs_results
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_each_model_scores_what_results_json_records(name, ref):
+    correct_from_bits = results_module().correct_from_bits
+
+    recorded = json.loads(RESULTS.read_text())["models"][name]["exact1000"]
+    test = data.load_npz(ref("cifar10/test_first1000_lossless.npz"))
+    model = load_model("cifar10", "resnet20", None, HERE / name / "model_best.pth.tar", log=lambda line: None)
+    result = validate_cifar10(model, test, "cpu", log=lambda line: None)
+    correct = result.predictions == result.targets
+    assert int((correct != correct_from_bits(recorded["correct"], recorded["n"])).sum()) <= 2
+    assert abs(result.top1 - recorded["top1"]) <= 0.2
+
+
+@needs_results
+def test_the_paired_statistics_follow_from_the_per_image_records():
+    results = json.loads(RESULTS.read_text())
+    assert results_module().comparisons(results["models"]) == results["comparisons"]
+
+
+def test_the_statistics_on_known_cases():
+    r = results_module()
+    correct = torch.tensor([True, False, True, True, False, False, True])
+    assert torch.equal(r.correct_from_bits(r.correct_bits(correct), 7), correct)
+    assert r.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])      # 3·0.01, then max(2·0.03, 0.03), 1·0.04 → 0.06
+    assert r.mcnemar_p(0, 0) == 1.0 and r.mcnemar_p(10, 0) == pytest.approx(2 / 2**10)
+    low, high = r.paired_interval(20, 20, 1000)
+    assert low == pytest.approx(-high) and 0 < high < 3
+    low, high = r.paired_interval(31, 16, 1000)
+    assert 0 < low < high and (low + high) / 2 == pytest.approx(100 * 15 / 1002)
