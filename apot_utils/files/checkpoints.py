@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .paths import DATA_ROOT, reference_dir
+from .paths import DATA_ROOT, reference_dir, why_not
 
 
 CACHE_DIR = DATA_ROOT / "checkpoints"
@@ -188,7 +188,7 @@ def read_checkpoint(path: str | Path) -> dict:
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory, not a file")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint: {why_not(path)}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted copy or download?")
     with open(path, "rb") as f:

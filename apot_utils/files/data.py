@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..core.checks import check_count
-from .paths import DATA_ROOT, reference_dir
+from .paths import DATA_ROOT, reference_dir, why_not
 
 CIFAR10_MEAN = (0.491, 0.482, 0.447)
 CIFAR10_STD = (0.247, 0.243, 0.262)
@@ -57,7 +57,7 @@ def load_npz(path: str | Path, num_classes: int = 10) -> ImageArrays:
     if path.is_dir():
         raise ValueError(f"CIFAR-10 file {path} is a directory, not an .npz file")
     if not path.is_file():
-        raise FileNotFoundError(f"CIFAR-10 file {path} does not exist")
+        raise FileNotFoundError(f"CIFAR-10 file: {why_not(path)}")
     try:
         f = np.load(path, allow_pickle=False)
         if not isinstance(f, np.lib.npyio.NpzFile):
@@ -161,7 +161,7 @@ def load_jpeg_zip(path: str | Path, split: str, sample: int | None = None, seed:
     if Path(path).is_dir():
         raise ValueError(f"{path} is a directory, not the JPEG copy's .zip")
     if not Path(path).is_file():
-        raise FileNotFoundError(f"CIFAR-10 file {path} does not exist")
+        raise FileNotFoundError(f"CIFAR-10 file: {why_not(path)}")
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path} is not a zip archive (expected the JPEG copy's <split>/<class>/NNNN.jpg files)")
     with zipfile.ZipFile(path) as archive:
@@ -182,12 +182,18 @@ def load_jpeg_zip(path: str | Path, split: str, sample: int | None = None, seed:
     return ImageArrays(torch.from_numpy(np.stack(xs)), torch.tensor(ys), f"{display_path(path)} ({what})")
 
 
+MAX_IMAGE_BYTES = 1 << 20         # a CIFAR-10 JPEG member larger than 1 MiB is no CIFAR-10 image
+
+
 def _decode_member(archive: zipfile.ZipFile, name: str, path) -> np.ndarray:
     """One 32×32 RGB image of the zip, uint8 [32, 32, 3]; a ValueError naming the member otherwise."""
     import zlib
 
     from PIL import Image, UnidentifiedImageError
 
+    size = archive.getinfo(name).file_size
+    if size > MAX_IMAGE_BYTES:          # what it would decompress to, from the zip's directory: checked first
+        raise ValueError(f"{path}: member {name} declares {size:,} bytes; a 32×32 CIFAR-10 JPEG is a few kB")
     try:
         raw = archive.read(name)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
@@ -347,7 +353,7 @@ def image_folder(root: str | Path, transform, what: str, num_classes: int = 1000
 
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{what} folder {root} does not exist (expected <root>/<class>/<image>)")
+        raise FileNotFoundError(f"{what} folder: {why_not(root, 'folder')} (expected <root>/<class>/<image>)")
     try:
         dataset = ImageFolder(str(root), transform, loader=_open_image)
     except FileNotFoundError as error:   # no class folders, or class folders without images

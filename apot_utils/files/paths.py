@@ -10,7 +10,9 @@
 """
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent     # apot_utils/
@@ -60,3 +62,26 @@ def new_file(out: str | Path, suffix: str | None = None) -> Path:
             raise ValueError(f"{out} has no name before {suffix}: give it one, e.g. {out.with_name('model' + suffix)}")
         raise ValueError(f"the file's name must end in {suffix}, got {out.name}")
     return out
+
+
+def why_not(path: str | Path, want: str = "file") -> str:
+    """Why ``path`` is not a ``want`` ('file' or 'folder') this package can read, in words: it does not exist, is a
+    symbolic link to nothing or a loop, is a FIFO, socket or device, or is the other of file and folder."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist"
+        return f"{path} does not exist"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return f"{path} is a loop of symbolic links"
+        return f"{path} cannot be read ({error.strerror})"
+    if stat.S_ISDIR(info.st_mode):
+        return f"{path} is a folder, not a {want}" if want != "folder" else f"{path} is a folder"
+    if stat.S_ISREG(info.st_mode):
+        return f"{path} is a file, not a {want}" if want != "file" else f"{path} is a file"
+    kind = ("FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode) else "socket" if stat.S_ISSOCK(info.st_mode)
+            else "device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "special file")
+    return f"{path} is a {kind}, not a {want}"

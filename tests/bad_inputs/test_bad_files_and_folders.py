@@ -178,3 +178,36 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
     write_atomically(tmp_path / "model.pth.tar", lambda f: f.write(b"done"))
     assert not dead.exists() and live.exists()
     assert (tmp_path / "model.pth.tar").read_bytes() == b"done"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: os.mkfifo(p / "pipe.npz") or p / "pipe.npz", "is a FIFO (named pipe), not a file"),
+    (lambda p: os.symlink(p / "gone.npz", p / "link.npz") or p / "link.npz", "symbolic link to"),
+    (lambda p: (os.symlink(p / "b.npz", p / "a.npz"), os.symlink(p / "a.npz", p / "b.npz")) and p / "a.npz",
+     "loop of symbolic links"),
+])
+def test_a_path_that_is_no_file_says_what_it_is(make, message, tmp_path, cli):
+    path = make(tmp_path)
+    cli("validate", "--bit", "3", "--data", path, "--limit", "1").assert_clean_error(message)
+    cli("validate", "--bit", "3", "--checkpoint", path, "--limit", "1").assert_clean_error(message)
+
+
+def test_an_npz_given_as_an_imagenet_folder_says_it_is_a_file(tmp_path):
+    from apot_utils.files import data
+
+    path = tmp_path / "images.npz"
+    path.write_bytes(b"PK")
+    with pytest.raises(FileNotFoundError, match="images.npz is a file, not a folder"):
+        data.imagenet_val_loader(path, 8, 0)
+
+
+def test_a_zip_member_that_declares_a_gigabyte_is_refused_before_reading(tmp_path):
+    import zipfile
+
+    from apot_utils.files import data
+
+    path = tmp_path / "big.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("test/cat/0001.jpg", b"\0" * (8 << 20))     # 8 MiB of zeros: a few kB compressed
+    with pytest.raises(ValueError, match="declares 8,388,608 bytes"):
+        data.load_jpeg_zip(path, "test", progress=False)
