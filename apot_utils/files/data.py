@@ -59,6 +59,8 @@ def load_npz(path: str | Path, num_classes: int = 10) -> ImageArrays:
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR-10 file: {why_not(path)}")
     try:
+        if zipfile.is_zipfile(path):
+            _check_declared_sizes(path)
         f = np.load(path, allow_pickle=False)
         if not isinstance(f, np.lib.npyio.NpzFile):
             raise ValueError(f"{path} is a single array (.npy), not an .npz file with arrays 'x' and 'y'")
@@ -85,6 +87,27 @@ def load_npz(path: str | Path, num_classes: int = 10) -> ImageArrays:
         raise ValueError(f"{path}: labels must be 0..{num_classes - 1}; {int(bad.sum())} are not, e.g. "
                          f"{sorted(set(y[bad].tolist()))[:5]}")
     return ImageArrays(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), display_path(path))
+
+
+def _check_declared_sizes(path: Path) -> None:
+    """Each ``.npy`` member's header (shape and dtype) against the size the zip's directory gives it, before any
+    array is allocated: a small file that declares 300,000 images is refused instead of allocating for them."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as member:
+                try:
+                    version = np.lib.format.read_magic(member)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(member)
+                except Exception as error:      # numpy parses the header with ast: SyntaxError, TokenError, ...
+                    raise ValueError(f"{path}: member {info.filename} has no readable array header "
+                                     f"({str(error).splitlines()[0][:80]})") from None
+                declared = member.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if not dtype.hasobject and declared != info.file_size:     # objects: refused by np.load below
+                raise ValueError(f"{path}: member {info.filename} declares shape {shape} ({declared:,} bytes) but "
+                                 f"holds {info.file_size:,} bytes: a damaged or forged file")
 
 
 def display_path(path: str | Path) -> str:

@@ -129,3 +129,24 @@ def test_offline_validate_scores_the_exact_images_and_says_so(monkeypatch, cli, 
     assert "could not be downloaded (no network" in run.out
     assert "scoring the exact first 1,000 test images" in run.out and "test_jpeg.npz" in run.out
     assert "FileNotFoundError" not in run.out + run.err
+
+
+def test_an_npz_that_declares_more_images_than_it_holds_is_refused_before_allocating(tmp_path):
+    """A small file whose x.npy header declares 300,000 images: refused from the header and the zip's directory,
+    before 921 MB are allocated; a header that does not parse is named too."""
+    def member(shape, dtype, payload: bytes) -> bytes:
+        out = io.BytesIO()
+        np.lib.format.write_array_header_1_0(out, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape})
+        return out.getvalue() + payload
+
+    forged = tmp_path / "forged.npz"
+    with zipfile.ZipFile(forged, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("x.npy", member((300000, 32, 32, 3), np.uint8, b"\0" * 100_000))
+        archive.writestr("y.npy", member((300000,), np.int64, b"\0" * 800))
+    with pytest.raises(ValueError, match="x.npy declares shape"):
+        data.load_npz(forged)
+    broken = tmp_path / "broken.npz"
+    with zipfile.ZipFile(broken, "w") as archive:
+        archive.writestr("x.npy", b"\x93NUMPY\x01\x00\x10\x00{'descr': '|u1', \n")
+    with pytest.raises(ValueError, match="no readable array header"):
+        data.load_npz(broken)
