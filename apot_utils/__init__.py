@@ -1,20 +1,54 @@
 """apot_utils: Additive Powers-of-Two quantization (Li, Dong, Wang, ICLR 2020) for PyTorch.
 
+The front door: ``import apot_utils as apot`` gives every name a user needs (``apot.level_set``,
+``apot.convert``, ``apot.calibrate``, ``apot.to_integer``, ...), each imported from its module the first time it
+is used, so that ``import apot_utils`` itself loads nothing but this file and the version (importing the level
+sets does not load the training or file code).
+
 The package in layers, each importing only those before it (``ARCHITECTURE.md``; ``tests/test_layers.py``):
 :mod:`.core` (level sets, the readable reference quantizer) and :mod:`.files` (paths, checkpoints, data),
 :mod:`.fast` (the fused fast path), :mod:`.fakequant` (quantizers, layers, models, post-training
-quantization, training), :mod:`.integer` (integer models, the exported file, costs), then :mod:`.commands`
-and :mod:`.notebook` (the chapters' helpers), and :mod:`.cli` on top.
+quantization, training), :mod:`.integer` (integer models, the exported file, costs), :mod:`.deploy` (ONNX), then
+:mod:`.commands` and :mod:`.notebook` (the chapters' helpers), and :mod:`.cli` on top.
 """
-from .core.version import __version__
-from .core.levels import level_set, weight_level_set, weight_magnitudes
-from .core.reference import reference_formulation
-from .fakequant.layers import FirstConv8bit, LastLinear8bit, QuantConv2d, alphas, quantized_layers
-from .fakequant.loading import load_model
-from .fakequant.quantizers import quantize_activation, quantize_weight
-from .fakequant.spec import ModelSpec
-from .fast.projection import project
+from importlib import import_module
 
-__all__ = ["__version__", "FirstConv8bit", "LastLinear8bit", "ModelSpec", "QuantConv2d", "alphas", "level_set", "load_model",
-           "project", "quantize_activation", "quantize_weight", "quantized_layers", "reference_formulation",
-           "weight_level_set", "weight_magnitudes"]
+from .core.version import __version__
+
+_WHERE = {
+    "core.levels": ["level_set", "weight_level_set", "weight_magnitudes", "available_terms", "projection_order",
+                    "integer_levels", "SCHEMES", "FULL_PRECISION"],
+    "core.reference": ["reference_formulation", "normalize_weight", "nearest_level", "ClipProjectScale"],
+    "fast.projection": ["project"],
+    "fakequant.quantizers": ["quantize_activation", "quantize_weight"],
+    "fakequant.layers": ["QuantConv2d", "QuantLinear", "FirstConv8bit", "LastLinear8bit", "alphas", "quantized_layers",
+                         "frozen_weights"],
+    "fakequant.convert": ["convert", "Conversion"],
+    "fakequant.ptq": ["calibrate", "Calibration", "post_training_quantize"],
+    "fakequant.spec": ["ModelSpec"],
+    "fakequant.loading": ["load_model", "load_into"],
+    "fakequant.evaluate": ["validate", "validate_cifar10", "pick_device"],
+    "fakequant.training": ["Recipe", "default_recipe", "parameter_groups", "train_one_epoch"],
+    "integer.convert": ["to_integer"],
+    "integer.layers": ["integer_arithmetic"],
+    "integer.format": ["save_exported", "load_exported"],
+    "deploy.onnx_graph": ["to_onnx", "save_onnx"],
+    "deploy.runtime": ["OnnxRuntimeModel"],
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+
+__all__ = ["__version__", *_MODULE_OF]
+
+
+def __getattr__(name: str):
+    """The front door's names, imported on first use (PEP 562)."""
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'apot_utils' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE_OF))

@@ -118,3 +118,25 @@ def test_the_library_imports_without_the_notebook_stack():
               "print(apot_utils.__version__)")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_the_front_door_loads_only_what_is_used():
+    """``import apot_utils`` loads the version alone; the level sets load no file, training or command code; every
+    name of the front door resolves to the object its module defines."""
+    import subprocess
+    import sys
+
+    script = ("import sys, json\nimport apot_utils as apot\nafter_import = sorted(m for m in sys.modules if m.startswith('apot_utils'))\n"
+              "apot.level_set(3); apot.project\nafter_levels = sorted(m for m in sys.modules if m.startswith('apot_utils'))\n"
+              "print(json.dumps([after_import, after_levels]))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    after_import, after_levels = __import__("json").loads(out.stdout)
+    assert after_import == ["apot_utils", "apot_utils.core", "apot_utils.core.version"]
+    loaded = set(after_levels)
+    for heavy in ("apot_utils.files.checkpoints", "apot_utils.files.data", "apot_utils.fakequant.training",
+                  "apot_utils.commands", "apot_utils.integer", "apot_utils.notebook"):
+        assert heavy not in loaded, heavy
+    import importlib
+
+    for name, module in apot_utils._MODULE_OF.items():
+        assert getattr(apot_utils, name) is getattr(importlib.import_module(f"apot_utils.{module}"), name), name

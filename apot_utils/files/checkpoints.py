@@ -400,7 +400,7 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Pat
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
         if _disk_full(error):
-            kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
+            kept = f"the previous {path.name} is kept" if path.exists() else f"{path.name} was not written"
             raise OSError(errno.ENOSPC, f"no space left on the device of {path.parent} ({kept})") from None
         raise
     return path
