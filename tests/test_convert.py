@@ -166,7 +166,10 @@ def test_what_convert_cannot_do_is_refused():
     with pytest.raises(ValueError, match="terms"):
         convert(plain, 4, terms=5, signed=False)
     with pytest.raises(ValueError, match="example"):
-        convert(plain, 4)
+        convert(plain, 4, signed="auto")
+    with pytest.raises(ValueError, match="only with signed='auto'"):
+        convert(plain, 4, signed="graph", example=torch.rand(1, 3, 8, 8))
+    assert convert(plain, 4).rows == convert(plain, 4, signed="graph").rows     # no data needed: the graph rule
     with pytest.raises(ValueError, match="does not have"):
         convert(plain, 4, skip=["conv9"], signed=False)
     q, _ = convert(plain, 4, signed=False)

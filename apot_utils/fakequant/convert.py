@@ -155,7 +155,7 @@ def _copy_weights(new: nn.Module, old: nn.Module) -> nn.Module:
 
 
 def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None = None, per_channel: bool = False,
-            first_last_bits: int | None = 8, skip: Iterable[str] = (), signed: str | bool | Iterable[str] = "auto",
+            first_last_bits: int | None = 8, skip: Iterable[str] = (), signed: str | bool | Iterable[str] | None = None,
             example: torch.Tensor | None = None, keep_unsupported: bool = False) -> Conversion:
     """A copy of ``model`` with every ``nn.Conv2d`` (groups and depthwise included) and ``nn.Linear`` replaced
     by its b-bit APoT counterpart carrying the same weights (``model`` itself is not changed).
@@ -167,7 +167,7 @@ def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None 
     signed: which layers get a signed input set (sign and b − 1 magnitude bits): 'auto' those that receive
     a negative value on ``example`` (inputs [N, ...], e.g. a few training images; required then), 'graph'
     those without a ReLU-like op in front (:func:`graph_signed_inputs`, no data), or a collection of names,
-    or True / False for all. keep_unsupported: leave other modules with parameters
+    or True / False for all; None (default): 'auto' when ``example`` is given, else 'graph'. keep_unsupported: leave other modules with parameters
     (ConvTranspose2d, Conv1d, …) in float; by default they are refused, listed. A subclass of nn.Conv2d or
     nn.Linear with its own forward is refused unless named in skip; padding modes (reflect, circular, …) are
     kept; a layer registered under several names is converted once and stays shared (its table row names
@@ -203,6 +203,10 @@ def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None 
                          "keep_unsupported=True, to keep them in float")
     if not targets:
         raise ValueError("the model has no nn.Conv2d or nn.Linear to quantize")
+    if signed is None:
+        signed = "graph" if example is None else "auto"
+    if example is not None and signed != "auto":
+        raise ValueError(f"example inputs choose the signed layers only with signed='auto' (signed={signed!r} given)")
     if signed == "auto":
         if example is None:
             raise ValueError("signed='auto' chooses the signed layers from example inputs: pass example=<a batch>, "
