@@ -47,7 +47,8 @@ def test_the_shipped_mobilenets_score_what_results_json_says(name, ref):
     model = load_model("cifar10", "mobilenet_v2", None, MOBILENET / f"{name}.pth.tar", log=lambda line: None)
     if name != "fp":                                     # e.g. 3bit_uniform_qat
         assert (model.spec.bit, model.spec.scheme) == (int(name[0]), name.split("_")[1])
-    assert abs(validate_cifar10(model, test, "cpu", log=lambda line: None).top1 - mobilenet_results()[name]["exact1000"]) <= 0.2
+    top1 = validate_cifar10(model, test, "cpu", log=lambda line: None).top1
+    assert abs(round(10 * top1) - round(10 * mobilenet_results()[name]["exact1000"])) <= 2      # images of 1,000
 
 
 def test_fine_tuning_the_mobilenets_helped():
