@@ -58,12 +58,18 @@ def _model_from_checkpoint(args) -> None:
     release's files have none); otherwise cifar10 and its default architecture."""
     meta = {}
     path = getattr(args, "checkpoint", "release")
-    if args.command in ("validate", "export") and path != "release" and str(path).endswith((".pth", ".tar", ".pt")) \
-            and Path(path).is_file():
-        from .files.checkpoints import checkpoint_meta
-        try:
-            meta = checkpoint_meta(path)
-        except (CheckpointError, OSError):
+    if args.command in ("validate", "export") and path != "release" and Path(path).is_file():
+        try:                   # whatever the file's name: an exported file, an ONNX model, a checkpoint
+            if str(path).endswith(".safetensors"):
+                from .integer.format import read_exported
+                meta = read_exported(path)[1]
+            elif str(path).endswith(".onnx"):
+                from .deploy.runtime import read_metadata
+                meta = read_metadata(path)
+            else:
+                from .files.checkpoints import checkpoint_meta
+                meta = checkpoint_meta(path)
+        except (CheckpointError, OSError, ValueError, ImportError):
             meta = {}          # the command itself reports what is wrong with the file
     args.dataset = args.dataset or meta.get("dataset") or "cifar10"
     args.arch = args.arch or (meta.get("arch") if meta.get("dataset", args.dataset) == args.dataset else None) \

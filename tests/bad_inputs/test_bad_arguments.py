@@ -94,3 +94,22 @@ def test_onnx_without_the_deploy_extra_names_the_install_command(monkeypatch, tm
     run = cli("export", "--bit", "3", "--format", "onnx", "--out", tmp_path / "m.onnx")
     run.assert_clean_error("deploy extra", "pip install")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_validate_reads_the_model_from_any_files_metadata(tmp_path, cli, ref):
+    """A ResNet-32 checkpoint named .ckpt, and exported under any name: validate takes --arch from the file's
+    metadata (before, only .pth/.tar/.pt names were read and the default ResNet-20 did not fit)."""
+    import torch
+
+    from apot_utils.fakequant.spec import ModelSpec
+
+    model = ModelSpec("cifar10", "resnet32", 3).build()
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": model.state_dict(), "meta": model.spec.meta()}, ckpt)
+    images = ref("cifar10/test_first1000_lossless.npz")
+    run = cli("validate", "--checkpoint", ckpt, "--data", images, "--limit", "100")
+    assert run.status == 0, run.err
+    exported = tmp_path / "r32.safetensors"
+    assert cli("export", "--checkpoint", ckpt, "--out", exported).status == 0
+    run = cli("validate", "--checkpoint", exported, "--data", images, "--limit", "100")
+    assert run.status == 0, run.err
