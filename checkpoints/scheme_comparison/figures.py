@@ -4,8 +4,9 @@
     python checkpoints/scheme_comparison/figures.py
 
 - ``accuracy_vs_bits.png``: top-1 on the exact first 1,000 and on the JPEG copy's 10,000 test images against the
-  bitwidth, one line per scheme, with the 95 % interval of each scheme's paired difference from APoT drawn at
-  the other schemes' points;
+  bitwidth, one line per scheme; beside each other scheme's point, a grey bar from it plus the 95 % paired
+  interval of APoT − that scheme (where APoT's accuracy lies, by the paired images: APoT's point outside the bar
+  would be a contradiction);
 - ``alpha_trajectories.png``: the mean activation and weight α over the quantized layers, step by step, per
   scheme and bitwidth (each divided by its starting value, so that the schemes share an axis);
 - ``frozen_alpha.png``: held-out top-1 per epoch of the 2-bit APoT run with α learned and with α frozen.
@@ -47,16 +48,19 @@ def accuracy_vs_bits(results: dict, out: Path) -> None:
                             if m["scheme"] == scheme and "frozen" not in name)
             if points:
                 ax.plot(*zip(*points), "o-", label=label)
+        shown = False
         for c in comparisons:
-            if c["test"] == test:
-                low, high = c["interval"]          # APoT − other, in points: drawn around the other's point
-                ax.errorbar(c["bit"], c["top1_b"], yerr=[[max(0, -low)], [max(0, high)]], fmt="none", capsize=3,
-                            color="grey", alpha=0.6)
+            if c["test"] == test:                  # where APoT would lie: the other + the paired interval
+                low, high = c["interval"]          # of APoT − other, in points
+                offset = 0.06 if c["b"] == "uniform" else 0.12
+                ax.errorbar(c["bit"] + offset, c["top1_b"] + (low + high) / 2, yerr=(high - low) / 2, fmt="none",
+                            capsize=3, color="grey", label=None if shown else "other + 95 % paired interval of APoT − other")
+                shown = True
         for name, m in results["release"].items():
             ax.plot(m["bit"], m[test]["top1"], "k*", label="released APoT" if name.endswith("2bit") else None)
         ax.set(title=title, xlabel="bits (weights and activations)", ylabel="top-1 (%)", xticks=[2, 3, 4])
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_bits.png", dpi=120)
 
