@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(config, items):
 OTHER_ARITHMETIC = {"AVX512": "AVX2", "AVX2": "SSE41"}    # this CPU's best vector instructions -> one step below
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_setup(item):
     """The notebooks run under another float32 arithmetic than the one their stored outputs were computed with.
 
@@ -38,11 +38,17 @@ def pytest_runtest_setup(item):
     (``ONEDNN_MAX_CPU_ISA``: AVX2 where it has AVX-512, SSE41 where AVX2 is its best), so that convolutions sum
     in another order. An output that follows the CPU's summation order and is not marked
     ``NBVAL_IGNORE_OUTPUT`` fails on every machine instead of only on the next kind of CPU (chapter 07's
-    calibrated scale did, issue 41). Set before the first notebook's kernel starts, which inherits it; a
-    ``ONEDNN_MAX_CPU_ISA`` given by the caller is kept (a portability run chooses its own)."""
+    calibrated scale did, issue 41). Set around each notebook cell's setup only (a kernel starts there and inherits
+    it); a ``ONEDNN_MAX_CPU_ISA`` given by the caller is kept (a portability run chooses its own)."""
+    other = None
     if str(item.fspath).endswith(".ipynb") and "ONEDNN_MAX_CPU_ISA" not in os.environ:
         import torch
 
         other = OTHER_ARITHMETIC.get(torch.backends.cpu.get_cpu_capability())
-        if other is not None:
-            os.environ["ONEDNN_MAX_CPU_ISA"] = other
+    if other is not None:
+        os.environ["ONEDNN_MAX_CPU_ISA"] = other
+    try:
+        yield                       # nbval starts a notebook's kernel in its first cell's setup: it inherits it
+    finally:
+        if other is not None:       # and no later test or subprocess of this run does
+            del os.environ["ONEDNN_MAX_CPU_ISA"]

@@ -175,8 +175,12 @@ def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None 
     or train them.
     """
     _check_levels(bit, scheme, terms)
-    skip = set(skip)
     names = dict(model.named_modules())
+    canonical = {alias: next(n for n, m in names.items() if m is module)            # self.c = self.b: 'c' -> 'b'
+                 for alias, module in model.named_modules(remove_duplicate=False) if alias not in names}
+    skip = {canonical.get(name, name) for name in skip}
+    if signed not in (None, "auto", "graph") and not isinstance(signed, bool):
+        signed = {canonical.get(name, name) for name in signed}
     missing = sorted(skip - set(names))
     if missing:
         raise ValueError(f"skip names layers the model does not have: {missing}")

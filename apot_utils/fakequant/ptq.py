@@ -280,15 +280,28 @@ def calibrate(model: nn.Module, full_precision: nn.Module, images: torch.Tensor,
                         "(torch.stack a list of images first)")
     if images.dim() < 2 or len(images) == 0:
         raise ValueError(f"calibration images must be a non-empty batch [N, ...], got shape {tuple(images.shape)}")
-    theirs = {name: m for name, m in full_precision.named_modules()}
+    theirs = dict(full_precision.named_modules())
+
+    def shape(m: nn.Module):            # a BatchNorm without affine parameters has no weight
+        return ("BatchNorm", m.num_features) if isinstance(m, nn.BatchNorm2d) else tuple(m.weight.shape)
+
     for name, m in model.named_modules():
         if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) and (
-                name not in theirs or getattr(theirs[name], "weight", None) is None
-                or theirs[name].weight.shape != m.weight.shape):
+                name not in theirs or not isinstance(theirs[name], (nn.Conv2d, nn.Linear, nn.BatchNorm2d))
+                or shape(theirs[name]) != shape(m)):
             raise ValueError(f"full_precision is not the model that was converted: its {name!r} is "
                              f"{'missing' if name not in theirs else type(theirs[name]).__name__ + ' of another shape'}")
     dtype = next(model.parameters()).dtype
-    model, full_precision = model.cpu().eval().double(), copy.deepcopy(full_precision).cpu().eval().double()
+    model, full_precision = model.cpu().eval(), copy.deepcopy(full_precision).cpu().eval().double()
+    try:
+        return _calibrate(model.double(), full_precision, images, calibration, log)
+    finally:
+        model.to(dtype)                 # also when a layer's α cannot be chosen: the caller's model keeps its dtype
+
+
+def _calibrate(model: nn.Module, full_precision: nn.Module, images: torch.Tensor, calibration: Calibration,
+               log: Callable[[str], None]) -> nn.Module:
+    """:func:`calibrate`'s work on float64 models."""
     batches = list(images.cpu().double().split(calibration.batch_size))
     fp_modules = dict(full_precision.named_modules())
     inputs, fp_inputs = _CalibrationInputs(model, batches), _CalibrationInputs(full_precision, batches)
@@ -313,4 +326,4 @@ def calibrate(model: nn.Module, full_precision: nn.Module, images: torch.Tensor,
                                 _channel_moments(fp_inputs(fp_norm)), _channel_moments(inputs(module)))
     if calibration.batchnorm == "recalibrate":
         _recalibrate_batchnorm(model, batches)
-    return model.to(dtype)
+    return model

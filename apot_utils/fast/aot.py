@@ -122,15 +122,19 @@ class UntrustedKernel(RuntimeError):
 
 
 def check_writers(path: Path) -> None:
-    """Refuse ``path`` (the kernel folder or a package) unless this user owns it and no one else may write it
-    (a package is a shared library: loading it runs its code, so a planted one in a shared or world-writable
-    folder, ``APOT_KERNEL_DIR=/tmp/...``, must not be loaded); as ssh treats ``~/.ssh``."""
+    """Refuse ``path`` (the kernel folder or a package) unless this user owns it (a package is a shared library:
+    loading it runs its code, so one planted by another user in a shared folder, ``APOT_KERNEL_DIR=/tmp/...``,
+    must not be loaded), or if anyone may write it. A folder of this user's that group or others may write, or a
+    package its group may write (made under umask 002, or by an earlier version), loses those write bits."""
     info = path.stat()
-    others = info.st_mode & 0o022
-    if info.st_uid != os.getuid() or others:
-        who = f"owned by user {info.st_uid}" if info.st_uid != os.getuid() else "writable by group or others"
-        raise UntrustedKernel(f"{path} is {who}: a kernel package there could be anyone's code, so it is not "
-                              "loaded; point APOT_KERNEL_DIR at a folder of your own (mode 755 or 700)")
+    if info.st_uid != os.getuid():
+        raise UntrustedKernel(f"{path} is owned by user {info.st_uid}: a kernel package there could be anyone's "
+                              "code, so it is not loaded; point APOT_KERNEL_DIR at a folder of your own")
+    if path.is_file() and info.st_mode & 0o002:
+        raise UntrustedKernel(f"{path} is writable by anyone: it could hold anyone's code, so it is not loaded; "
+                              "delete it to rebuild it")
+    if info.st_mode & 0o022:
+        path.chmod(info.st_mode & ~0o022 & 0o7777)
 
 
 class build_lock:
@@ -139,12 +143,19 @@ class build_lock:
     (``APOT_KERNEL_LOCK_TIMEOUT`` seconds) give up with a TimeoutError: the caller computes eagerly instead."""
 
     def __enter__(self):
+        timeout = float(os.environ.get("APOT_KERNEL_LOCK_TIMEOUT", LOCK_TIMEOUT_S))
+        self.file = open(KERNEL_DIR / ".lock", "w")
+        try:
+            return self._wait(timeout)
+        except BaseException:
+            self.file.close()
+            raise
+
+    def _wait(self, timeout: float):
         import fcntl
         import sys
         import time
 
-        timeout = float(os.environ.get("APOT_KERNEL_LOCK_TIMEOUT", LOCK_TIMEOUT_S))
-        self.file = open(KERNEL_DIR / ".lock", "w")
         start, said = time.monotonic(), False
         while True:
             try:
@@ -152,7 +163,6 @@ class build_lock:
                 return self
             except BlockingIOError:
                 if time.monotonic() - start >= timeout:
-                    self.file.close()
                     raise TimeoutError(f"another process has held the kernel build lock {KERNEL_DIR / '.lock'} for "
                                        f"{timeout:.0f} s (a stopped or hung build?)") from None
                 if not said:

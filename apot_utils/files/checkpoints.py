@@ -22,6 +22,7 @@ import hashlib
 import os
 import pickle
 import re
+import socket
 import tempfile
 import urllib.error
 import urllib.request
@@ -225,10 +226,21 @@ def read_checkpoint(path: str | Path) -> dict:
 
 def _check_zip_members(path: Path) -> None:
     """Every member of a torch zip checkpoint against its CRC-32 (``torch.load`` never checks them: flipped
-    bytes inside a tensor load silently as other numbers)."""
+    bytes inside a tensor load silently as other numbers); a member saved without one (CRC 0, torch's
+    ``set_crc32_options(False)``) is taken as it is."""
+    damaged = None
     try:
         with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()
+            for info in archive.infolist():
+                if info.CRC == 0 and info.file_size:      # torch.serialization.set_crc32_options(False): none written
+                    continue
+                try:
+                    with archive.open(info) as member:     # reading to the end checks the CRC
+                        while member.read(1 << 20):
+                            pass
+                except zipfile.BadZipFile:
+                    damaged = info.filename
+                    break
     except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as error:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt): {error}") from None
     if damaged is not None:
@@ -368,13 +380,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}.{socket.gethostname()}.{os.getpid()}."
+
+
 def remove_dead_temporaries(path: Path) -> list[Path]:
-    """Delete the temporaries that :func:`write_atomically` left beside ``path`` in processes that no longer run
-    (a SIGKILL between writing and renaming: ``.<name>.<pid>.<random>.tmp``); returns them."""
+    """Delete the temporaries that :func:`write_atomically` left beside ``path`` in processes of this machine that
+    no longer run (a SIGKILL between writing and renaming: ``.<name>.<host>.<pid>.<random>.tmp``; another
+    machine's, on a shared folder, are left alone); returns them."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{re.escape(socket.gethostname())}\.(\d{{1,9}})\.[^.]+\.tmp$")
     dead = []
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        match = pattern.match(tmp.name)
+        if match and not _alive(int(match.group(1))):
             tmp.unlink(missing_ok=True)
             dead.append(tmp)
     return dead
@@ -389,7 +407,7 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Pat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:

@@ -144,12 +144,15 @@ def download_cause(error: BaseException) -> str:
     when one came, else the error itself."""
     import urllib.error
 
+    import socket
+
     if isinstance(error, urllib.error.HTTPError):
         return f"the server answered HTTP {error.code} {error.reason}"
-    reason = getattr(error, "reason", error)
-    if isinstance(error, urllib.error.URLError) or isinstance(reason, (ConnectionError, TimeoutError, OSError)):
+    reason = getattr(error, "reason", error) if isinstance(error, urllib.error.URLError) else error
+    if isinstance(reason, (ConnectionError, TimeoutError, socket.gaierror, socket.timeout)) or (
+            isinstance(error, urllib.error.URLError) and not isinstance(reason, (PermissionError, FileNotFoundError))):
         return f"no network: {reason}"
-    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return f"{type(reason).__name__}: {str(reason).splitlines()[0] if str(reason) else ''}"
 
 
 def load_torchvision(train: bool, root: Path = DATA_ROOT) -> ImageArrays:

@@ -169,14 +169,19 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
 
     from apot_utils.files.checkpoints import write_atomically
 
+    import socket
+
     gone = subprocess.Popen(["true"])
     gone.wait()
-    dead = tmp_path / f".model.pth.tar.{gone.pid}.abc123.tmp"
-    live = tmp_path / f".model.pth.tar.{os.getpid()}.def456.tmp"
-    dead.write_bytes(b"x" * 1000)
-    live.write_bytes(b"y")
+    host = socket.gethostname()
+    dead = tmp_path / f".model.pth.tar.{host}.{gone.pid}.abc123.tmp"
+    live = tmp_path / f".model.pth.tar.{host}.{os.getpid()}.def456.tmp"
+    elsewhere = tmp_path / f".model.pth.tar.another-host.{gone.pid}.ghi789.tmp"      # a shared folder's other machine
+    other_file = tmp_path / f".model.pth.tar.7.{host}.{gone.pid}.jkl012.tmp"        # model.pth.tar.7's temporary
+    for tmp in (dead, live, elsewhere, other_file):
+        tmp.write_bytes(b"x" * 1000)
     write_atomically(tmp_path / "model.pth.tar", lambda f: f.write(b"done"))
-    assert not dead.exists() and live.exists()
+    assert not dead.exists() and live.exists() and elsewhere.exists() and other_file.exists()
     assert (tmp_path / "model.pth.tar").read_bytes() == b"done"
 
 
@@ -211,3 +216,18 @@ def test_a_zip_member_that_declares_a_gigabyte_is_refused_before_reading(tmp_pat
         archive.writestr("test/cat/0001.jpg", b"\0" * (8 << 20))     # 8 MiB of zeros: a few kB compressed
     with pytest.raises(ValueError, match="declares 8,388,608 bytes"):
         data.load_jpeg_zip(path, "test", progress=False)
+
+
+
+def test_a_checkpoint_saved_without_crcs_loads(tmp_path):
+    """torch.serialization.set_crc32_options(False) writes 0 as every member's CRC: a valid file, not bit rot."""
+    import torch
+
+    from apot_utils.files import checkpoints
+
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save({"state_dict": {"w": torch.ones(3)}}, tmp_path / "nocrc.pth.tar")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    assert torch.equal(checkpoints.read_checkpoint(tmp_path / "nocrc.pth.tar")["state_dict"]["w"], torch.ones(3))

@@ -37,22 +37,34 @@ def loads(monkeypatch):
     return opened
 
 
-@pytest.mark.parametrize("where", ["file writable by others", "folder writable by group", "file of another user"])
+@pytest.mark.parametrize("where", ["file of another user", "file anyone may write"])
 def test_a_package_someone_else_could_have_written_is_not_loaded(where, kernel_dir, loads):
     x = torch.randn(8)
     path = aot.package_path(identity, (x,), ({0: "n"},))
     path.write_bytes(b"\x7fELF planted")            # under the name the loader computes
-    if where == "file writable by others":
-        path.chmod(0o646)
-    elif where == "folder writable by group":
-        kernel_dir.chmod(0o775)
-    else:
+    if where == "file of another user":
         if os.getuid() != 0:
             pytest.skip("changing a file's owner needs root")
         os.chown(path, 65534, 65534)
+    else:
+        path.chmod(0o666)
     with pytest.raises(aot.UntrustedKernel, match="not loaded"):
         aot.load(identity, (x,), ({0: "n"},))
     assert loads == []
+
+
+def test_this_users_group_writable_folder_and_package_are_tightened_not_refused(kernel_dir, loads):
+    """umask 002, or an earlier version, left the kernel folder 775 and its packages 664: they are this user's, so
+    the group write bit is dropped and the package loads (here: the loader is asked for it)."""
+    x = torch.randn(8)
+    path = aot.package_path(identity, (x,), ({0: "n"},))
+    path.write_bytes(b"not a package")
+    kernel_dir.chmod(0o775)
+    path.chmod(0o664)
+    with pytest.raises(RuntimeError, match="could not load the kernel package"):
+        aot.load(identity, (x,), ({0: "n"},))
+    assert loads == [str(path)]
+    assert kernel_dir.stat().st_mode & 0o777 == 0o755 and path.stat().st_mode & 0o777 == 0o644
 
 
 def test_a_package_of_this_user_is_loaded(kernel_dir, loads):

@@ -110,3 +110,17 @@ def test_copies_made_while_weights_are_frozen_train_and_follow_their_weights():
         assert not torch.allclose(clone(x), before)
         clone(x).sum().backward()
         assert clone.weight.grad is not None
+
+
+def test_either_name_of_a_shared_module_can_be_skipped_or_signed():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.d = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 2, 1)
+            self.c = self.b
+
+        def forward(self, x):
+            return self.d(torch.relu(self.c(torch.relu(self.b(torch.relu(self.a(x)))))))
+
+    assert type(convert(Twice(), 4, skip=["c"]).model.b) is nn.Conv2d
+    assert convert(Twice(), 4, signed=["c"]).model.c.signed
