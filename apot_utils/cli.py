@@ -71,9 +71,11 @@ def _model_from_checkpoint(args) -> None:
                 meta = checkpoint_meta(path)
         except (CheckpointError, OSError, ValueError, ImportError):
             meta = {}          # the command itself reports what is wrong with the file
-    args.dataset = args.dataset or meta.get("dataset") or "cifar10"
-    args.arch = args.arch or (meta.get("arch") if meta.get("dataset", args.dataset) == args.dataset else None) \
-        or DEFAULT_ARCH[args.dataset]
+    known = isinstance(meta.get("dataset"), str) and meta["dataset"] in ARCHS   # else the loader names what is wrong
+    args.dataset = args.dataset or (meta["dataset"] if known else None) or "cifar10"
+    same = known and meta["dataset"] == args.dataset and isinstance(meta.get("arch"), str) \
+        and meta["arch"] in ARCHS[args.dataset]
+    args.arch = args.arch or (meta["arch"] if same else None) or DEFAULT_ARCH[args.dataset]
 
 
 def _take_the_runs_model(args) -> None:

@@ -2,8 +2,8 @@
 
     APOT_DATA_DIR=... python checkpoints/scheme_comparison/results.py
 
-For each run folder that holds a ``model_best.pth.tar`` (the epoch chosen on the 5,000 held-out training
-images, never on a test image; ``finished`` says whether the run has done all its epochs), and for the authors' released 2/3/4-bit models as a reference: top-1 on the
+For each finished run (all its epochs done) the ``model_best.pth.tar`` (the epoch chosen on the 5,000 held-out
+training images, never on a test image), and for the authors' released 2/3/4-bit models as a reference: top-1 on the
 held-out images, on the exact first 1,000 test images and on the JPEG copy's 10,000 test images, and which test
 images each gets right (hex bit strings, so that paired tests can be recomputed from the file). Then, for every
 bitwidth and test set, APoT against uniform and against power-of-two: the discordant counts, McNemar's exact
@@ -118,15 +118,14 @@ def main() -> int:
     models = {}
     for name in RUNS:
         best = HERE / name / "model_best.pth.tar"
-        if best.is_file():
-            models[name] = score(best, sets) | {"epoch": torch.load(best, weights_only=True)["meta"]["epoch"],
-                                                "finished": finished(HERE / name)}
+        if best.is_file() and finished(HERE / name):      # a run still training would change its best model
+            models[name] = score(best, sets) | {"epoch": torch.load(best, weights_only=True)["meta"]["epoch"]}
             print(f"{name}: " + ", ".join(f"{k} {v['top1']:.2f}" for k, v in models[name].items() if isinstance(v, dict)),
                   flush=True)
     release = {f"release_{bit}bit": score(data.reference_file(f"checkpoints/cifar10/res20_{bit}bit.pth.tar"), sets)
                for bit in (2, 3, 4)}
     out = {"models": models, "release": release, "comparisons": comparisons(models),
-           "runs_missing": [name for name in RUNS if name not in models]}
+           "runs_missing": [name for name in RUNS if name not in models]}      # not started, or not finished
     tmp = HERE / "results.json.tmp"
     tmp.write_text(json.dumps(out, indent=1) + "\n")
     tmp.replace(HERE / "results.json")
