@@ -50,10 +50,11 @@ print(json.dumps(out))
 VARIANTS = ("default", "onednn-off")
 
 
-def run_variants(images) -> dict[str, dict]:
-    """Every variant in its own process, all at once, one thread each (2 cores: side by side, not in turn)."""
+def run_variants(images, script: str = SCRIPT) -> dict[str, dict]:
+    """``script`` under every variant, each in its own process, all at once, one thread each (2 cores: side by
+    side, not in turn); the JSON each prints last."""
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    runs = {name: subprocess.Popen([sys.executable, "-c", SCRIPT, name, str(images)], stdout=subprocess.PIPE,
+    runs = {name: subprocess.Popen([sys.executable, "-c", script, name, str(images)], stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True, env=env) for name in VARIANTS}
     results = {}
     for name, run in runs.items():
@@ -105,14 +106,7 @@ def test_post_training_calibration_is_the_same_under_two_arithmetics(ref):
     per-channel model: in float32 the calibration moved a layer's α by 9 % between AVX-512 and AVX2), and
     BatchNorm's transferred statistics agree to float32 rounding."""
     images = ref("cifar10/test_first1000_lossless.npz")     # any images: the test compares two runs on them
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    runs = {name: subprocess.Popen([sys.executable, "-c", CALIBRATION, name, str(images)], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, env=env) for name in VARIANTS}
-    results = {}
-    for name, run in runs.items():
-        stdout, stderr = run.communicate()
-        assert run.returncode == 0, stderr[-3000:]
-        results[name] = json.loads(stdout.splitlines()[-1])
+    results = run_variants(images, CALIBRATION)
     first, other = results["default"], results["onednn-off"]
     for key, values in first["alpha"].items():
         assert other["alpha"][key] == pytest.approx(values, rel=1e-6), key

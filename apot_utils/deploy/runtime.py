@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..fakequant.spec import IMAGE_SIZE
 from .onnx_graph import FORMAT
 
 
@@ -37,7 +38,7 @@ def read_metadata(path: str | Path) -> dict:
                          "the exporter's take 'images' and give 'logits'")
     if "dataset" not in meta:         # a graph exported without a model description (to_onnx(model) alone)
         return meta
-    side = {"cifar10": 32, "imagenet": 224}.get(meta["dataset"])
+    side = IMAGE_SIZE.get(meta["dataset"])
     classes = {"cifar10": 10, "imagenet": 1000}.get(meta["dataset"])
     shape = [d.dim_value or d.dim_param for d in inputs[0].type.tensor_type.shape.dim]
     width = [d.dim_value or d.dim_param for d in outputs[0].type.tensor_type.shape.dim]

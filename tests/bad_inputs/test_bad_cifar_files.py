@@ -120,6 +120,8 @@ def test_offline_validate_scores_the_exact_images_and_says_so(monkeypatch, cli, 
     copy), names the cause (no network) and which images, and how to ask for the JPEG copy."""
     import torchvision
 
+    ref("cifar10/test_first1000_lossless.npz")
+
     def offline(*args, **kwargs):
         raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
 

@@ -191,7 +191,8 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
     (lambda p: (os.symlink(p / "b.npz", p / "a.npz"), os.symlink(p / "a.npz", p / "b.npz")) and p / "a.npz",
      "loop of symbolic links"),
 ])
-def test_a_path_that_is_no_file_says_what_it_is(make, message, tmp_path, cli):
+def test_a_path_that_is_no_file_says_what_it_is(make, message, tmp_path, cli, ref):
+    ref("checkpoints/cifar10/res20_3bit.pth.tar")                # --data is checked after the released model loads
     path = make(tmp_path)
     cli("validate", "--bit", "3", "--data", path, "--limit", "1").assert_clean_error(message)
     cli("validate", "--bit", "3", "--checkpoint", path, "--limit", "1").assert_clean_error(message)
