@@ -48,6 +48,10 @@ def _runs() -> dict[str, list[str]]:
         if bit == 2:
             runs["apot_2bit_frozen_alpha_seed0"] = ["--bit", "2", "--scheme", "apot", "--seed", "0", *RECIPE,
                                                    "--act-alpha-lr", "0", "--weight-alpha-lr", "0"]
+    # A second seed where the schemes are closest: at 2 bits APoT and uniform differ by 0.03 points on the JPEG
+    # 10,000 with seed 0. (Appended last, so that --worker I/N keeps handing the earlier runs to the same worker.)
+    for scheme in ("apot", "uniform"):
+        runs[f"{scheme}_2bit_seed1"] = ["--bit", "2", "--scheme", scheme, "--seed", "1", *RECIPE]
     return runs
 
 
