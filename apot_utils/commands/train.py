@@ -267,13 +267,15 @@ def _validate(model: nn.Module, run: TrainingData, device, where: Distributed) -
 
 def _save(out: Path, model: nn.Module, spec: ModelSpec, recipe: Recipe, optimizer, scheduler, epoch: int,
           best: float, improved: bool) -> None:
-    """The run's checkpoint after ``epoch`` (1-based count of epochs done), and the best model when ``improved``."""
+    """The best model when ``improved``, then the run's checkpoint after ``epoch`` (1-based count of epochs done):
+    in that order, so that a run whose checkpoint records a best accuracy always has that best model beside it (a
+    write that fails leaves the checkpoint of the epoch before, which a resume repeats)."""
     meta = spec.meta() | {"epoch": epoch, "best_acc1": best, "recipe": dataclasses.asdict(recipe)}
-    content = {"state_dict": model.state_dict(), "meta": meta, "optimizer": optimizer.state_dict(),
-               "scheduler": scheduler.state_dict()}
-    checkpoints.save_checkpoint(content, out / "checkpoint.pth.tar")
+    state = model.state_dict()
     if improved:
-        checkpoints.save_checkpoint({"state_dict": content["state_dict"], "meta": meta}, out / "model_best.pth.tar")
+        checkpoints.save_checkpoint({"state_dict": state, "meta": meta}, out / "model_best.pth.tar")
+    checkpoints.save_checkpoint({"state_dict": state, "meta": meta, "optimizer": optimizer.state_dict(),
+                                 "scheduler": scheduler.state_dict()}, out / "checkpoint.pth.tar")
 
 
 @dataclass
@@ -288,31 +290,38 @@ class TrainResult:
 
 class RunFolder:
     """The run folder ``out``, held by one training at a time: ``fcntl.flock`` on ``out/.lock`` (released when
-    the process ends, however it ends). A second training into the same folder gets a FileExistsError.
-    :meth:`discard_failed_start` removes what a run that wrote no checkpoint created (the TensorBoard
-    folder, the lock file, the folder itself when it is left empty)."""
+    the process ends, however it ends; the file is removed as the training ends, and a file left by a killed one is
+    taken over). A second training into the same folder gets a FileExistsError. :meth:`discard_failed_start`
+    removes what a run that wrote no checkpoint created (the TensorBoard folder, the folder itself when it is
+    left empty)."""
 
     def __init__(self, out: Path):
         self.out = Path(out)
         self.created = not self.out.exists()
         self.tensorboard_existed = (self.out / "tensorboard").exists()
-        self._lock = None
+        self._lock, self._discarded = None, False
 
     def __enter__(self) -> "RunFolder":
         import fcntl
 
         self.out.mkdir(parents=True, exist_ok=True)
         lock_path = self.out / ".lock"
-        self.lock_created = not lock_path.exists()
-        self._lock = open(lock_path, "a+")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.seek(0)
-            holder = self._lock.read().strip() or "unknown"
+        while True:
+            self._lock = open(lock_path, "a+")
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._lock.seek(0)
+                holder = self._lock.read().strip() or "unknown"
+                self._lock.close()
+                raise FileExistsError(f"another training (process {holder}) is running in {self.out}: wait for it "
+                                      "to end, or choose another --out") from None
+            try:            # the holder before us removes the file as it ends: then we hold a file no one else sees
+                if os.stat(lock_path).st_ino == os.fstat(self._lock.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             self._lock.close()
-            raise FileExistsError(f"another training (process {holder}) is running in {self.out}: wait for it to "
-                                  "end, or choose another --out") from None
         self._lock.seek(0)
         self._lock.truncate()
         self._lock.write(f"{os.getpid()}\n")
@@ -320,15 +329,15 @@ class RunFolder:
         return self
 
     def __exit__(self, *exc) -> None:
+        (self.out / ".lock").unlink(missing_ok=True)       # still held: no one can take it in between
         self._lock.close()
+        if self._discarded and self.created and not any(self.out.iterdir()):
+            self.out.rmdir()
 
     def discard_failed_start(self) -> None:
         if not self.tensorboard_existed:
             shutil.rmtree(self.out / "tensorboard", ignore_errors=True)
-        if self.lock_created:
-            (self.out / ".lock").unlink(missing_ok=True)
-        if self.created and not any(self.out.iterdir()):
-            self.out.rmdir()
+        self._discarded = True          # the folder itself goes at __exit__, with the lock file, if left empty
 
 
 def _saved_run(last_path: Path) -> dict:

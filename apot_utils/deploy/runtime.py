@@ -1,7 +1,6 @@
 """Running an exported ONNX model (:mod:`apot_utils.deploy.onnx_graph`) in ONNX Runtime on the CPU."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +8,7 @@ import torch
 from torch import nn
 
 from ..fakequant.spec import IMAGE_SIZE
+from ..files.metadata import json_field
 from .onnx_graph import FORMAT
 
 
@@ -26,10 +26,7 @@ def read_metadata(path: str | Path) -> dict:
     props = {p.key: p.value for p in proto.metadata_props}
     if props.get("format") != FORMAT:
         raise ValueError(f"{path} was not written by apot_utils' ONNX exporter (format {props.get('format')!r})")
-    try:
-        meta = {k: (v if k in ("format", "variant") else json.loads(v)) for k, v in props.items()}
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: its metadata is not what the exporter writes ({error})") from None
+    meta = {k: (v if k in ("format", "variant") else json_field(path, k, v)) for k, v in props.items()}
     if "variant" not in meta:
         raise ValueError(f"{path}: its metadata lacks variant (every file the exporter writes has it)")
     inputs, outputs = proto.graph.input, proto.graph.output

@@ -14,11 +14,14 @@ the CPU's instruction-set flags (AOTInductor compiles with ``-march=native``).
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import inspect
 import logging
 import os
 import platform
+import shutil
+import socket
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -26,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from ..files.paths import kernel_dir
+from ..files.paths import kernel_dir, process_alive
 
 KERNEL_DIR = kernel_dir()
 
@@ -106,12 +109,27 @@ def _build(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int
 def remove_stale_builds() -> list[Path]:
     """Delete the scratch folders (``.building-*``) of builds that were killed; returns them. Call it only
     while holding the build lock: a build runs only under that lock, so none of them is in use."""
-    import shutil
-
     stale = sorted(KERNEL_DIR.glob(".building-*"))
     for folder in stale:
         shutil.rmtree(folder, ignore_errors=True)
     return stale
+
+
+@lru_cache(maxsize=None)
+def loader_scratch() -> Path:
+    """This process's folder for the packages the loader unpacks, ``apot-kernels.<host>.<pid>`` in the temporary
+    folder, removed at exit. The loader unpacks each package into a temporary folder of its own and deletes it at
+    exit, but not when the load fails or the process is killed; the folders of this machine's processes that no
+    longer run are deleted here, the first time a process loads a kernel."""
+    base, host = Path(tempfile.gettempdir()), socket.gethostname()
+    for folder in base.glob(f"apot-kernels.{host}.*"):
+        pid = folder.name.rpartition(".")[2]
+        if pid.isdigit() and not process_alive(int(pid)) and folder.stat().st_uid == os.getuid():
+            shutil.rmtree(folder, ignore_errors=True)
+    mine = base / f"apot-kernels.{host}.{os.getpid()}"
+    mine.mkdir(mode=0o700, exist_ok=True)
+    atexit.register(shutil.rmtree, mine, True)
+    return mine
 
 
 LOCK_TIMEOUT_S = 600.0      # a build takes about 15 s; a lock held this long is a stopped or hung build
@@ -205,10 +223,21 @@ def load(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, 
     check_writers(path)
     device = args[0].device
     index = -1 if device.type == "cpu" else (device.index if device.index is not None else torch.cuda.current_device())
+    scratch = loader_scratch()
+    before = set(scratch.iterdir())
+    saved = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(scratch)    # where the loader unpacks the package (std::filesystem's temp folder)
     try:   # the loader behind torch._inductor.package.load_package, without that module's imports (0.9 s)
         runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, index)
     except RuntimeError as error:
+        for left in set(scratch.iterdir()) - before:        # what the failed load unpacked (about 1.6 MB)
+            shutil.rmtree(left, ignore_errors=True)
         raise RuntimeError(f"could not load the kernel package {path} ({error}); delete it to rebuild it") from None
+    finally:
+        if saved is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = saved
 
     def call(*tensors):
         # The compiled code reads each argument as dense row-major memory (the layout it was exported

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .paths import DATA_ROOT, reference_dir, why_not
+from .paths import DATA_ROOT, process_alive, reference_dir, why_not
 
 
 CACHE_DIR = DATA_ROOT / "checkpoints"
@@ -206,8 +206,8 @@ def read_checkpoint(path: str | Path) -> dict:
         what = f" (it needs {needed.group(1)})" if needed else ""
         raise CheckpointError(f"{path} holds Python objects other than tensors and plain containers{what} and was "
                               "refused; only trusted checkpoints in the documented formats are loaded") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
-        reason = str(error).splitlines()[0] or type(error).__name__
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, RecursionError) as error:
+        reason = (str(error).splitlines() or [''])[0] or type(error).__name__
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt): {reason}") from None
     if isinstance(content, dict) and "state_dict" not in content and isinstance(content.get("model"), dict):
         content = {("state_dict" if k == "model" else k): v for k, v in content.items()}   # the release's ImageNet init files
@@ -370,16 +370,6 @@ def _disk_full(error: BaseException) -> bool:
     return False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:         # another user's process
-        return True
-    return True
-
-
 def _temporary_prefix(path: Path) -> str:
     return f".{path.name}.{socket.gethostname()}.{os.getpid()}."
 
@@ -392,7 +382,7 @@ def remove_dead_temporaries(path: Path) -> list[Path]:
     dead = []
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         match = pattern.match(tmp.name)
-        if match and not _alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             tmp.unlink(missing_ok=True)
             dead.append(tmp)
     return dead

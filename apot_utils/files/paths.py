@@ -51,6 +51,17 @@ DATA_ROOT = data_root()
 SHIPPED_DIR = (source_checkout() or PACKAGE_DIR.parent) / "checkpoints"   # checkpoints this project made (see its README)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine still runs (another user's counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:         # another user's process
+        return True
+    return True
+
+
 def new_file(out: str | Path, suffix: str | None = None) -> Path:
     """``out`` as the path of a file about to be written: refused if it exists (nothing is ever overwritten)
     or, with ``suffix``, if its name does not end in it."""

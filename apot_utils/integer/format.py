@@ -25,6 +25,7 @@ from ..fakequant.layers import FirstConv8bit, LastLinear8bit, QuantConv2d
 from ..fakequant.loading import check_recorded
 from ..fakequant.spec import ModelSpec
 from ..files import checkpoints
+from ..files.metadata import json_field
 from ..files.paths import new_file
 from .arithmetic import in_order, pack_codes, unpack_codes
 from .layers import Fixed8bit, FixedOrderBatchNorm2d, FixedOrderGlobalPool, IntegerConv2d
@@ -125,9 +126,9 @@ def read_exported(path: str | Path, require_digest: bool = True) -> tuple[dict[s
     for key, value in raw.items():
         if key not in ("format", "level_rule", "tensors_sha256"):
             try:
-                meta[key] = json.loads(value)
-            except json.JSONDecodeError:
-                raise checkpoints.CheckpointError(f"{path}: its metadata {key!r} is not JSON ({value[:40]!r})") from None
+                meta[key] = json_field(path, key, value)
+            except ValueError as error:
+                raise checkpoints.CheckpointError(str(error)) from None
     missing = [k for k in ("dataset", "arch", "bit", "scheme") if k not in meta]
     if missing:
         raise checkpoints.CheckpointError(f"{path}: its metadata lacks {', '.join(missing)}")

@@ -49,8 +49,13 @@ def small_input(proto):
         d.dim_value = 64
 
 
+def deeply_nested_bit(proto):
+    next(p for p in proto.metadata_props if p.key == "bit").value = "[" * 100_000
+
+
 @pytest.mark.parametrize("change, message", [(drop_variant, "lacks variant"), (five_classes, "[N, 10]"),
-                                             (small_input, "[N, 3, 32, 32]")])
+                                             (small_input, "[N, 3, 32, 32]"),
+                                             (deeply_nested_bit, "its metadata 'bit' is nested too deeply")])
 def test_an_onnx_file_that_is_not_the_exporters_is_named(change, message, onnx_file, tmp_path, cli):
     cli("validate", "--checkpoint", rewritten_onnx(onnx_file, tmp_path, change), "--limit", "1").assert_clean_error(message)
 

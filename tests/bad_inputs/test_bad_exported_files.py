@@ -56,6 +56,7 @@ CASES = {
     "BatchNorm of another width": (set_("bn1.weight", lambda t: t[:8].clone()), None, "bn1.weight has shape (8,), the model needs (16,)"),
     "missing arch": (None, lambda m: m.pop("arch"), "its metadata lacks arch"),
     "metadata not JSON": (None, lambda m: m.update(bit="three"), "its metadata 'bit' is not JSON"),
+    "metadata nested too deeply": (None, lambda m: m.update(recipe="[" * 100_000), "its metadata 'recipe' is nested too deeply"),
     "bit that does not match the levels": (None, lambda m: m.update(bit="4"), "are not those of a 4-bit apot model"),
     "unknown architecture": (None, lambda m: m.update(arch=json.dumps("resnet7")),
                              ("describes no model this version builds", "is a 3-bit resnet7 cifar10 model, not resnet20 cifar10")),

@@ -105,3 +105,45 @@ class projection_off:
             os.environ.pop("APOT_COMPILE")
         else:
             os.environ["APOT_COMPILE"] = self.old
+
+
+def test_a_package_that_fails_to_load_leaves_nothing_behind(kernel_dir):
+    """The loader unpacks a package (about 1.6 MB) into a temporary folder and removed it only after a load that
+    worked: a package whose library is cut short left one in /tmp on every run. (Builds a real package, ~12 s.)"""
+    import zipfile
+
+    x = torch.randn(8)
+    assert torch.equal(aot.load(identity, (x,), ({0: "n"},))(x), x)
+    path = aot.package_path(identity, (x,), ({0: "n"},))
+    cut = path.with_name(path.name + ".cut")
+    with zipfile.ZipFile(path) as whole, zipfile.ZipFile(cut, "w") as damaged:
+        for info in whole.infolist():
+            content = whole.read(info)
+            damaged.writestr(info, content[:200] if info.filename.endswith(".so") else content)
+    os.replace(cut, path)
+    path.chmod(0o644)
+    before = set(aot.loader_scratch().iterdir())
+    with pytest.raises(RuntimeError, match="could not load the kernel package"):
+        aot.load(identity, (x,), ({0: "n"},))
+    assert set(aot.loader_scratch().iterdir()) == before
+
+
+def test_the_unpacked_packages_of_killed_processes_are_removed(tmp_path, monkeypatch):
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"apot-kernels.{socket.gethostname()}.{int(finished.stdout)}"
+    (dead / "aotinductor_x1").mkdir(parents=True)
+    living = tmp_path / f"apot-kernels.{socket.gethostname()}.{os.getppid()}"      # a process that still runs
+    living.mkdir()
+    aot.loader_scratch.cache_clear()
+    try:
+        mine = aot.loader_scratch()
+        assert mine.parent == tmp_path and mine.name.endswith(f".{os.getpid()}")
+        assert not dead.exists() and living.exists()
+    finally:
+        aot.loader_scratch.cache_clear()

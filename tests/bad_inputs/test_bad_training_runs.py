@@ -4,6 +4,7 @@ and post-training checkpoints fine-tuned as they were made."""
 import errno
 import fcntl
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,6 +73,16 @@ def test_a_second_training_into_a_busy_folder_is_refused(tmp_path, first1000, cl
     assert sorted(p.name for p in out.iterdir()) == [".lock"]
 
 
+def test_the_lock_file_goes_with_the_training_and_a_killed_ones_is_taken_over(finished, interrupted, first1000, cli):
+    """A finished run leaves no .lock; one left by a SIGKILLed training (a file no process holds) does not stop
+    the next, which removes it as it ends."""
+    assert not (finished / ".lock").exists()
+    (interrupted / ".lock").write_text("4194303\n")              # what a killed training leaves
+    run = cli(*tiny_args(first1000, interrupted, "--resume"))
+    assert run.status == 0, run.err
+    assert not (interrupted / ".lock").exists()
+
+
 def test_resume_from_a_file_that_is_no_runs_checkpoint(finished, tmp_path, first1000, cli):
     out = tmp_path / "run"
     out.mkdir()
@@ -99,9 +110,9 @@ class FullAfter:
 def test_a_full_disk_says_so_and_keeps_the_last_checkpoint(tmp_path, first1000, cli, monkeypatch):
     real, calls = checkpoints.save_checkpoint, []
 
-    def on_a_full_disk(content, path):            # epoch 0 writes checkpoint and best; epoch 1 finds the disk full
-        calls.append(path)
-        if len(calls) <= 2:
+    def on_a_full_disk(content, path):            # epoch 0 writes its checkpoint; epoch 1's finds the disk full
+        calls.extend([path] if Path(path).name == "checkpoint.pth.tar" else [])
+        if len(calls) <= 1:
             return real(content, path)
         return checkpoints.write_atomically(path, lambda f: torch.save(content, FullAfter(f, 4096)))
 
@@ -112,6 +123,23 @@ def test_a_full_disk_says_so_and_keeps_the_last_checkpoint(tmp_path, first1000, 
     assert "enforce fail" not in run.err and "unexpected pos" not in run.err
     assert meta_of(out / "checkpoint.pth.tar")["epoch"] == 1
     assert not list(out.glob(".*.tmp"))
+
+
+def test_a_full_disk_while_writing_the_best_model_keeps_the_run_consistent(tmp_path, first1000, cli, monkeypatch):
+    """The best model is written before the run's checkpoint: a disk that fills while writing it leaves no
+    checkpoint that records a best model the folder lacks."""
+    real = checkpoints.save_checkpoint
+
+    def full_for_the_best(content, path):
+        if Path(path).name == "model_best.pth.tar":
+            return checkpoints.write_atomically(path, lambda f: torch.save(content, FullAfter(f, 4096)))
+        return real(content, path)
+
+    monkeypatch.setattr(checkpoints, "save_checkpoint", full_for_the_best)
+    out = tmp_path / "run"
+    cli(*tiny_args(first1000, out, "--epochs", "2")).assert_clean_error("no space left on the device",
+                                                                        "model_best.pth.tar was not written")
+    assert not (out / "checkpoint.pth.tar").exists() and not (out / "model_best.pth.tar").exists()
 
 
 def test_a_run_that_diverges_at_once_leaves_nothing(tmp_path, first1000, cli):
