@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 from .core.levels import FULL_PRECISION, SCHEMES
+from .core.reference import WEIGHT_NORMS
 from .fakequant.models import ARCHS, BITS
+from .fakequant.ptq import PTQ_WEIGHT_NORM
 from .files.checkpoints import CheckpointError
 
 
@@ -155,6 +157,10 @@ def main(argv=None) -> int:
     q.add_argument("--terms", type=_positive, default=None,
                    help="n, the number of additive terms of the APoT level sets (default: the release's, ceil(b/2))")
     q.add_argument("--per-channel", action="store_true", help="one weight α per output channel instead of one per layer")
+    q.add_argument("--weight-norm", choices=WEIGHT_NORMS, default=PTQ_WEIGHT_NORM,
+                   help=f"how each layer's weights are normalized before quantization: mean_std (the releases': "
+                        f"(w - mean) / std), std (w / std) or channel_std (w / std per output channel); default "
+                        f"{PTQ_WEIGHT_NORM}, the best measured (checkpoints/scheme_comparison/README.md)")
     q.add_argument("--seed", type=int, default=0, help="which calibration images are drawn")
     q.add_argument("--out", required=True, help="the checkpoint to write (refused if it exists)")
     e = commands.add_parser("export", help="write a quantized checkpoint as packed integer codes (.safetensors) "
@@ -197,7 +203,8 @@ def main(argv=None) -> int:
             if args.bit in (None, FULL_PRECISION):
                 parser.error("quantize needs --bit 2..8")
             calibration = Calibration(args.act_rule, args.percentile, args.batchnorm, seed=args.seed)
-            spec = ModelSpec(args.dataset, args.arch, args.bit, args.scheme or "apot", args.terms, args.per_channel)
+            spec = ModelSpec(args.dataset, args.arch, args.bit, args.scheme or "apot", args.terms, args.per_channel,
+                             args.weight_norm)
             quantize_checkpoint(spec, args.init, args.out, args.calib, calibration, args.data)
         elif args.command == "export":
             from .commands.export import export_checkpoint

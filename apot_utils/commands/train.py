@@ -142,9 +142,10 @@ def _init_bit(cfg: TrainConfig, path: Path) -> int:
 
 
 def _inherit(cfg: TrainConfig, source: nn.Module | None, name: str, default):
-    """``cfg``'s terms or per_channel: as given, else the same-bitwidth quantized init's, else ``default``;
+    """``cfg``'s terms or per_channel: as given, else the same-bitwidth quantized init's, else ``default`` (the
+    weight normalization, which ``cfg`` does not give: the init's, else ``default``);
     a given value that contradicts such an init is refused."""
-    given = getattr(cfg, name)
+    given = getattr(cfg, name, None)
     inherited = getattr(source.spec, name) if source is not None and source.spec.bit == cfg.bit != FULL_PRECISION else None
     if inherited is None:
         return default if given is None else given
@@ -217,7 +218,7 @@ def _prepare_data(cfg: TrainConfig, recipe: Recipe, device, where: Distributed, 
 def _init_spec(cfg: TrainConfig, source: nn.Module | None) -> ModelSpec:
     """The model to train, fine-tuning ``source`` (a loaded init, or None)."""
     return ModelSpec(cfg.dataset, cfg.arch, cfg.bit, cfg.scheme, _inherit(cfg, source, "terms", None),
-                     bool(_inherit(cfg, source, "per_channel", False)))
+                     bool(_inherit(cfg, source, "per_channel", False)), _inherit(cfg, source, "weight_norm", "mean_std"))
 
 
 def _prepare_model(cfg: TrainConfig, spec: ModelSpec, recipe: Recipe, device, say, source: nn.Module | None = None,

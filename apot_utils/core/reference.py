@@ -23,11 +23,28 @@ def nearest_level(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     return levels[(x.reshape(-1, 1) - levels).abs().argmin(dim=1)].view_as(x)
 
 
-def normalize_weight(w: torch.Tensor, stats_grad: bool = True) -> torch.Tensor:
-    """``(w − mean) / std`` over the whole tensor (unbiased std). stats_grad False treats mean and std as
-    constants (the CIFAR-10 release's ``weight.data.mean()``); the values are the same either way."""
-    mean, std = (w.mean(), w.std()) if stats_grad else (w.detach().mean(), w.detach().std())
-    return (w - mean) / std
+WEIGHT_NORMS = ("mean_std", "std", "channel_std")
+
+
+def normalize_weight(w: torch.Tensor, stats_grad: bool = True, mode: str = "mean_std") -> torch.Tensor:
+    """A layer's weight w [C_out, ...] in units of its spread, before it is clipped and projected (unbiased std):
+
+    - 'mean_std': ``(w − mean) / std`` over the whole tensor, the releases' (paper section 3.3);
+    - 'std': ``w / std`` over the whole tensor: nothing subtracted, so that a quantized layer computes a multiple
+      of its full-precision product (which BatchNorm absorbs) instead of that product minus mean · Σ inputs;
+    - 'channel_std': ``w / std`` of each output channel (row ``w[c]``; a channel of zeros is left zeros).
+
+    stats_grad False treats mean and std as constants (the CIFAR-10 release's ``weight.data.mean()``); the values
+    are the same either way."""
+    v = w if stats_grad else w.detach()
+    if mode == "mean_std":
+        return (w - v.mean()) / v.std()
+    if mode == "std":
+        return w / v.std()
+    if mode == "channel_std":       # a channel of zeros (pruned, dead) stays zeros
+        std = v.flatten(1).std(1).view(-1, *(1,) * (w.dim() - 1))
+        return w / torch.where(std > 0, std, torch.ones_like(std))
+    raise ValueError(f"weight normalization must be one of {WEIGHT_NORMS}, got {mode!r}")
 
 
 class ClipProjectScale(torch.autograd.Function):

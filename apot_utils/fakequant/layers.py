@@ -60,13 +60,14 @@ class _APoTQuantized(_QuantizedWeight):
     ``grad_scale`` multiplies both α gradients; ``clip_weight_grad`` stops the weight gradient beyond ±α (the
     ImageNet release above 2 bits; its 2-bit "calibrated" gradient passes it); ``weight_stats_grad``
     differentiates through the normalization's mean and std (the ImageNet release; the CIFAR-10 release treats
-    them as constants). Levels are projected onto in :func:`apot_utils.core.levels.projection_order`, so
+    them as constants); ``weight_norm`` is that normalization (:func:`~apot_utils.core.reference.normalize_weight`:
+    'mean_std', the releases', or 'std' or 'channel_std'; set by ``ModelSpec.build``). Levels are projected onto in :func:`apot_utils.core.levels.projection_order`, so
     midpoint ties go where the release sent them.
 
     terms: the number n of additive terms of the level sets (None: the release's, ceil(b / 2) for unsigned
     inputs, ceil((b - 1) / 2) for the weight magnitudes). per_channel: one weight α per output channel
     (``weight_alpha`` of shape [C_out, 1, ...]) instead of one per layer; the weights are still normalized over
-    the whole tensor, as in the release. signed: the input can be negative (it does not follow a ReLU): it is
+    the tensor, as in the release. signed: the input can be negative (it does not follow a ReLU): it is
     quantized as the weights are, sign and a (b − 1)-bit magnitude set, α · sign(c) · nearest(|c|),
     c = clip(x / α, −1, 1), with no gradient to inputs beyond ±α. Unsigned (the release's): α · nearest(clip(x / α, 0, 1)).
     """
@@ -74,7 +75,7 @@ class _APoTQuantized(_QuantizedWeight):
     def _init_quantization(self, out_channels: int, weight_dims: int, bit: int, scheme: str, terms: int | None,
                            per_channel: bool, weight_alpha: float, act_alpha: float, grad_scale: float, signed: bool):
         self.bit, self.scheme, self.terms, self.grad_scale, self.signed = bit, scheme, terms, grad_scale, signed
-        self.clip_weight_grad, self.weight_stats_grad = False, True
+        self.clip_weight_grad, self.weight_stats_grad, self.weight_norm = False, True, "mean_std"
         if bit != FULL_PRECISION:
             magnitudes = weight_projection_order(bit, scheme, terms)
             self.register_buffer("weight_levels", magnitudes, persistent=False)
@@ -95,8 +96,8 @@ class _APoTQuantized(_QuantizedWeight):
     def _quantized_weight(self) -> torch.Tensor:
         if not self.quantized:
             return self.weight
-        return quantize_weight(normalize_weight(self.weight, self.weight_stats_grad), self.weight_alpha, self.weight_levels,
-                               self.grad_scale, self.clip_weight_grad)
+        return quantize_weight(normalize_weight(self.weight, self.weight_stats_grad, self.weight_norm), self.weight_alpha,
+                               self.weight_levels, self.grad_scale, self.clip_weight_grad)
 
     def _quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         if not self.quantized:
@@ -109,7 +110,8 @@ class _APoTQuantized(_QuantizedWeight):
         terms = "" if self.terms is None else f", terms={self.terms}"
         channel = ", per_channel=True" if self.per_channel else ""
         signed = ", signed=True" if self.signed else ""
-        return f", bit={self.bit}, scheme={self.scheme}{terms}{channel}{signed}"
+        norm = "" if self.weight_norm == "mean_std" else f", weight_norm={self.weight_norm}"
+        return f", bit={self.bit}, scheme={self.scheme}{terms}{channel}{signed}{norm}"
 
 
 class QuantConv2d(_APoTQuantized, nn.Conv2d):

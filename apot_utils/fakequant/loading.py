@@ -12,7 +12,7 @@ from ..files import checkpoints
 from ..files.checkpoints import CheckpointError
 from .evaluate import print_alphas
 from .layers import quantized_layers
-from .spec import ModelSpec
+from .spec import QUANTIZER_FIELDS, ModelSpec
 
 
 def check_recorded(meta: dict, path, spec: ModelSpec | None = None, what: str = "checkpoint", **wanted) -> None:
@@ -41,10 +41,11 @@ def load_into(model: nn.Module, path: str | Path) -> dict:
         theirs = meta.get("scheme", "apot")
         if theirs != spec.scheme:
             raise CheckpointError(f"{path} holds a {theirs} model, not {spec.scheme}: pass --scheme {theirs}")
-        for name, flag in (("terms", "--terms"), ("per_channel", "--per-channel")):
-            if (meta.get(name) or None) != (getattr(spec, name) or None):
-                raise CheckpointError(f"{path} was made with {name}={meta.get(name)}, the model has "
-                                      f"{name}={getattr(spec, name)} ({flag})")
+        for name, default in QUANTIZER_FIELDS.items():
+            recorded = default if meta.get(name) is None else meta[name]
+            if recorded != getattr(spec, name):
+                raise CheckpointError(f"{path} was made with {name}={recorded}, the model has "
+                                      f"{name}={getattr(spec, name)} (--{name.replace('_', '-')})")
     if meta.get("level_rule", spec.level_rule) != spec.level_rule:
         raise CheckpointError(f"{path} was made with level-set rule {meta['level_rule']!r}; this version builds "
                               f"{spec.level_rule!r}, so its levels would differ")
@@ -81,15 +82,16 @@ def spec_of_checkpoint(checkpoint: str | Path | None, dataset: str, arch: str, b
                        scheme: str | None = None) -> ModelSpec:
     """The model to build for ``checkpoint`` ('release', a path, or None): ``bit`` / ``scheme`` None are taken
     from its metadata (a released file needs ``bit``); the number of terms and per-channel α always are, when
-    it records the same bitwidth (post-training quantization and training record them)."""
+    it records the same bitwidth (post-training quantization and training record them), and so is the weight
+    normalization (:data:`~apot_utils.fakequant.spec.QUANTIZER_FIELDS`)."""
     meta = checkpoints.checkpoint_meta(checkpoint) if checkpoint not in (None, "release") else {}
     if bit is None:
         if "bit" not in meta:
             raise CheckpointError("give the bitwidth (--bit): the checkpoint does not record it")
         bit = meta["bit"]
     same = bit != FULL_PRECISION and meta.get("bit") == bit
-    return ModelSpec(dataset, arch, bit, scheme or meta.get("scheme", "apot"), meta.get("terms") if same else None,
-                     bool(meta.get("per_channel")) if same else False)
+    options = {k: (default if meta.get(k) is None else meta[k]) if same else default for k, default in QUANTIZER_FIELDS.items()}
+    return ModelSpec(dataset, arch, bit, scheme or meta.get("scheme", "apot"), **options)
 
 
 def load_model(dataset: str, arch: str, bit: int | None, checkpoint: str | Path | None = "release",

@@ -50,6 +50,10 @@ WEIGHT_ALPHA_STEP = 0.01                  # ... to this resolution
 ACT_ALPHA_STEP = 0.01                     # activation α: fractions of the largest input seen, to this resolution
 ACT_RULES = ("mse", "percentile")
 BATCHNORM_RULES = ("transfer", "recalibrate", "keep")
+# The weight normalization ``quantize`` uses unless told (ModelSpec's default stays the releases' 'mean_std', which
+# their files and every model trained here were made with): the one that measured best in post-training
+# quantization (checkpoints/scheme_comparison/ptq_ablation.json).
+PTQ_WEIGHT_NORM = "mean_std"
 MAX_ACT_SAMPLES = 1 << 20      # activations per layer the α search looks at (a seeded sample)
 
 
@@ -116,21 +120,21 @@ def best_weight_alpha(w: torch.Tensor, magnitudes: torch.Tensor) -> float:
 
 
 def weight_alpha(layer: QuantConv2d) -> torch.Tensor:
-    """:func:`best_weight_alpha` of the layer's weights (normalized over the whole tensor, as always): one
+    """:func:`best_weight_alpha` of the layer's weights (normalized as the layer does, ``layer.weight_norm``): one
     α, or with ``layer.per_channel`` one per output channel, each fitted to that channel alone.
     Shape: ``layer.weight_alpha``'s."""
-    w = normalize_weight(layer.weight.detach().double())
+    w = normalize_weight(layer.weight.detach().double(), mode=layer.weight_norm)
     rows = w.flatten(1) if layer.per_channel else w.reshape(1, -1)
     return best_weight_alphas(rows, layer.weight_levels).to(layer.weight_alpha.dtype).view_as(layer.weight_alpha)
 
 
 def weight_error(model: nn.Module) -> float:
     """Relative squared error of the quantized layers' normalized weights, pooled over the model:
-    Σ ‖Q(w) − w‖² / Σ ‖w‖² (w normalized per layer; Q at each layer's α, per layer or per channel)."""
+    Σ ‖Q(w) − w‖² / Σ ‖w‖² (w normalized as each layer does; Q at each layer's α, per layer or per channel)."""
     error = total = 0.0
     with torch.no_grad():
         for _, layer in quantized_layers(model):
-            w = normalize_weight(layer.weight.detach().double())
+            w = normalize_weight(layer.weight.detach().double(), mode=layer.weight_norm)
             error += float((quantize_weight(w, layer.weight_alpha.detach().double(), layer.weight_levels) - w).square().sum())
             total += float(w.square().sum())
     return error / total

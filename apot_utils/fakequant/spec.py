@@ -8,9 +8,14 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..core.levels import FULL_PRECISION, LEVEL_RULE, SCHEMES, projection_order, weight_projection_order
+from ..core.reference import WEIGHT_NORMS
+from .layers import quantized_layers
 from .models import ARCHS, BITS, CifarResNet, ImageNetResNet, quantized_mobilenet_v2
 
-SPEC_FIELDS = ("dataset", "arch", "bit", "scheme", "terms", "per_channel")
+# How a quantized model's layers quantize, beside its bit and scheme, with the releases' values: what a file records
+# and a model loaded from it must share (a file without a field was made with that default).
+QUANTIZER_FIELDS = {"terms": None, "per_channel": False, "weight_norm": "mean_std"}
+SPEC_FIELDS = ("dataset", "arch", "bit", "scheme", *QUANTIZER_FIELDS)
 IMAGE_SIZE = {"cifar10": 32, "imagenet": 224}
 
 
@@ -18,7 +23,9 @@ IMAGE_SIZE = {"cifar10": 32, "imagenet": 224}
 class ModelSpec:
     """dataset 'cifar10' / 'imagenet'; arch (:data:`~apot_utils.fakequant.models.ARCHS`); bit 2..8, or 32 for
     full precision; scheme 'apot' / 'pot' / 'uniform'; terms: the number n of additive terms (None: the
-    release's, ceil(b / 2)); per_channel: one weight α per output channel; level_rule: the version of the
+    release's, ceil(b / 2)); per_channel: one weight α per output channel; weight_norm: how each layer's weights
+    are normalized before they are quantized (:func:`~apot_utils.core.reference.normalize_weight`: 'mean_std', the
+    releases', 'std' or 'channel_std'); level_rule: the version of the
     level sets' construction (:data:`~apot_utils.core.levels.LEVEL_RULE`). Invalid combinations are refused
     on construction."""
     dataset: str = "cifar10"
@@ -27,6 +34,7 @@ class ModelSpec:
     scheme: str = "apot"
     terms: int | None = None
     per_channel: bool = False
+    weight_norm: str = "mean_std"
     level_rule: str = LEVEL_RULE
 
     def __post_init__(self):
@@ -38,8 +46,10 @@ class ModelSpec:
             raise ValueError(f"bit must be one of {BITS}, got {self.bit!r}")
         if self.scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
-        if not self.quantized and (self.terms is not None or self.per_channel):
-            raise ValueError("terms and per_channel apply to quantized models (bit 2..8), not to full precision")
+        if self.weight_norm not in WEIGHT_NORMS:
+            raise ValueError(f"weight_norm must be one of {WEIGHT_NORMS}, got {self.weight_norm!r}")
+        if not self.quantized and self.quantizer_options() != QUANTIZER_FIELDS:
+            raise ValueError(f"{', '.join(QUANTIZER_FIELDS)} apply to quantized models (bit 2..8), not to full precision")
         if self.quantized:     # a bit, scheme and terms without a level set: refused here, before any work
             projection_order(self.bit, self.scheme, self.terms), weight_projection_order(self.bit, self.scheme, self.terms)
         if self.level_rule != LEVEL_RULE:
@@ -49,6 +59,10 @@ class ModelSpec:
     @property
     def quantized(self) -> bool:
         return self.bit != FULL_PRECISION
+
+    def quantizer_options(self) -> dict:
+        """terms, per_channel and weight_norm (:data:`QUANTIZER_FIELDS`)."""
+        return {name: getattr(self, name) for name in QUANTIZER_FIELDS}
 
     @property
     def image_size(self) -> int:
@@ -68,6 +82,8 @@ class ModelSpec:
         else:
             cls = CifarResNet if self.dataset == "cifar10" else ImageNetResNet
             model = cls(shape, self.bit, self.scheme, terms=self.terms, per_channel=self.per_channel)
+        for _, layer in quantized_layers(model):
+            layer.weight_norm = self.weight_norm
         model.spec = self
         return model
 
@@ -82,7 +98,8 @@ class ModelSpec:
         values = {**defaults, **{k: meta[k] for k in (*SPEC_FIELDS, "level_rule") if meta.get(k) is not None}}
         values["per_channel"] = bool(values.get("per_channel", False))
         if values.get("bit") == FULL_PRECISION:
-            values.pop("terms", None), values.pop("per_channel")
+            for name in QUANTIZER_FIELDS:
+                values.pop(name, None)
         return cls(**values)
 
     def replace(self, **changes) -> "ModelSpec":

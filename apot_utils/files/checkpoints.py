@@ -250,7 +250,7 @@ def _check_zip_members(path: Path) -> None:
 
 # The metadata fields a checkpoint of this project records, and the types each must have.
 _META_TYPES = {"dataset": (str,), "arch": (str,), "bit": (int,), "scheme": (str,), "terms": (int, type(None)),
-               "per_channel": (bool,), "level_rule": (str,), "epoch": (int,), "best_acc1": (float, int),
+               "per_channel": (bool,), "weight_norm": (str,), "level_rule": (str,), "epoch": (int,), "best_acc1": (float, int),
                "recipe": (dict,), "post_training": (dict,), "source": (str,), "source_sha256": (str,)}
 
 

@@ -21,13 +21,14 @@ FLOAT32_EXACT = 2**24     # the same in float32
 
 
 def weight_codes(weight: torch.Tensor, alpha: torch.Tensor, bits: int, magnitudes_in_order: torch.Tensor,
-                 stats_grad: bool = True) -> torch.Tensor:
+                 stats_grad: bool = True, norm: str = "mean_std") -> torch.Tensor:
     """b-bit codes of a layer's weights, as the quantizer projects them: the magnitude's index into the
     sorted (b − 1)-bit set in the low b − 1 bits, the sign in bit b − 1 (set only for non-zero
-    negative weights). weight: [C_out, C_in, kh, kw]; alpha: 0-d or [C_out, 1, 1, 1].
+    negative weights). weight: [C_out, C_in, kh, kw]; alpha: 0-d or [C_out, 1, 1, 1]; norm: the layer's weight
+    normalization (:func:`~apot_utils.core.reference.normalize_weight`).
     Returns int64 codes of the weight's shape."""
     with torch.no_grad():
-        u = (normalize_weight(weight.detach(), stats_grad) / alpha.detach()).clamp(-1, 1)
+        u = (normalize_weight(weight.detach(), stats_grad, norm) / alpha.detach()).clamp(-1, 1)
         magnitude = project(u.abs(), magnitudes_in_order)
         index = torch.searchsorted(magnitudes_in_order.sort().values.to(u.dtype), magnitude.contiguous())
         negative = (u < 0) & (index > 0)

@@ -26,7 +26,7 @@ def integer_layer(module: nn.Module, level_values: str = "release") -> nn.Module
         if module.signed:
             raise ValueError("signed input: the integer path runs unsigned input activations (after a ReLU)")
         codes = weight_codes(module.weight, module.weight_alpha, module.bit, module.weight_levels,
-                             module.weight_stats_grad)
+                             module.weight_stats_grad, module.weight_norm)
         return IntegerConv2d(codes, module.weight_alpha, module.act_alpha, module.stride, module.padding,
                              module.bit, module.scheme, module.terms, level_values)
     if isinstance(module, FirstConv8bit):

@@ -8,7 +8,7 @@ layer's output. The 8-bit first convolution and last linear layer: ``weight_code
 int16 where a code leaves int8) and ``weight_max``. The level sets once: ``levels.act`` (float32,
 in projection order) with ``levels.act_integers``, ``levels.weight_magnitudes`` (sorted) with
 ``levels.weight_integers``. BatchNorm parameters and statistics and the fc bias: float32.
-Metadata (strings): format, dataset, arch, bit, scheme, terms, per_channel, level_rule, source and
+Metadata (strings): format, dataset, arch, bit, scheme, terms, per_channel, weight_norm, level_rule, source and
 its sha256, and ``tensors_sha256`` (:func:`tensors_digest`), checked on loading.
 """
 from __future__ import annotations
