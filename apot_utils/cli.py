@@ -36,20 +36,27 @@ def _workers(requested: int | None) -> int:
     """Data-loading processes: as asked, or the CPUs this process may use (at most 8)."""
     import os
 
-    return requested if requested is not None else min(8, len(os.sched_getaffinity(0)))
+    if requested is not None:
+        return requested
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # macOS: no affinity
+    return min(8, usable)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, data: bool = True, device: bool = True) -> None:
+    """The model flags every command takes; ``data`` (--scheme, --data, --batch-size) and ``device`` (--device) only
+    where the command uses them: a flag a command would ignore is not offered (argparse refuses it)."""
     p.add_argument("--dataset", choices=sorted(ARCHS), default=None,
                    help="default cifar10 (validate, export: the checkpoint's own)")
     p.add_argument("--arch", default=None, help="cifar10: resnet20/32/44/56, mobilenet_v2; imagenet: resnet18/34, "
                                                 "mobilenet_v2 (default resnet20 / resnet18; validate, export: the checkpoint's own)")
     p.add_argument("--bit", type=int, choices=BITS, default=None,
                    help="bitwidth, 32 = full precision (validate: default the checkpoint's own, or 4; train: default 4)")
-    p.add_argument("--scheme", choices=SCHEMES, default=None, help="default apot (validate: the checkpoint's own)")
-    p.add_argument("--data", default=None, help="cifar10: .npz / JPEG .zip / 'torchvision'; imagenet: ImageFolder dir")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
-    p.add_argument("--batch-size", type=_positive, default=None, help="images a batch (at least 1)")
+    if data:
+        p.add_argument("--scheme", choices=SCHEMES, default=None, help="default apot (validate: the checkpoint's own)")
+        p.add_argument("--data", default=None, help="cifar10: .npz / JPEG .zip / 'torchvision'; imagenet: ImageFolder dir")
+        p.add_argument("--batch-size", type=_positive, default=None, help="images a batch (at least 1)")
+    if device:
+        p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
 
 
 DEFAULT_ARCH = {"cifar10": "resnet20", "imagenet": "resnet18"}
@@ -104,15 +111,15 @@ def _take_the_runs_model(args) -> None:
 def main(argv=None) -> int:
     from .core.version import __version__
 
-    parser = argparse.ArgumentParser(prog="python -m apot_utils", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m apot_utils", description=__doc__, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"apot-utils {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    v = commands.add_parser("validate", help="validate a checkpoint, printing the release's log")
+    v = commands.add_parser("validate", allow_abbrev=False, help="validate a checkpoint, printing the release's log")
     _common(v)
     v.add_argument("--checkpoint", default="release", help="'release' (the authors' file) or a path")
     v.add_argument("--limit", type=_positive, default=None, help="validate the first N images only (N >= 1)")
     v.add_argument("--workers", type=_non_negative, default=None, help="ImageNet data-loading processes (default: the CPUs this process may use, at most 8)")
-    t = commands.add_parser("train", help="quantization-aware training with the release's recipe (torchrun for several processes)")
+    t = commands.add_parser("train", allow_abbrev=False, help="quantization-aware training with the release's recipe (torchrun for several processes)")
     _common(t)
     t.add_argument("--init", default=None, help="start from 'release' (the authors' checkpoint of --init-bit) or a path")
     t.add_argument("--init-bit", type=int, choices=BITS, default=None,
@@ -145,8 +152,8 @@ def main(argv=None) -> int:
                    help="from a full-precision --init, keep the release's starting α (3.0 weights, 8.0 activations) "
                         "instead of choosing them by post-training quantization")
     t.add_argument("--teacher", default=None, help="distill from this full-precision checkpoint ('release' or a path) instead of the labels")
-    q = commands.add_parser("quantize", help="post-training quantization of a full-precision checkpoint (no training)")
-    _common(q)
+    q = commands.add_parser("quantize", allow_abbrev=False, help="post-training quantization of a full-precision checkpoint (no training)")
+    _common(q, device=False)             # calibration runs on the CPU, in float64
     q.add_argument("--init", default="release", help="the full-precision checkpoint: 'release' or a path")
     q.add_argument("--calib", type=_positive, default=512, help="training images that calibrate α (default 512)")
     q.add_argument("--act-rule", choices=("mse", "percentile"), default="mse", help="how activation α is chosen")
@@ -163,23 +170,23 @@ def main(argv=None) -> int:
                         f"{PTQ_WEIGHT_NORM}, the best measured (checkpoints/scheme_comparison/README.md)")
     q.add_argument("--seed", type=int, default=0, help="which calibration images are drawn")
     q.add_argument("--out", required=True, help="the checkpoint to write (refused if it exists)")
-    e = commands.add_parser("export", help="write a quantized checkpoint as packed integer codes (.safetensors) "
+    e = commands.add_parser("export", allow_abbrev=False, help="write a quantized checkpoint as packed integer codes (.safetensors) "
                                            "or as an ONNX model for ONNX Runtime (.onnx)")
-    _common(e)
+    _common(e, data=False, device=False)     # the model, its scheme included, is the checkpoint's
     e.add_argument("--checkpoint", default="release", help="'release' (the authors' CIFAR-10 models) or a path")
     e.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors", help="the file to write")
     e.add_argument("--variant", choices=("exact", "fast", "float"), default=None,
                    help="with --format onnx: exact (default: the integer path's logits, bit for bit), fast (QLinearConv "
                         "integer kernels) or float (no activation quantization: the speed baseline)")
     e.add_argument("--out", required=True, help="the file to write (refused if it exists)")
-    f = commands.add_parser("fetch", help="make the reference data layout (APOT_DATA_DIR) from the public sources or local files")
+    f = commands.add_parser("fetch", allow_abbrev=False, help="make the reference data layout (APOT_DATA_DIR) from the public sources or local files")
     f.add_argument("--dest", default=None, help="where to build it (default data/reference)")
     f.add_argument("--from", dest="source", default=None, help="a local folder with the same layout to copy from (checked)")
     args = parser.parse_args(argv)
     if args.command == "fetch":
-        from .files.fetch import DEFAULT_DEST, fetch
+        from .files.fetch import fetch
         try:
-            fetch(args.dest or DEFAULT_DEST, args.source)
+            fetch(args.dest, args.source)
         except (CheckpointError, FileNotFoundError, OSError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
@@ -202,7 +209,8 @@ def main(argv=None) -> int:
             from .fakequant.spec import ModelSpec
             if args.bit in (None, FULL_PRECISION):
                 parser.error("quantize needs --bit 2..8")
-            calibration = Calibration(args.act_rule, args.percentile, args.batchnorm, seed=args.seed)
+            calibration = Calibration(args.act_rule, args.percentile, args.batchnorm, seed=args.seed,
+                                      **({} if args.batch_size is None else {"batch_size": args.batch_size}))
             spec = ModelSpec(args.dataset, args.arch, args.bit, args.scheme or "apot", args.terms, args.per_channel,
                              args.weight_norm)
             quantize_checkpoint(spec, args.init, args.out, args.calib, calibration, args.data)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from _common import table, write
 
-from apot_utils.files import checkpoints, data
+from apot_utils.files import data, paths
 from apot_utils.commands import train
 from apot_utils.fakequant import training
 from apot_utils.fakequant.evaluate import pick_device
@@ -56,7 +56,7 @@ def main():
         model = load_model("cifar10", "resnet20", bit, source, **quiet)
         rows.append({"model": name, "bit": bit, "top1_test_jpeg": validate_cifar10(model, test, device, log=lambda line: None).top1})
     table(rows)
-    dest = Path(os.environ.get("APOT_BENCH_OUT", checkpoints.CACHE_DIR)) / "res20_5bit.pth.tar"
+    dest = Path(os.environ.get("APOT_BENCH_OUT") or paths.checkpoint_cache()) / "res20_5bit.pth.tar"
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(best, dest)
     print(f"copied {best} to {dest}")

@@ -95,8 +95,9 @@ def test_release_path_verifies_and_caches(ref, tmp_path, monkeypatch):
     monkeypatch.setenv("APOT_DATA_DIR", str(ref("checkpoints/cifar10/res20_3bit.pth.tar").parents[2]))
     assert checkpoints.release_path("cifar10", "resnet20", 3).name == "res20_3bit.pth.tar"
     monkeypatch.delenv("APOT_DATA_DIR")
-    monkeypatch.setattr(checkpoints, "CACHE_DIR", tmp_path)
-    bad = tmp_path / "res20_3bit.pth.tar"
+    monkeypatch.setenv("APOT_CACHE_DIR", str(tmp_path))
+    bad = tmp_path / "checkpoints" / "res20_3bit.pth.tar"
+    bad.parent.mkdir()
     bad.write_bytes(b"not the file")
     with pytest.raises(CheckpointError, match="sha256"):
         checkpoints.release_path("cifar10", "resnet20", 3)

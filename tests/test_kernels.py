@@ -18,7 +18,7 @@ def affine(x, w):      # the package is named by this function's source
 
 @pytest.fixture
 def kernel_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(aot, "KERNEL_DIR", tmp_path)
+    monkeypatch.setenv("APOT_KERNEL_DIR", str(tmp_path))
     return tmp_path
 
 
@@ -38,7 +38,6 @@ import sys, torch
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_kernels import DYNAMIC, affine
 from apot_utils.fast import aot
-aot.KERNEL_DIR = __import__("pathlib").Path({str(kernel_dir)!r})
 def no_build(*args):
     raise AssertionError("built again")
 aot._build = no_build

@@ -221,7 +221,7 @@ def test_projection_falls_back_to_eager_when_no_kernel_can_be_built(tmp_path, mo
     """No C++ compiler, an unwritable kernel folder: one warning, the eager lookup, the same values."""
     def fail(*args):
         raise OSError("no compiler")
-    monkeypatch.setattr(aot, "KERNEL_DIR", tmp_path)
+    monkeypatch.setenv("APOT_KERNEL_DIR", str(tmp_path))
     monkeypatch.setattr(aot, "_build", fail)
     monkeypatch.setattr(projection, "_checked", {})
     levels = level_set(3)

@@ -3,7 +3,7 @@
 ``torch.compile`` traces and compiles in every process: importing its compiler and tracing took seconds
 before the first batch (``benchmarks/results/README.md``). Here a kernel, a function of tensors, is
 exported once per machine with ``torch.export``, compiled by AOTInductor into a shared library packaged
-as a ``.pt2`` file under :data:`KERNEL_DIR` (written atomically), and every later process only loads that
+as a ``.pt2`` file under :func:`~apot_utils.files.paths.kernel_dir` (written atomically), and every later process only loads that
 library: no compiler, no tracing, no import of the compiler's Python side.
 
 A package's name covers everything its code depends on: the kernel's own source and that of the functions
@@ -31,7 +31,6 @@ import torch
 
 from ..files.paths import kernel_dir, process_alive
 
-KERNEL_DIR = kernel_dir()
 
 
 @lru_cache(maxsize=None)
@@ -79,7 +78,7 @@ def package_path(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[di
     static = [(str(a.dtype), [None if d and i in d else n for i, n in enumerate(a.shape)], d) for a, d in zip(args, dynamic)]
     source = kernel_source(fn)
     digest = hashlib.sha256(repr((fn.__qualname__, source, static, _machine(args[0].device.type))).encode())
-    return KERNEL_DIR / f"{fn.__name__.strip('_')}-{args[0].device.type}-{digest.hexdigest()[:16]}.pt2"
+    return kernel_dir() / f"{fn.__name__.strip('_')}-{args[0].device.type}-{digest.hexdigest()[:16]}.pt2"
 
 
 class _Call(torch.nn.Module):      # torch.export takes modules
@@ -109,7 +108,7 @@ def _build(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int
 def remove_stale_builds() -> list[Path]:
     """Delete the scratch folders (``.building-*``) of builds that were killed; returns them. Call it only
     while holding the build lock: a build runs only under that lock, so none of them is in use."""
-    stale = sorted(KERNEL_DIR.glob(".building-*"))
+    stale = sorted(kernel_dir().glob(".building-*"))
     for folder in stale:
         shutil.rmtree(folder, ignore_errors=True)
     return stale
@@ -162,7 +161,7 @@ class build_lock:
 
     def __enter__(self):
         timeout = float(os.environ.get("APOT_KERNEL_LOCK_TIMEOUT", LOCK_TIMEOUT_S))
-        self.file = open(KERNEL_DIR / ".lock", "w")
+        self.file = open(kernel_dir() / ".lock", "w")
         try:
             return self._wait(timeout)
         except BaseException:
@@ -181,10 +180,10 @@ class build_lock:
                 return self
             except BlockingIOError:
                 if time.monotonic() - start >= timeout:
-                    raise TimeoutError(f"another process has held the kernel build lock {KERNEL_DIR / '.lock'} for "
+                    raise TimeoutError(f"another process has held the kernel build lock {kernel_dir() / '.lock'} for "
                                        f"{timeout:.0f} s (a stopped or hung build?)") from None
                 if not said:
-                    print(f"=> waiting for another process's kernel build ({KERNEL_DIR / '.lock'}; at most "
+                    print(f"=> waiting for another process's kernel build ({kernel_dir() / '.lock'}; at most "
                           f"{timeout:.0f} s, then the eager kernels)", file=sys.stderr, flush=True)
                     said = True
                 time.sleep(0.2)

@@ -35,10 +35,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .paths import DATA_ROOT, process_alive, reference_dir, why_not
+from .paths import checkpoint_cache, process_alive, reference_dir, why_not
 
 
-CACHE_DIR = DATA_ROOT / "checkpoints"
 _RELEASE_URL = "https://github.com/yhhhli/APoT_Quantization/raw/master/CIFAR10/result/res20_{bit}bit/model_best.pth.tar"
 
 
@@ -105,7 +104,7 @@ def release_path(dataset: str, arch: str, bit: int, download: bool = True) -> Pa
         raise CheckpointError(f"the authors released no {arch} {bit}-bit {dataset} checkpoint in their repository "
                               f"(there: {known}){hint}")
     entry = RELEASED[key]
-    candidates = [CACHE_DIR / entry.filename]
+    candidates = [checkpoint_cache() / entry.filename]
     if reference_dir() is not None:
         candidates.insert(0, reference_dir() / "checkpoints" / dataset / entry.filename)
     for path in candidates:
@@ -116,7 +115,7 @@ def release_path(dataset: str, arch: str, bit: int, download: bool = True) -> Pa
     if not download:
         raise CheckpointError(f"{entry.filename} not found in {', '.join(map(str, candidates))}")
     try:
-        return download_verified(entry.url, CACHE_DIR / entry.filename, entry.sha256)
+        return download_verified(entry.url, checkpoint_cache() / entry.filename, entry.sha256)
     except DownloadError as error:
         if reference_dir() is None:
             raise

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..core.checks import check_count
-from .paths import DATA_ROOT, reference_dir, why_not
+from .paths import data_root, reference_dir, why_not
 
 CIFAR10_MEAN = (0.491, 0.482, 0.447)
 CIFAR10_STD = (0.247, 0.243, 0.262)
@@ -155,8 +155,10 @@ def download_cause(error: BaseException) -> str:
     return f"{type(reason).__name__}: {str(reason).splitlines()[0] if str(reason) else ''}"
 
 
-def load_torchvision(train: bool, root: Path = DATA_ROOT) -> ImageArrays:
-    """The official CIFAR-10 through torchvision (downloads into ``data/`` when online)."""
+def load_torchvision(train: bool, root: Path | None = None) -> ImageArrays:
+    """The official CIFAR-10 through torchvision, kept in ``root`` (default: the data root, :func:`data_root`),
+    downloaded there when online."""
+    root = data_root() if root is None else root
     import urllib.error
 
     import torchvision
@@ -258,7 +260,8 @@ def load_cifar10(source: str | Path | None = None, train: bool = False, sample: 
     return arrays if sample is None else arrays.sample(sample, seed)
 
 
-def _torchvision_cached(train: bool, root: Path = DATA_ROOT) -> bool:
+def _torchvision_cached(train: bool, root: Path | None = None) -> bool:
+    root = data_root() if root is None else root
     return (root / "cifar-10-batches-py" / ("data_batch_1" if train else "test_batch")).is_file()
 
 

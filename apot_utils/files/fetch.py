@@ -25,9 +25,7 @@ import numpy as np
 
 from .checkpoints import RELEASED, CheckpointError, download_verified, sha256_of, write_atomically
 from .data import load_npz, load_torchvision
-from .paths import DATA_ROOT
-
-DEFAULT_DEST = DATA_ROOT / "reference"
+from .paths import fetch_dest
 _REPO = "https://github.com/yhhhli/APoT_Quantization/raw/master"
 
 
@@ -105,11 +103,11 @@ def _exact_test_images(dest: Path, source: Path | None, log: Callable[[str], Non
         log(f"wrote   {relative}")
 
 
-def fetch(dest: str | Path = DEFAULT_DEST, source: str | Path | None = None, log: Callable[[str], None] = print) -> Path:
-    """Build the reference layout under ``dest`` (module docstring): from ``source``, a folder with the
-    same layout, when given; else from the public URLs. Files already present and correct are kept.
-    Returns ``dest``."""
-    dest = Path(dest)
+def fetch(dest: str | Path | None = None, source: str | Path | None = None, log: Callable[[str], None] = print) -> Path:
+    """Build the reference layout under ``dest`` (default :func:`~apot_utils.files.paths.fetch_dest`, the data
+    root's ``reference/``; module docstring): from ``source``, a folder with the same layout, when given; else from
+    the public URLs. Files already present and correct are kept. Returns ``dest``."""
+    dest = fetch_dest() if dest is None else Path(dest)
     source = None if source is None else Path(source)
     for item in PUBLIC_FILES:
         target = dest / item.relative

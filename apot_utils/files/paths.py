@@ -7,6 +7,9 @@
   ``~/.cache/apot-notebooks``, so that an installed package never writes into site-packages;
   ``APOT_CACHE_DIR`` overrides both.
 - ``APOT_KERNEL_DIR``: the compiled kernels (default ``<data root>/kernels``).
+
+Each is read when it is used (every call of the functions below), so that setting one after ``import apot_utils``
+takes effect.
 """
 from __future__ import annotations
 
@@ -47,7 +50,16 @@ def kernel_dir() -> Path:
     return Path(os.environ.get("APOT_KERNEL_DIR") or data_root() / "kernels")
 
 
-DATA_ROOT = data_root()
+def checkpoint_cache() -> Path:
+    """Where downloaded checkpoints are kept: ``<data root>/checkpoints``."""
+    return data_root() / "checkpoints"
+
+
+def fetch_dest() -> Path:
+    """Where ``fetch`` builds the reference data layout unless told: ``<data root>/reference``."""
+    return data_root() / "reference"
+
+
 SHIPPED_DIR = (source_checkout() or PACKAGE_DIR.parent) / "checkpoints"   # checkpoints this project made (see its README)
 
 

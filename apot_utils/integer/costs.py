@@ -89,7 +89,3 @@ def totals(rows: list[dict]) -> dict:
             "act comparisons": total("act comparisons"),
             "weight bytes": total("weight bytes"), "FixOPS": fixops(rows)}
 
-
-def public(rows: list[dict]) -> list[dict]:
-    """The rows without their private columns, for printing."""
-    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]

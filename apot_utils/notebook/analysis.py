@@ -108,6 +108,11 @@ def integer_form(bits: int) -> dict:
             "max set bits": max_set_bits(bits)}
 
 
+def public_rows(rows: list[dict]) -> list[dict]:
+    """Rows of :func:`apot_utils.integer.costs.layer_rows` without their private columns (``_``-prefixed), for printing."""
+    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+
+
 def print_rows(rows: list[dict], formats: dict[str, str] | None = None) -> None:
     """A plain aligned table of dict rows; ``formats``: column -> format spec."""
     formats = formats or {}

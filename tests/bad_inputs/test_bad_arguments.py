@@ -114,3 +114,36 @@ def test_validate_reads_the_model_from_any_files_metadata(tmp_path, cli, ref):
     assert cli("export", "--checkpoint", ckpt, "--out", exported).status == 0
     run = cli("validate", "--checkpoint", exported, "--data", images, "--limit", "100")
     assert run.status == 0, run.err
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["export", "--bit", "3", "--scheme", "uniform", "--out", "x.safetensors"], "--scheme"),
+    (["export", "--bit", "3", "--data", "torchvision", "--out", "x.safetensors"], "--data"),
+    (["export", "--bit", "3", "--device", "cuda", "--out", "x.safetensors"], "--device"),
+    (["export", "--bit", "3", "--batch-size", "64", "--out", "x.safetensors"], "--batch-size"),
+    (["quantize", "--bit", "3", "--device", "cuda", "--out", "x.pth.tar"], "--device"),
+])
+def test_a_flag_the_command_would_ignore_is_refused(argv, flag, cli, tmp_path, monkeypatch):
+    """export takes its model, scheme included, from the checkpoint and reads no images; quantize calibrates on the
+    CPU: such flags used to be accepted and ignored."""
+    monkeypatch.chdir(tmp_path)
+    run = cli(*argv)
+    assert run.status == 2 and "unrecognized arguments" in run.err and flag in run.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_data_loading_processes_without_cpu_affinity(monkeypatch):
+    """macOS has no os.sched_getaffinity: the CPU count is used instead of an AttributeError."""
+    import os
+
+    from apot_utils.cli import _workers
+
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    assert _workers(None) == min(8, os.cpu_count() or 1) and _workers(3) == 3
+
+
+def test_a_flag_is_never_taken_for_a_longer_one(cli, tmp_path, monkeypatch):
+    """argparse's abbreviations read export's --data as --dataset (a command without --data): none are taken."""
+    monkeypatch.chdir(tmp_path)
+    run = cli("validate", "--lim", "10")
+    assert run.status == 2 and "unrecognized arguments: --lim" in run.err

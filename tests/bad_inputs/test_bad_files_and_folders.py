@@ -84,7 +84,7 @@ def test_fetch_reports_a_damaged_source_in_one_line(damage, ref, tmp_path, monke
 
 def test_a_reference_folder_that_lacks_the_file_is_named(tmp_path, monkeypatch, offline, cli):
     monkeypatch.setenv("APOT_DATA_DIR", str(tmp_path / "reference"))
-    monkeypatch.setattr(checkpoints, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setenv("APOT_CACHE_DIR", str(tmp_path / "cache"))
     run = cli("validate", "--bit", "3", "--limit", "1")
     run.assert_clean_error(f"{tmp_path / 'reference' / 'checkpoints/cifar10/res20_3bit.pth.tar'} does not exist",
                            "could not be downloaded (no network)")
@@ -96,7 +96,7 @@ def test_a_reference_folder_that_lacks_the_file_is_named(tmp_path, monkeypatch, 
 
 
 def test_a_killed_kernel_build_leaves_no_scratch_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr(aot, "KERNEL_DIR", tmp_path)
+    monkeypatch.setenv("APOT_KERNEL_DIR", str(tmp_path))
     stale = tmp_path / ".building-k1ll3d"
     (stale / "partial").mkdir(parents=True)
     built = []
@@ -112,8 +112,7 @@ def test_a_killed_kernel_build_leaves_no_scratch_folder(tmp_path, monkeypatch):
 
 
 def test_failed_download_leaves_no_folder(monkeypatch, tmp_path, offline):
-    target = tmp_path / "data" / "checkpoints"
-    monkeypatch.setattr(checkpoints, "CACHE_DIR", target)
+    monkeypatch.setenv("APOT_CACHE_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("APOT_DATA_DIR", raising=False)
     with pytest.raises(checkpoints.CheckpointError, match="could not download"):
         checkpoints.release_path("cifar10", "resnet20", 3)
@@ -130,17 +129,27 @@ def test_an_installed_package_keeps_its_data_in_a_user_cache(tmp_path, monkeypat
     assert paths.data_root(installed) == tmp_path / "cache" / "apot-notebooks"
     checkout = paths.PACKAGE_DIR
     assert paths.data_root(checkout) == checkout.parent / "data"
-    assert fetch.DEFAULT_DEST == paths.DATA_ROOT / "reference" and checkpoints.CACHE_DIR == paths.DATA_ROOT / "checkpoints"
-    assert aot.KERNEL_DIR == paths.kernel_dir()
     monkeypatch.setenv("APOT_CACHE_DIR", str(tmp_path / "mine"))
     assert paths.data_root(installed) == tmp_path / "mine"
+
+
+def test_the_folders_follow_the_environment_after_import(tmp_path, monkeypatch):
+    """The folders are read when used: set after ``import apot_utils``, APOT_CACHE_DIR moves the downloads, the
+    fetched layout and the kernels, and APOT_KERNEL_DIR the kernels alone."""
+    monkeypatch.delenv("APOT_KERNEL_DIR", raising=False)
+    monkeypatch.setenv("APOT_CACHE_DIR", str(tmp_path / "cache"))
+    assert paths.checkpoint_cache() == tmp_path / "cache" / "checkpoints"
+    assert paths.fetch_dest() == tmp_path / "cache" / "reference"
+    assert aot.package_path(lambda x: x, (torch.zeros(2),), (None,)).parent == tmp_path / "cache" / "kernels"
+    monkeypatch.setenv("APOT_KERNEL_DIR", str(tmp_path / "kernels"))
+    assert aot.package_path(lambda x: x, (torch.zeros(2),), (None,)).parent == tmp_path / "kernels"
 
 
 def test_offline_chapters_get_a_resnet20_shaped_stand_in(monkeypatch, tmp_path, offline):
     """Chapters 01-02 use the released weights by layer name; offline they get a seeded random ResNet-20's."""
     from apot_utils.notebook import analysis
 
-    monkeypatch.setattr(checkpoints, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setenv("APOT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("APOT_DATA_DIR", raising=False)
     state = torch.random.get_rng_state()
     layers, source = analysis.resnet20_weights()

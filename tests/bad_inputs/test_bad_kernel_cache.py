@@ -19,7 +19,7 @@ def identity(x):
 def kernel_dir(tmp_path, monkeypatch):
     folder = tmp_path / "kernels"
     folder.mkdir(mode=0o755)
-    monkeypatch.setattr(aot, "KERNEL_DIR", folder)
+    monkeypatch.setenv("APOT_KERNEL_DIR", str(folder))
     return folder
 
 
