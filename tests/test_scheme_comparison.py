@@ -44,8 +44,11 @@ def test_each_model_scores_what_results_json_records(name, ref):
 
 @needs_results
 def test_the_paired_statistics_follow_from_the_per_image_records():
-    results = json.loads(RESULTS.read_text())
-    assert results_module().comparisons(results["models"]) == results["comparisons"]
+    results, module = json.loads(RESULTS.read_text()), results_module()
+    assert module.comparisons(results["models"]) == results["comparisons"]
+    assert module.replicates(results["models"]) == results["replicates"]
+    assert module.what_rcf_buys(results["models"]) == results["rcf"]
+    assert not any(c["bit"] == 2 and c["b"] == "pot" for c in results["comparisons"])   # the same sets: no test
 
 
 def test_the_statistics_on_known_cases():

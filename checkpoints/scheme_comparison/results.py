@@ -6,8 +6,11 @@ For each finished run (all its epochs done) the ``model_best.pth.tar`` (the epoc
 training images, never on a test image), and for the authors' released 2/3/4-bit models as a reference: top-1 on the
 held-out images, on the exact first 1,000 test images and on the JPEG copy's 10,000 test images, and which test
 images each gets right (hex bit strings, so that paired tests can be recomputed from the file). Then, for every
-bitwidth and test set, APoT against uniform and against power-of-two: the discordant counts, McNemar's exact
-p, Holm's correction over all the comparisons of that test set, and a 95 % interval of the paired difference.
+bitwidth, seed and test set, APoT against uniform and against power-of-two: the discordant counts, McNemar's exact
+p, Holm's correction over all the comparisons of that test set, and a 95 % interval of the paired difference
+(:func:`comparisons`; at 2 bits APoT's level sets are power-of-two's, so that pair is no comparison of schemes). Beside
+them, untested, the pairs that measure run-to-run variation (:func:`replicates`), and learned against frozen α at 2
+bits (:func:`what_rcf_buys`).
 
 ``tests/test_scheme_comparison.py`` re-validates every model against this file; ``figures.py`` draws from it.
 """
@@ -89,28 +92,59 @@ def paired_interval(only_a: int, only_b: int, n: int, z: float = 1.959964) -> tu
     return 100 * (d - z * se), 100 * (d + z * se)
 
 
+def paired(first: dict, second: dict, test: str, **labels) -> dict:
+    """The paired record of two scored models on one test set (``labels`` name them, as ``a`` and ``b``): top-1 of
+    each, the images only one gets right, McNemar's exact p and the 95 % interval of a − b (points)."""
+    n = first[test]["n"]
+    ca, cb = correct_from_bits(first[test]["correct"], n), correct_from_bits(second[test]["correct"], n)
+    only_a, only_b = int((ca & ~cb).sum()), int((cb & ~ca).sum())
+    return {"test": test, **labels, "n": n, "top1_a": first[test]["top1"], "top1_b": second[test]["top1"], "only_a": only_a,
+            "only_b": only_b, "p": mcnemar_p(only_a, only_b), "interval": list(paired_interval(only_a, only_b, n))}
+
+
+def same_levels(bit: int, scheme: str, other: str) -> bool:
+    """Whether two schemes quantize with the same level sets at ``bit`` (2 bits: APoT's are power-of-two's)."""
+    from apot_utils.core.levels import level_set, weight_magnitudes
+
+    return all(torch.equal(f(bit, scheme), f(bit, other)) for f in (level_set, weight_magnitudes))
+
+
 def comparisons(models: dict[str, dict]) -> list[dict]:
-    """APoT against uniform and against PoT at every bitwidth with both runs present, per test set, Holm-adjusted
-    within each test set."""
+    """APoT against uniform and against PoT at every bitwidth and seed with both runs present, per test set, Holm-
+    adjusted within each test set. A pair of schemes whose level sets are the same at that bitwidth (APoT and
+    power-of-two at 2 bits) is no comparison of schemes: :func:`replicates` reports it."""
     rows = []
     for test in TEST_SETS:
         family = []
         for bit in (2, 3, 4):
-            a = models.get(f"apot_{bit}bit_seed0")
-            for other in ("uniform", "pot"):
-                b = models.get(f"{other}_{bit}bit_seed0")
-                if a is None or b is None:
-                    continue
-                n = a[test]["n"]
-                ca, cb = correct_from_bits(a[test]["correct"], n), correct_from_bits(b[test]["correct"], n)
-                only_a, only_b = int((ca & ~cb).sum()), int((cb & ~ca).sum())
-                family.append({"test": test, "bit": bit, "a": "apot", "b": other, "n": n,
-                               "top1_a": a[test]["top1"], "top1_b": b[test]["top1"], "only_a": only_a, "only_b": only_b,
-                               "p": mcnemar_p(only_a, only_b), "interval": list(paired_interval(only_a, only_b, n))})
+            for seed in (0, 1):
+                a = models.get(f"apot_{bit}bit_seed{seed}")
+                for other in ("uniform", "pot"):
+                    b = models.get(f"{other}_{bit}bit_seed{seed}")
+                    if a is not None and b is not None and not same_levels(bit, "apot", other):
+                        family.append(paired(a, b, test, bit=bit, seed=seed, a="apot", b=other))
         for row, adjusted in zip(family, holm([r["p"] for r in family])):
             row["p_holm"] = adjusted
         rows += family
     return rows
+
+
+def replicates(models: dict[str, dict]) -> list[dict]:
+    """Pairs that differ in nothing the comparison varies, so what separates them is run-to-run variation: the same
+    level sets under two scheme names (2-bit APoT and power-of-two, seed 0: the same sets and seed, another order of
+    floating-point roundings), and the same run with another seed. Not tested: the size of their differences is the
+    yardstick for the schemes' differences."""
+    pairs = [("apot_2bit_seed0", "pot_2bit_seed0", "same level sets")]
+    pairs += [(f"{s}_{bit}bit_seed0", f"{s}_{bit}bit_seed1", "another seed") for bit in (2, 3, 4) for s in ("apot", "uniform", "pot")]
+    return [paired(models[a], models[b], test, a=a, b=b, why=why)
+            for test in TEST_SETS for a, b, why in pairs if a in models and b in models]
+
+
+def what_rcf_buys(models: dict[str, dict]) -> list[dict]:
+    """The 2-bit APoT run with α learned (RCF) against the same run with both α rates 0, per test set (one test per
+    test set: no correction)."""
+    a, b = models.get("apot_2bit_seed0"), models.get("apot_2bit_frozen_alpha_seed0")
+    return [] if a is None or b is None else [paired(a, b, test, a="alpha learned", b="alpha frozen") for test in TEST_SETS]
 
 
 def main() -> int:
@@ -124,8 +158,8 @@ def main() -> int:
                   flush=True)
     release = {f"release_{bit}bit": score(data.reference_file(f"checkpoints/cifar10/res20_{bit}bit.pth.tar"), sets)
                for bit in (2, 3, 4)}
-    out = {"models": models, "release": release, "comparisons": comparisons(models),
-           "runs_missing": [name for name in RUNS if name not in models]}      # not started, or not finished
+    out = {"models": models, "release": release, "comparisons": comparisons(models), "replicates": replicates(models),
+           "rcf": what_rcf_buys(models), "runs_missing": [name for name in RUNS if name not in models]}  # not finished
     tmp = HERE / "results.json.tmp"
     tmp.write_text(json.dumps(out, indent=1) + "\n")
     tmp.replace(HERE / "results.json")
