@@ -239,6 +239,6 @@ def test_train_a_converted_model_from_python():
     assert {g["name"] for g in groups} == {"weights", "act_alpha", "weight_alpha"}
     optimizer = torch.optim.SGD(groups, lr=0.01, momentum=0.9)
     before = {n: p.detach().clone() for n, p in q.named_parameters() if n.endswith("act_alpha")}
-    result = train_one_epoch(q, [(images, labels)] * 2, 2, optimizer, "cpu", 0, 0, None, 1, False, q)
+    result = train_one_epoch(q, [(images, labels)] * 2, optimizer)
     assert torch.isfinite(torch.tensor(result["loss"]))
     assert any(not torch.equal(p, before[n]) for n, p in q.named_parameters() if n in before)   # α learn

@@ -489,9 +489,10 @@ def _run_epochs(cfg, run_data: TrainingData, model, net, spec, recipe, optimizer
         if writer is not None:
             _write_validation(writer, before, 0)
     for epoch in range(start_epoch, recipe.epochs):
-        stats = train_one_epoch(net, run_data.epoch_batches(epoch), run_data.steps, optimizer, device, epoch,
-                                epoch * run_data.steps, writer, cfg.log_every, cfg.progress and where.main, model,
-                                cfg.freeze_bn, recipe, teacher)
+        stats = train_one_epoch(net, run_data.epoch_batches(epoch), optimizer, teacher=teacher, steps=run_data.steps,
+                                device=device, freeze_bn=cfg.freeze_bn, recipe=recipe, epoch=epoch,
+                                step0=epoch * run_data.steps, writer=writer, log_every=cfg.log_every,
+                                progress=cfg.progress and where.main, alphas_of=model)
         scheduler.step()
         epoch_seconds.append(stats["seconds"])
         check_finite_parameters(model, epoch, f"{last_path} is from before it" if last_path.exists()

@@ -174,15 +174,26 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return F.kl_div(log_p, q, reduction="batchmean") * temperature**2
 
 
-def train_one_epoch(model: nn.Module, batches, steps: int, optimizer, device, epoch: int, step0: int, writer,
-                    log_every: int, progress: bool, alphas_of: nn.Module, freeze_bn: bool = False,
-                    recipe: Recipe | None = None, teacher: nn.Module | None = None) -> dict[str, float]:
-    """One pass over ``batches`` ((images, labels) pairs, ``steps`` of them). Returns the epoch's means.
-    freeze_bn: BatchNorm layers stay in eval mode (running statistics fixed). recipe: its warm-up
-    scales every group's lr by :func:`warmup_lr` / lr during its first steps. teacher: a model in eval
-    mode whose predictions the loss follows (:func:`distillation_loss`)."""
+def train_one_epoch(model: nn.Module, batches, optimizer, *, teacher: nn.Module | None = None, steps: int | None = None,
+                    device="cpu", freeze_bn: bool = False, recipe: Recipe | None = None, epoch: int = 0, step0: int = 0,
+                    writer=None, log_every: int = 20, progress: bool = False,
+                    alphas_of: nn.Module | None = None) -> dict[str, float]:
+    """One pass over ``batches`` ((images [B, ...], labels [B]) pairs) with ``optimizer`` (e.g. SGD over
+    :func:`parameter_groups`). Returns the epoch's means: loss, acc1 and acc5 (%), and its seconds.
+
+    teacher: a model in eval mode whose predictions the loss follows (:func:`distillation_loss`); None: cross-entropy
+    with the labels. steps: stop after that many batches (None: all). device: where the batches go. freeze_bn:
+    BatchNorm layers stay in eval mode (running statistics fixed). recipe: its warm-up scales every group's lr by
+    :func:`warmup_lr` / lr during its first steps. epoch, step0: the epoch's number and the global step it starts
+    at (for messages and logs). writer: a TensorBoard SummaryWriter that gets the training scalars and every α each
+    ``log_every`` steps. progress: a tqdm bar. alphas_of: the module whose α are checked and logged (default
+    ``model``; the unwrapped model under DistributedDataParallel). Stops with FloatingPointError at the step where
+    the loss or an α stops being finite (α: positive)."""
     from tqdm.auto import tqdm
 
+    alphas_of = model if alphas_of is None else alphas_of
+    if steps is None:
+        steps = len(batches) if hasattr(batches, "__len__") else None
     model.train()
     if freeze_bn:
         for m in model.modules():
@@ -220,7 +231,7 @@ def train_one_epoch(model: nn.Module, batches, steps: int, optimizer, device, ep
         top1_m.update(100.0 * correct[:, 0].float().mean().item(), n)
         top5_m.update(100.0 * correct.any(1).float().mean().item(), n)
         step = step0 + i + 1
-        if writer is not None and (step % log_every == 0 or i == steps - 1):
+        if writer is not None and (step % log_every == 0 or i + 1 == steps):
             writer.add_scalar("loss_train", loss_m.val, step)
             writer.add_scalar("acc1_train", top1_m.val, step)
             writer.add_scalar("acc5_train", top5_m.val, step)
@@ -236,7 +247,7 @@ def check_thresholds(model: nn.Module, epoch: int, step: int) -> None:
     """Stop at the step where a clipping threshold stops being a finite positive number (an α learning rate
     too high for the run: SGD can push α below zero, where the quantizer means nothing)."""
     for name, layer in quantized_layers(model):
-        for kind, group in (("act_alpha", "--act-alpha-lr"), ("weight_alpha", "--weight-alpha-lr")):
+        for kind, group in (("act_alpha", "act_alpha_lr (--act-alpha-lr)"), ("weight_alpha", "weight_alpha_lr (--weight-alpha-lr)")):
             alpha = getattr(layer, kind)
             if not bool((torch.isfinite(alpha) & (alpha > 0)).all()):
                 raise FloatingPointError(
