@@ -31,7 +31,7 @@ _WHERE = {
     "fakequant.ptq": ["calibrate", "Calibration", "post_training_quantize", "weight_error", "best_weight_alpha",
                       "PTQ_WEIGHT_NORM"],
     "fakequant.spec": ["ModelSpec"],
-    "fakequant.loading": ["load_model", "load_into"],
+    "fakequant.loading": ["load_model", "load_into", "save_quantized", "load_quantized"],
     "fakequant.evaluate": ["validate", "validate_cifar10", "pick_device", "describe_device"],
     "fakequant.training": ["Recipe", "default_recipe", "parameter_groups", "train_one_epoch", "set_quantizer_options",
                            "distillation_loss", "warmup_lr"],

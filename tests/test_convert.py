@@ -1,6 +1,7 @@
 """convert(): any PyTorch CNN to APoT layers (torchvision ResNet-18 and MobileNetV2, grouped convolutions), signed
 inputs chosen from data, the refusals, the release's ResNet-20 rebuilt from a plain one, calibration."""
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from apot_utils.fakequant.loading import load_model
 from apot_utils.fakequant.ptq import Calibration, calibrate
 from apot_utils.fakequant.spec import ModelSpec
 from apot_utils.fakequant.training import default_recipe, parameter_groups, set_quantizer_options, train_one_epoch
-from apot_utils.files import data
+from apot_utils.files import checkpoints as apot_checkpoints, data
 from apot_utils.integer.convert import to_integer
 from apot_utils.integer.costs import layer_rows
 
@@ -242,3 +243,55 @@ def test_train_a_converted_model_from_python():
     result = train_one_epoch(q, [(images, labels)] * 2, optimizer)
     assert torch.isfinite(torch.tensor(result["loss"]))
     assert any(not torch.equal(p, before[n]) for n, p in q.named_parameters() if n in before)   # α learn
+
+
+def _small_cnn(width: int = 8):
+    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                         nn.Conv2d(width, width, 3, padding=1, groups=width), nn.Conv2d(width, 16, 1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+
+@pytest.mark.parametrize("make", [_small_cnn, lambda: torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.25),
+                                  lambda: torchvision.models.resnet18(num_classes=10)], ids=["small_cnn", "mobilenet_v2", "resnet18"])
+def test_your_network_from_convert_to_a_file_and_back(make, tmp_path):
+    """The road a user's network takes (issue 38): convert with no other argument, calibrate, two training steps by
+    keyword, save; loaded into a fresh float copy of the architecture, the file gives the same logits, with what
+    convert chose (signed layers, weight normalization) read from the file."""
+    import apot_utils as apot
+
+    torch.manual_seed(0)
+    float_model = make().eval()
+    images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    quantized = apot.calibrate(apot.convert(float_model, 4, weight_norm="std").model, float_model, images,
+                               log=lambda line: None)
+    recipe = dataclasses.replace(apot.default_recipe("cifar10", 4), lr=1e-3, act_alpha_lr=1e-3, weight_alpha_lr=5e-4)
+    optimizer = torch.optim.SGD(apot.parameter_groups(quantized, recipe), lr=recipe.lr, momentum=0.9)
+    result = apot.train_one_epoch(quantized, [(images[:8], labels[:8]), (images[8:], labels[8:])], optimizer,
+                                  teacher=float_model)
+    assert math.isfinite(result["loss"])
+    path = apot.save_quantized(quantized, tmp_path / "mine.pth.tar")
+    loaded = apot.load_quantized(path, make())
+    assert loaded.conversion == quantized.conversion and loaded.conversion["weight_norm"] == "std"
+    with torch.no_grad():
+        assert torch.equal(quantized.eval()(images), loaded(images))
+    with pytest.raises(FileExistsError):
+        apot.save_quantized(quantized, path)
+
+
+def test_a_converted_file_needs_its_own_float_architecture(tmp_path):
+    import apot_utils as apot
+
+    float_model = _small_cnn().eval()
+    quantized = apot.convert(float_model, 3).model
+    path = apot.save_quantized(quantized, tmp_path / "mine.pth.tar")
+    with pytest.raises(ValueError, match="pass float_model"):
+        apot.load_quantized(path)
+    with pytest.raises(apot_checkpoints.CheckpointError, match="against the float model given"):
+        apot.load_quantized(path, _small_cnn(width=4))                   # the same layers, other widths
+    other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 10))
+    with pytest.raises(apot_checkpoints.CheckpointError, match="cannot be converted as the file records"):
+        apot.load_quantized(path, other)                                 # no layer '4' to make signed
+    spec_file = apot.save_quantized(apot.ModelSpec("cifar10", "resnet20", 3).build(), tmp_path / "r20.pth.tar")
+    assert apot.load_quantized(spec_file).spec == apot.ModelSpec("cifar10", "resnet20", 3)
+    with pytest.raises(ValueError, match="drop float_model"):
+        apot.load_quantized(spec_file, float_model)

@@ -14,6 +14,7 @@ import torch.fx
 from torch import nn
 
 from ..core.levels import FULL_PRECISION, projection_order, weight_projection_order
+from ..core.reference import WEIGHT_NORMS
 from .layers import FirstConv8bit, LastLinear8bit, QuantConv2d, QuantLinear, _QuantizedWeight
 
 # modules with parameters that convert leaves as they are: normalization layers keep float statistics
@@ -156,7 +157,8 @@ def _copy_weights(new: nn.Module, old: nn.Module) -> nn.Module:
 
 def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None = None, per_channel: bool = False,
             first_last_bits: int | None = 8, skip: Iterable[str] = (), signed: str | bool | Iterable[str] | None = None,
-            example: torch.Tensor | None = None, keep_unsupported: bool = False) -> Conversion:
+            example: torch.Tensor | None = None, keep_unsupported: bool = False,
+            weight_norm: str = "mean_std") -> Conversion:
     """A copy of ``model`` with every ``nn.Conv2d`` (groups and depthwise included) and ``nn.Linear`` replaced
     by its b-bit APoT counterpart carrying the same weights (``model`` itself is not changed).
 
@@ -171,10 +173,17 @@ def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None 
     (ConvTranspose2d, Conv1d, …) in float; by default they are refused, listed. A subclass of nn.Conv2d or
     nn.Linear with its own forward is refused unless named in skip; padding modes (reflect, circular, …) are
     kept; a layer registered under several names is converted once and stays shared (its table row names
-    them all). The α start at the layers' defaults: calibrate them (:func:`apot_utils.fakequant.ptq.calibrate`)
-    or train them.
+    them all). weight_norm: each quantized layer's weight normalization
+    (:func:`~apot_utils.core.reference.normalize_weight`). The α start at the layers' defaults: calibrate them
+    (:func:`apot_utils.fakequant.ptq.calibrate`) or train them.
+
+    The converted model records what was chosen, the signed layers included, as ``model.conversion`` (a dict of
+    plain values): :func:`apot_utils.fakequant.loading.save_quantized` writes it into the file, and
+    :func:`~apot_utils.fakequant.loading.load_quantized` converts a fresh copy of the float network the same way.
     """
     _check_levels(bit, scheme, terms)
+    if weight_norm not in WEIGHT_NORMS:
+        raise ValueError(f"weight_norm must be one of {WEIGHT_NORMS}, got {weight_norm!r}")
     names = dict(model.named_modules())
     canonical = {alias: next(n for n, m in names.items() if m is module)            # self.c = self.b: 'c' -> 'b'
                  for alias, module in model.named_modules(remove_duplicate=False) if alias not in names}
@@ -252,10 +261,15 @@ def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None 
             else:
                 new = QuantLinear(old.in_features, old.out_features, old.bias is not None, **options)
             layer_bit, is_signed = bit, name in signed_layers
+            new.weight_norm = weight_norm
         new = _copy_weights(new, old)
         for alias in aliases[id(old)]:
             parent, _, child = alias.rpartition(".")
             setattr(converted.get_submodule(parent) if parent else converted, child, new)
         rows.append({"name": " = ".join(aliases[id(old)]), "was": type(old).__name__, "now": type(new).__name__,
                      "bit": layer_bit, "signed": is_signed})
+    converted.conversion = {"bit": bit, "scheme": scheme, "terms": terms, "per_channel": per_channel,
+                            "first_last_bits": first_last_bits, "skip": sorted(skip), "weight_norm": weight_norm,
+                            "signed": sorted(signed_layers & set(targets) - skip - eight_bit),
+                            "keep_unsupported": keep_unsupported}
     return Conversion(converted, rows)

@@ -1,5 +1,7 @@
 """Fake-quantized models from checkpoints: :func:`load_model` (build and load, the API the commands and
-chapters use) and :func:`load_into` (check a checkpoint against a built model, then load it)."""
+chapters use), :func:`load_into` (check a checkpoint against a built model, then load it), and for any network
+:func:`save_quantized` / :func:`load_quantized` (the model's description, what ``convert`` chose included, travels
+in the file)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +12,9 @@ from torch import nn
 from ..core.levels import FULL_PRECISION
 from ..files import checkpoints
 from ..files.checkpoints import CheckpointError
-from .evaluate import print_alphas
+from ..files.paths import new_file
+from .convert import convert
+from .evaluate import check_model_computes, print_alphas
 from .layers import quantized_layers
 from .spec import QUANTIZER_FIELDS, ModelSpec
 
@@ -107,3 +111,64 @@ def load_model(dataset: str, arch: str, bit: int | None, checkpoint: str | Path 
         if spec.quantized:
             print_alphas(model, log)
     return model.to(device)
+
+
+CONVERSION_FIELDS = ("bit", "scheme", "terms", "per_channel", "first_last_bits", "skip", "weight_norm", "signed",
+                     "keep_unsupported")
+
+
+def save_quantized(model: nn.Module, path: str | Path) -> Path:
+    """Write a quantized model to ``path`` (refused if it exists; written atomically): its state_dict and its
+    description, ``model.spec`` for the models this package builds (:class:`ModelSpec`), ``model.conversion`` for a
+    network from :func:`~apot_utils.fakequant.convert.convert` (the bitwidth, scheme, terms, per-channel α, weight
+    normalization, skipped and signed layers). A model with NaN or infinite values (or, built from a spec, one that
+    computes them) is refused. Returns the path;
+    :func:`load_quantized` reads it back."""
+    path = new_file(path)
+    spec, conversion = getattr(model, "spec", None), getattr(model, "conversion", None)
+    if spec is None and conversion is None:
+        raise ValueError("the model has neither a spec (ModelSpec.build) nor a conversion record (convert): "
+                         "save_quantized writes one of those beside the weights, so that load_quantized can rebuild it")
+    checkpoints.check_finite(model.state_dict(), "the model to save")
+    if spec is not None:                # a converted network's input size is unknown here
+        was_training = model.training
+        check_model_computes(model, spec.image_size, "the model to save")
+        model.train(was_training)
+    meta = spec.meta() if spec is not None else {"conversion": {k: conversion[k] for k in CONVERSION_FIELDS}}
+    checkpoints.save_checkpoint({"state_dict": model.state_dict(), "meta": meta}, path)
+    return path
+
+
+def load_quantized(path: str | Path, float_model: nn.Module | None = None) -> nn.Module:
+    """The model :func:`save_quantized` wrote to ``path``. A model of this package's (its file records a
+    :class:`ModelSpec`) is built from that description; a converted network needs ``float_model``, the same float
+    architecture it was converted from (any weights: they are replaced), which is converted again as recorded. Every
+    check of :func:`load_into` applies (keys and shapes, α positive and finite, finite values, BatchNorm variances).
+    Returns the model in eval mode on the CPU."""
+    content = checkpoints.read_checkpoint(path)
+    meta = content.get("meta", {})
+    recorded = meta.get("conversion")
+    if recorded is None:
+        if float_model is not None:
+            raise ValueError(f"{path} holds a model of this package ({meta.get('arch')}), built from its description: "
+                             "drop float_model")
+        model = ModelSpec.from_meta(meta).build()
+        load_into(model, path)
+        return model.eval()
+    if float_model is None:
+        raise ValueError(f"{path} holds a converted network: pass float_model, the float architecture it was "
+                         "converted from (load_quantized(path, MyNet()))")
+    if not isinstance(recorded, dict) or set(recorded) != set(CONVERSION_FIELDS):
+        raise CheckpointError(f"{path}: its conversion record is not what save_quantized writes ({recorded!r:.80})")
+    try:
+        model = convert(float_model, **{k: (v if k != "skip" else tuple(v)) for k, v in recorded.items()}).model
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: the float model cannot be converted as the file records ({error})") from None
+    state_dict = checkpoints.to_model_keys(content["state_dict"], str(path))
+    checkpoints.check_state_dict(model, state_dict, f"{path} (against the float model given, converted as recorded)")
+    checkpoints.check_alphas(state_dict, str(path))
+    checkpoints.check_finite(state_dict, str(path))
+    checkpoints.check_batchnorm_variances(state_dict, str(path))
+    check_normalizable(model, state_dict, str(path))
+    model.load_state_dict(state_dict)
+    return model.eval()
