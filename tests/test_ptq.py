@@ -187,3 +187,37 @@ def test_training_from_full_precision_starts_from_calibrated_alpha(ref, tmp_path
         train.train(cfg, log=lines.append)
         starts[calibrate] = float(next(l for l in lines if "before the first step" in l).split("top-1 ")[1].split(" %")[0])
     assert starts[True] > 80 > 30 > starts[False]
+
+
+def _direct_search(rows, magnitudes):
+    """The weight-α search quantizing every candidate: what SortedRows replaces."""
+    def error(alphas):
+        with torch.no_grad():
+            return (quantize_weight(rows, alphas.view(-1, 1), magnitudes) - rows).square().mean(dim=1)
+    return ptq.coarse_to_fine(error, *ptq.WEIGHT_ALPHA_RANGE, ptq.WEIGHT_ALPHA_STEP, rows=len(rows))
+
+
+@pytest.mark.parametrize("bit, scheme", [(2, "apot"), (3, "apot"), (3, "uniform"), (4, "pot"), (5, "apot")])
+def test_the_error_from_sorted_rows_is_the_quantized_error(bit, scheme):
+    """SortedRows' prefix sums give each row's mean squared error at its α as quantizing does, within float64
+    rounding; weights placed exactly between two levels (ties, where the tie order decides) included."""
+    g = torch.Generator().manual_seed(bit)
+    magnitudes = levels.weight_projection_order(bit, scheme)
+    rows = torch.randn(6, 500, generator=g, dtype=torch.float64)
+    mids = (magnitudes.sort().values[1:] + magnitudes.sort().values[:-1]) / 2
+    rows[0, :len(mids)] = mids.double() * 1.7                     # exactly at the thresholds of α = 1.7
+    alphas = torch.tensor([1.7, 0.5, 1.0, 2.5, 4.0, 8.0], dtype=torch.float64)
+    direct = (quantize_weight(rows, alphas.view(-1, 1), magnitudes) - rows).square().mean(dim=1)
+    torch.testing.assert_close(ptq.SortedRows(rows, magnitudes)(alphas), direct, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_the_weight_alpha_search_chooses_what_quantizing_every_candidate_chooses(per_channel, setup):
+    fp = setup[0]
+    layers = [m for name, m in fp.named_modules() if isinstance(m, torch.nn.Conv2d) and name.startswith("layer")][::4]
+    for bit, scheme in ((3, "apot"), (4, "uniform"), (4, "pot")):
+        magnitudes = levels.weight_projection_order(bit, scheme)
+        for layer in layers:
+            w = normalize_weight(layer.weight.detach().double())
+            rows = w.flatten(1) if per_channel else w.reshape(1, -1)
+            assert torch.equal(ptq.best_weight_alphas(rows, magnitudes), _direct_search(rows, magnitudes))
