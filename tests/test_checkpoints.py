@@ -117,7 +117,7 @@ def test_download_is_verified_and_atomic(ref, tmp_path):
     assert not dest.parent.exists() or not any(dest.parent.iterdir())   # nothing left behind
     assert checkpoints.download_verified(source.as_uri(), dest, entry.sha256) == dest
     assert checkpoints.sha256_of(dest) == entry.sha256
-    with pytest.raises(CheckpointError, match="could not download .*set APOT_DATA_DIR"):
+    with pytest.raises(CheckpointError, match="could not download "):
         checkpoints.download_verified((tmp_path / "absent.bin").as_uri(), tmp_path / "out" / "other", entry.sha256)
     assert sorted(p.name for p in dest.parent.iterdir()) == ["res20_2bit.pth.tar"]
 

@@ -55,13 +55,21 @@ class DownloadError(CheckpointError):
 
 @dataclass(frozen=True)
 class ReleasedCheckpoint:
+    """One of the authors' released files: where it is and how it is verified, by ``sha256`` where this project
+    has the file, else by its git object id (``git_blob``, public in the authors' repository even where the file's
+    size and sha256 are not known here)."""
     dataset: str
     arch: str
     bit: int
     filename: str
-    sha256: str
+    sha256: str | None
     url: str
-    published_accuracy: float   # best_prec stored in the file (%), CIFAR-10 test set
+    published_accuracy: float   # the release's figure (%), CIFAR-10 test set: best_prec in the file, or its README's
+    git_blob: str | None = None
+
+    def verifies(self, path: Path) -> bool:
+        """Whether the file at ``path`` is this checkpoint (its sha256, else its git object id)."""
+        return sha256_of(path) == self.sha256 if self.sha256 else git_blob_of(path) == self.git_blob
 
 
 IMAGENET_CHECKPOINTS = "https://drive.google.com/open?id=1iIZ1tsaFLSuaujPbnyLutxDZuG31i5kD"   # linked from the authors' README
@@ -77,11 +85,29 @@ RELEASED = {
         ]
     ]
 }
-_RELEASED_BY_SHA = {c.sha256: c for c in RELEASED.values()}
+# The authors' ResNet-56 files (CIFAR10/result/res56_{bit}bit/model_best.pth.tar): git object ids from their repository,
+# accuracies from their README's table (not copied to the reference data, so no sha256 here).
+_RES56_URL = _RELEASE_URL.replace("res20_", "res56_")
+RELEASED.update({("cifar10", "resnet56", bit): ReleasedCheckpoint(
+    "cifar10", "resnet56", bit, f"res56_{bit}bit.pth.tar", None, _RES56_URL.format(bit=bit), acc, blob)
+    for bit, blob, acc in [(2, "4cbe5c56bcbf7474472f5fd42ffa24b2e1373592", 93.05),
+                           (3, "9445b8507fa3497e23104590898e9ab8a825d4a3", 93.77),
+                           (4, "fb1846c1e308836f7f192314dc60c619f618e060", 93.93),
+                           (32, "b8452a84de48ba5fe247c9c4b84b4415252aea84", 94.46)]})
+_RELEASED_BY_SHA = {c.sha256: c for c in RELEASED.values() if c.sha256}
 
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_blob_of(path: Path) -> str:
+    """The git object id of the file at ``path``: sha1 of ``blob <size>\\0`` and its bytes."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -109,16 +135,18 @@ def release_path(dataset: str, arch: str, bit: int, download: bool = True) -> Pa
         candidates.insert(0, reference_dir() / "checkpoints" / dataset / entry.filename)
     for path in candidates:
         if path.is_file():
-            if sha256_of(path) != entry.sha256:
-                raise CheckpointError(f"{path} does not match the released file's sha256 {entry.sha256}")
+            if not entry.verifies(path):
+                what = f"sha256 {entry.sha256}" if entry.sha256 else f"git object id {entry.git_blob}"
+                raise CheckpointError(f"{path} does not match the released file's {what}")
             return path
     if not download:
         raise CheckpointError(f"{entry.filename} not found in {', '.join(map(str, candidates))}")
     try:
-        return download_verified(entry.url, checkpoint_cache() / entry.filename, entry.sha256)
+        return download_verified(entry.url, checkpoint_cache() / entry.filename, entry.sha256, entry.git_blob)
     except DownloadError as error:
         if reference_dir() is None:
-            raise
+            raise DownloadError(f"{error}; offline, set APOT_DATA_DIR to a copy of the reference data, or give the "
+                                "file's path (checkpoint=PATH; --checkpoint PATH)", error.url, error.reason) from None
         raise DownloadError(f"{candidates[0]} does not exist (APOT_DATA_DIR is {reference_dir()}, which lacks it) "
                             f"and {error.url} could not be downloaded ({error.reason})", error.url, error.reason) from None
 
@@ -132,8 +160,9 @@ def _new_folders(folder: Path) -> list[Path]:
     return created
 
 
-def download_verified(url: str, dest: Path, sha256: str) -> Path:
-    """Download ``url`` to ``dest``, checked by sha256 before it appears under its name.
+def download_verified(url: str, dest: Path, sha256: str | None, git_blob: str | None = None) -> Path:
+    """Download ``url`` to ``dest``, checked by ``sha256`` (else by its git object id ``git_blob``) before it appears
+    under its name.
 
     The bytes go to ``dest.part``; an interrupted download leaves it for the next call, which resumes
     it (an HTTP Range request; a server that ignores the range sends the whole file again). A file
@@ -165,9 +194,10 @@ def download_verified(url: str, dest: Path, sha256: str) -> Path:
         except urllib.error.HTTPError as error:
             if not (error.code == 416 and have):       # 416: the part is already whole; check it below
                 raise
-        if sha256_of(part) != sha256:
+        if (sha256_of(part) != sha256) if sha256 else (git_blob_of(part) != git_blob):
             part.unlink()
-            raise CheckpointError(f"download of {url} does not match sha256 {sha256}: removed it")
+            what = f"sha256 {sha256}" if sha256 else f"git object id {git_blob}"
+            raise CheckpointError(f"download of {url} does not match {what}: removed it")
         os.replace(part, dest)
     except BaseException as error:
         if part.is_file() and part.stat().st_size == 0:
@@ -176,8 +206,7 @@ def download_verified(url: str, dest: Path, sha256: str) -> Path:
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         if isinstance(error, urllib.error.URLError):
-            raise DownloadError(f"could not download {url} ({error.reason}); offline, set APOT_DATA_DIR to a "
-                                "copy of the reference data or pass --checkpoint PATH", url, str(error.reason)) from None
+            raise DownloadError(f"could not download {url} ({error.reason})", url, str(error.reason)) from None
         raise
     return dest
 

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from .checkpoints import RELEASED, CheckpointError, download_verified, sha256_of, write_atomically
+from .checkpoints import RELEASED, CheckpointError, DownloadError, download_verified, sha256_of, write_atomically
 from .data import load_npz, load_torchvision
 from .paths import fetch_dest
 _REPO = "https://github.com/yhhhli/APoT_Quantization/raw/master"
@@ -48,7 +48,7 @@ _LOGS = {   # (arch, bit): (file name in the authors' repository, sha256)
 }
 
 PUBLIC_FILES = (
-    [PublicFile(f"checkpoints/{c.dataset}/{c.filename}", c.url, c.sha256) for c in RELEASED.values()]
+    [PublicFile(f"checkpoints/{c.dataset}/{c.filename}", c.url, c.sha256) for c in RELEASED.values() if c.sha256]
     + [PublicFile(f"logs/imagenet/{arch}_{bit}bit.tfevents", f"{_REPO}/ImageNet/events/{arch}/{bit}bit/{name}", sha)
        for (arch, bit), (name, sha) in _LOGS.items()]
 )
@@ -117,7 +117,11 @@ def fetch(dest: str | Path | None = None, source: str | Path | None = None, log:
         if source is not None:
             _copy_verified(source / item.relative, target, lambda p: sha256_of(p) == item.sha256, item.relative)
         else:
-            download_verified(item.url, target, item.sha256)
+            try:
+                download_verified(item.url, target, item.sha256)
+            except DownloadError as error:
+                raise DownloadError(f"{error}; offline, build the layout from a copy: fetch --from FOLDER "
+                                    "(source=FOLDER)", error.url, error.reason) from None
         log(f"wrote   {item.relative}")
     _exact_test_images(dest, source, log)
     for relative, sha in LOCAL_ONLY.items():

@@ -241,3 +241,29 @@ def test_a_checkpoint_saved_without_crcs_loads(tmp_path):
     finally:
         torch.serialization.set_crc32_options(True)
     assert torch.equal(checkpoints.read_checkpoint(tmp_path / "nocrc.pth.tar")["state_dict"]["w"], torch.ones(3))
+
+
+def test_the_resnet56_release_is_named_as_released_and_verified_by_its_git_object_id(ref, tmp_path, monkeypatch,
+                                                                                      offline, cli):
+    """The authors' repository releases ResNet-56 checkpoints (CIFAR10/result/res56_*): asked for one, validate tries
+    to download it (refused here: offline) instead of saying that none was released; the file would be verified by
+    its git object id, computed as git computes it (checked on a released ResNet-20 file against the id in the
+    authors' tree)."""
+    assert checkpoints.git_blob_of(ref("checkpoints/cifar10/res20_3bit.pth.tar")) == "01023ccf82f132348693a9aec92ed266a54a9487"
+    released = {bit: checkpoints.RELEASED[("cifar10", "resnet56", bit)] for bit in (2, 3, 4, 32)}
+    assert {bit: r.published_accuracy for bit, r in released.items()} == {2: 93.05, 3: 93.77, 4: 93.93, 32: 94.46}
+    images = ref("cifar10/test_first100_lossless.npz")
+    monkeypatch.setenv("APOT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("APOT_DATA_DIR", raising=False)
+    run = cli("validate", "--arch", "resnet56", "--bit", "3", "--limit", "1", "--data", images)
+    run.assert_clean_error("could not download", "res56_3bit/model_best.pth.tar")
+    assert "released no" not in run.err
+    fake = tmp_path / "res56_3bit.pth.tar"
+    fake.write_bytes(b"not the file")
+    assert not released[3].verifies(fake)
+
+
+def test_fetch_offline_suggests_its_own_flag(tmp_path, offline, cli):
+    run = cli("fetch", "--dest", tmp_path / "dest")
+    run.assert_clean_error("could not download", "fetch --from FOLDER")
+    assert "--checkpoint" not in run.err
