@@ -118,6 +118,8 @@ def main(argv=None) -> int:
     _common(v)
     v.add_argument("--checkpoint", default="release", help="'release' (the authors' file) or a path")
     v.add_argument("--limit", type=_positive, default=None, help="validate the first N images only (N >= 1)")
+    v.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar with the time left on stderr (default: when stderr is a terminal)")
     v.add_argument("--workers", type=_non_negative, default=None, help="ImageNet data-loading processes (default: the CPUs this process may use, at most 8)")
     t = commands.add_parser("train", allow_abbrev=False, help="quantization-aware training with the release's recipe (torchrun for several processes)")
     _common(t)
@@ -228,7 +230,8 @@ def main(argv=None) -> int:
                 parser.error("--scheme is recorded in an exported file: drop it (validate reads the file's own)")
             bit = 4 if args.bit is None and args.checkpoint == "release" else args.bit
             run_validation(args.dataset, args.arch, bit, args.checkpoint, args.data, args.device,
-                           args.batch_size, args.limit, args.scheme, _workers(args.workers))
+                           args.batch_size, args.limit, args.scheme, _workers(args.workers),
+                           progress=sys.stderr.isatty() if args.progress is None else args.progress)
         else:
             from .commands.train import train
             train(_train_config(args))

@@ -111,3 +111,19 @@ def test_the_command_lines_allocator_setting_keeps_tensors_in_the_reused_heap():
         assert run.returncode == 0, run.stderr[-2000:]
         mapped[mode] = int(run.stdout.split()[-1])
     assert mapped["default"] >= 8 << 20 and mapped["reuse"] == 0, mapped
+
+
+def test_validate_progress_bar_leaves_the_release_log_as_it_is(ref, capsys):
+    """--progress draws a bar on stderr; stdout, the release's log, is the same with and without it."""
+    from apot_utils.cli import main
+
+    images = str(ref("cifar10/test_first100_lossless.npz"))
+    args = ["validate", "--bit", "3", "--data", images]
+    assert main(args + ["--no-progress"]) == 0
+    plain = capsys.readouterr()
+    assert main(args + ["--progress"]) == 0
+    barred = capsys.readouterr()
+    strip = lambda text: [line.split("\tTime")[0] + line.split(")", 2)[-1] if "\tTime" in line else line
+                          for line in text.splitlines()]
+    assert strip(barred.out) == strip(plain.out)
+    assert "validate" in barred.err and "batch" in barred.err and "validate:" not in plain.err

@@ -41,9 +41,11 @@ def model_of(dataset: str, arch: str, bit: int | None, checkpoint="release", sch
 
 def run_validation(dataset: str = "cifar10", arch: str = "resnet20", bit: int | None = 3, checkpoint="release",
                    data_source=None, device: str = "auto", batch_size: int | None = None, limit: int | None = None,
-                   scheme: str | None = None, workers: int = 4, log: Callable[[str], None] = print) -> ValidationResult:
+                   scheme: str | None = None, workers: int = 4, log: Callable[[str], None] = print,
+                   progress: bool = False) -> ValidationResult:
     """What ``python -m apot_utils validate`` does; returns the result.
-    batch_size (default 100 for CIFAR-10, 256 for ImageNet) and limit (the first N images) must be at least 1."""
+    batch_size (default 100 for CIFAR-10, 256 for ImageNet) and limit (the first N images) must be at least 1;
+    progress: a bar with the time left on stderr, beside the release's log lines."""
     check_count("batch_size", batch_size)
     check_count("limit", limit)
     dev = pick_device("cpu" if str(checkpoint).endswith(".onnx") else device)
@@ -58,8 +60,8 @@ def run_validation(dataset: str = "cifar10", arch: str = "resnet20", bit: int | 
         test = data.load_cifar10(data_source)
         if limit is not None:
             test = test.subset(limit)
-        return validate_cifar10(model, test, dev, 100 if batch_size is None else batch_size, log=log)
+        return validate_cifar10(model, test, dev, 100 if batch_size is None else batch_size, log=log, progress=progress)
     if data_source is None:
         raise FileNotFoundError("ImageNet needs --data <validation ImageFolder directory>")
     loader = data.imagenet_val_loader(data_source, 256 if batch_size is None else batch_size, workers, limit)
-    return validate(model, loader, len(loader), dev, "imagenet", log=log)
+    return validate(model, loader, len(loader), dev, "imagenet", log=log, progress=progress)

@@ -163,18 +163,23 @@ def check_model_computes(model: nn.Module, image_size: int, what: str = "the mod
 
 
 def validate(model: nn.Module, batches: Iterable, total: int, device: torch.device,
-             style: str = "cifar", print_freq: int = 10, log: Callable[[str], None] = print) -> ValidationResult:
+             style: str = "cifar", print_freq: int = 10, log: Callable[[str], None] = print,
+             progress: bool = False) -> ValidationResult:
     """Evaluate ``model`` on (images [B, 3, H, W], labels [B]) batches; ``total`` = number of batches.
 
     style 'cifar' prints ``Test: [i/N] Time Loss Prec`` and `` * Prec x%``; 'imagenet' prints
     ``Acc@1``/``Acc@5`` as the ImageNet script did. Logits with NaN or infinity stop it with a FloatingPointError
-    that names the first layer computing them (:func:`check_finite_logits`), never an accuracy.
+    that names the first layer computing them (:func:`check_finite_logits`), never an accuracy. progress: a tqdm
+    bar on stderr (batches done, the time left) beside the log, which it leaves as it is.
     """
+    from tqdm.auto import tqdm
+
     model.eval()
     batch_time, losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter(), AverageMeter()
     predictions, targets = [], []
     start = end = time.perf_counter()
-    with frozen_weights(model), torch.inference_mode():
+    with frozen_weights(model), torch.inference_mode(), \
+            tqdm(total=total, desc="validate", unit="batch", disable=not progress, leave=False) as bar:
         for i, (images, labels) in enumerate(batches):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             output = model(images)
@@ -189,6 +194,7 @@ def validate(model: nn.Module, batches: Iterable, total: int, device: torch.devi
             targets.append(labels.cpu())
             batch_time.update(time.perf_counter() - end)
             end = time.perf_counter()
+            bar.update()
             if i % print_freq == 0:
                 if style == "cifar":
                     log(f"Test: [{i}/{total}]\tTime {batch_time.val:.3f} ({batch_time.avg:.3f})\t"
@@ -203,7 +209,7 @@ def validate(model: nn.Module, batches: Iterable, total: int, device: torch.devi
 
 
 def validate_cifar10(model: nn.Module, test: data.ImageArrays, device, batch_size: int = 100,
-                     print_freq: int = 10, log: Callable[[str], None] = print) -> ValidationResult:
+                     print_freq: int = 10, log: Callable[[str], None] = print, progress: bool = False) -> ValidationResult:
     """:func:`validate` on CIFAR-10 arrays in batches of ``batch_size`` (the release used 100)."""
     return validate(model, data.batches(test, batch_size, device=device), data.num_batches(test, batch_size),
-                    device, "cifar", print_freq, log)
+                    device, "cifar", print_freq, log, progress)
