@@ -24,7 +24,7 @@ _WHERE = {
     "files.data": ["load_cifar10", "load_npz", "normalize", "reference_file", "batches", "epoch_order"],
     "fast.projection": ["project"],
     "fakequant.quantizers": ["quantize_activation", "quantize_weight"],
-    "fakequant.layers": ["QuantConv2d", "QuantLinear", "FirstConv8bit", "LastLinear8bit", "alphas", "quantized_layers",
+    "fakequant.layers": ["QuantConv2d", "QuantLinear", "FirstConv8bit", "LastLinear8bit", "alphas", "quantized_layers", "swap",
                          "frozen_weights"],
     "fakequant.convert": ["convert", "Conversion", "graph_signed_inputs", "negative_inputs"],
     "fakequant.capture": ["capturing_inputs"],

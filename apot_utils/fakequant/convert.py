@@ -15,7 +15,10 @@ from torch import nn
 
 from ..core.levels import FULL_PRECISION, projection_order, weight_projection_order
 from ..core.reference import WEIGHT_NORMS
-from .layers import FirstConv8bit, LastLinear8bit, QuantConv2d, QuantLinear, _QuantizedWeight
+from .layers import FirstConv8bit, LastLinear8bit, QuantConv2d, QuantLinear, _QuantizedWeight, swap
+
+# float layer type -> (its 8-bit first/last-layer counterpart, its b-bit counterpart)
+LAYER_MAP = {nn.Conv2d: (FirstConv8bit, QuantConv2d), nn.Linear: (LastLinear8bit, QuantLinear)}
 
 # modules with parameters that convert leaves as they are: normalization layers keep float statistics
 PASSED = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
@@ -147,14 +150,6 @@ def _check_levels(bit: int, scheme: str, terms: int | None) -> None:
     weight_projection_order(bit, scheme, terms)
 
 
-def _copy_weights(new: nn.Module, old: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        new.weight.copy_(old.weight)
-        if old.bias is not None:
-            new.bias.copy_(old.bias)
-    return new.to(old.weight.device, old.weight.dtype)
-
-
 def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None = None, per_channel: bool = False,
             first_last_bits: int | None = 8, skip: Iterable[str] = (), signed: str | bool | Iterable[str] | None = None,
             example: torch.Tensor | None = None, keep_unsupported: bool = False,
@@ -237,37 +232,26 @@ def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None 
     eight_bit = {targets[0], targets[-1]} if first_last_bits == 8 else set()
     if first_last_bits not in (8, None):
         raise ValueError(f"first_last_bits must be 8 or None, got {first_last_bits!r}")
-    converted, rows = copy.deepcopy(model), []
+    # the one map from a float layer type to its quantized counterparts (8-bit ends, b-bit middle): a new layer type
+    # is one entry here and one class with from_float
+    converted, rows, replacements = copy.deepcopy(model), [], {}
     for name in targets:
         old = names[name]
         if name in skip:
             rows.append({"name": name, "was": type(old).__name__, "now": type(old).__name__, "bit": FULL_PRECISION,
                          "signed": False})
             continue
-        is_conv = isinstance(old, nn.Conv2d)
+        eight, quantized = LAYER_MAP[next(t for t in LAYER_MAP if isinstance(old, t))]
         if name in eight_bit:
-            if is_conv:
-                new = FirstConv8bit(old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
-                                    old.dilation, old.groups, old.bias is not None, old.padding_mode)   # honoured in forward
-            else:
-                new = LastLinear8bit(old.in_features, old.out_features, old.bias is not None)
-            layer_bit, is_signed = 8, False
+            new, layer_bit, is_signed = eight.from_float(old), 8, False
         else:
-            options = {"bit": bit, "scheme": scheme, "terms": terms, "per_channel": per_channel,
-                       "signed": name in signed_layers}
-            if is_conv:
-                new = QuantConv2d(old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
-                                  old.dilation, old.groups, old.bias is not None, padding_mode=old.padding_mode, **options)
-            else:
-                new = QuantLinear(old.in_features, old.out_features, old.bias is not None, **options)
-            layer_bit, is_signed = bit, name in signed_layers
-            new.weight_norm = weight_norm
-        new = _copy_weights(new, old)
-        for alias in aliases[id(old)]:
-            parent, _, child = alias.rpartition(".")
-            setattr(converted.get_submodule(parent) if parent else converted, child, new)
+            is_signed = name in signed_layers
+            new = quantized.from_float(old, bit=bit, scheme=scheme, terms=terms, per_channel=per_channel, signed=is_signed)
+            new.weight_norm, layer_bit = weight_norm, bit
+        replacements[name] = new
         rows.append({"name": " = ".join(aliases[id(old)]), "was": type(old).__name__, "now": type(new).__name__,
                      "bit": layer_bit, "signed": is_signed})
+    swap(converted, replacements)
     converted.conversion = {"bit": bit, "scheme": scheme, "terms": terms, "per_channel": per_channel,
                             "first_last_bits": first_last_bits, "skip": sorted(skip), "weight_norm": weight_norm,
                             "signed": sorted(signed_layers & set(targets) - skip - eight_bit),

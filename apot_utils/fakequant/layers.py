@@ -126,6 +126,14 @@ class QuantConv2d(_APoTQuantized, nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
         self._init_quantization(out_channels, 4, bit, scheme, terms, per_channel, weight_alpha, act_alpha, grad_scale, signed)
 
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, **options) -> "QuantConv2d":
+        """A QuantConv2d with ``conv``'s shape, padding mode and weights; ``options``: bit, scheme, terms,
+        per_channel, signed, ... (the constructor's)."""
+        return _copy_float(cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                               conv.dilation, conv.groups, conv.bias is not None, padding_mode=conv.padding_mode,
+                               **options), conv)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self._quantized_input(x), self._weight_for_forward(), self.bias)   # any padding_mode
 
@@ -142,6 +150,11 @@ class QuantLinear(_APoTQuantized, nn.Linear):
         super().__init__(in_features, out_features, bias)
         self._init_quantization(out_features, 2, bit, scheme, terms, per_channel, weight_alpha, act_alpha, grad_scale, signed)
 
+    @classmethod
+    def from_float(cls, linear: nn.Linear, **options) -> "QuantLinear":
+        """A QuantLinear with ``linear``'s shape and weights; ``options`` as the constructor's."""
+        return _copy_float(cls(linear.in_features, linear.out_features, linear.bias is not None, **options), linear)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self._quantized_input(x), self._weight_for_forward(), self.bias)
 
@@ -151,6 +164,12 @@ class QuantLinear(_APoTQuantized, nn.Linear):
 
 class FirstConv8bit(_QuantizedWeight, nn.Conv2d):
     """First convolution with 8-bit weights (``round(w / max w · 127)``), full-precision input."""
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d) -> "FirstConv8bit":
+        """``conv`` (shape, padding mode, weights) with 8-bit weights."""
+        return _copy_float(cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                               conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode), conv)
 
     def _quantized_weight(self) -> torch.Tensor:
         return quantize_8bit(self.weight)
@@ -162,11 +181,40 @@ class FirstConv8bit(_QuantizedWeight, nn.Conv2d):
 class LastLinear8bit(_QuantizedWeight, nn.Linear):
     """Classifier with 8-bit weights, as the first layer; input [N, in_features]."""
 
+    @classmethod
+    def from_float(cls, linear: nn.Linear) -> "LastLinear8bit":
+        """``linear`` (shape, weights) with 8-bit weights."""
+        return _copy_float(cls(linear.in_features, linear.out_features, linear.bias is not None), linear)
+
     def _quantized_weight(self) -> torch.Tensor:
         return quantize_8bit(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self._weight_for_forward(), self.bias)
+
+
+def swap(model: nn.Module, replacements: dict[str, nn.Module]) -> nn.Module:
+    """Put ``replacements[name]`` in place of the submodule ``name`` of ``model``, in place, under every name that
+    module is registered under (``self.c = self.b``: both), so that a shared module stays shared. The one way
+    modules are swapped: ``convert`` (float to fake-quantized), ``to_integer`` and ``load_exported`` (to integers).
+    Returns ``model``."""
+    modules = dict(model.named_modules())
+    for name, new in replacements.items():
+        old = modules[name]
+        for alias, module in list(model.named_modules(remove_duplicate=False)):
+            if module is old and alias:
+                parent, _, child = alias.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, child, new)
+    return model
+
+
+def _copy_float(new: nn.Module, old: nn.Module) -> nn.Module:
+    """``old``'s weight and bias copied into ``new``, which goes to their device and dtype."""
+    with torch.no_grad():
+        new.weight.copy_(old.weight)
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    return new.to(old.weight.device, old.weight.dtype)
 
 
 def quantized_layers(model: nn.Module) -> list[tuple[str, QuantConv2d | QuantLinear]]:

@@ -9,7 +9,7 @@ import copy
 from torch import nn
 
 from ..core.eight_bit import eight_bit_codes
-from ..fakequant.layers import FirstConv8bit, LastLinear8bit, QuantConv2d, QuantLinear, quantized_layers
+from ..fakequant.layers import FirstConv8bit, LastLinear8bit, QuantConv2d, QuantLinear, quantized_layers, swap
 from .arithmetic import weight_codes
 from .layers import LEVEL_VALUES, Fixed8bit, FixedOrderBatchNorm2d, FixedOrderGlobalPool, IntegerConv2d
 
@@ -52,12 +52,12 @@ def to_integer(model: nn.Module, level_values: str = "release") -> nn.Module:
     if not quantized_layers(model):
         raise ValueError("the model has no quantized layers: the integer path needs a 2..8-bit model")
     model = copy.deepcopy(model).eval()
-    for name, module in list(model.named_modules()):
+    replacements = {}
+    for name, module in model.named_modules():
         try:
             replacement = integer_layer(module, level_values)
         except ValueError as error:
             raise ValueError(f"layer {name} ({type(module).__name__}): {error}") from None
         if replacement is not None:
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, replacement)
-    return model.eval()      # the new layers too (a BatchNorm in training mode would use batch statistics)
+            replacements[name] = replacement
+    return swap(model, replacements).eval()      # the new layers too (a BatchNorm in training mode would use batch statistics)

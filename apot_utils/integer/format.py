@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..core.levels import LEVEL_RULE, integer_levels, projection_order, weight_projection_order
-from ..fakequant.layers import FirstConv8bit, LastLinear8bit, QuantConv2d
+from ..fakequant.layers import FirstConv8bit, LastLinear8bit, QuantConv2d, swap
 from ..fakequant.loading import check_recorded
 from ..fakequant.spec import ModelSpec
 from ..files import checkpoints
@@ -176,7 +176,8 @@ def load_exported(path: str | Path, level_values: str = "release", dataset: str 
     if not torch.equal(tensors.get("levels.act", torch.empty(0)), projection_order(meta["bit"], meta["scheme"], meta.get("terms"))):
         raise checkpoints.CheckpointError(f"{path}: its level sets are not those of a {meta['bit']}-bit {meta['scheme']} "
                                           f"model with terms={meta.get('terms')}: its metadata and its tensors disagree")
-    for name, module in list(model.named_modules()):
+    replacements = {}
+    for name, module in model.named_modules():
         if isinstance(module, QuantConv2d) and module.quantized:
             shape = tuple(module.weight.shape)
             _tensor(tensors, f"{name}.weight_shape", (4,), path, (torch.int64,))
@@ -212,6 +213,5 @@ def load_exported(path: str | Path, level_values: str = "release", dataset: str 
             replacement = FixedOrderGlobalPool(module)
         else:
             continue
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, replacement)
-    return model.eval()
+        replacements[name] = replacement
+    return swap(model, replacements).eval()

@@ -19,8 +19,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from apot_utils.core.reference import WEIGHT_NORMS
 from apot_utils.fakequant.evaluate import validate_cifar10
 from apot_utils.fakequant.loading import load_model

@@ -131,8 +131,9 @@ def comparisons(models: dict[str, dict]) -> list[dict]:
 
 def replicates(models: dict[str, dict]) -> list[dict]:
     """Pairs that differ in nothing the comparison varies, so what separates them is run-to-run variation: the same
-    level sets under two scheme names (2-bit APoT and power-of-two, seed 0: the same sets and seed, another order of
-    floating-point roundings), and the same run with another seed. Not tested: the size of their differences is the
+    level sets under two scheme names (2-bit APoT and power-of-two, seed 0: the same sets and seed; only an input
+    exactly halfway between two levels can go another way, APoT's tie order being the release's), and the same run
+    with another seed. Not tested: the size of their differences is the
     yardstick for the schemes' differences."""
     pairs = [("apot_2bit_seed0", "pot_2bit_seed0", "same level sets")]
     pairs += [(f"{s}_{bit}bit_seed0", f"{s}_{bit}bit_seed1", "another seed") for bit in (2, 3, 4) for s in ("apot", "uniform", "pot")]

@@ -4,18 +4,16 @@ recipe this version cannot read, non-positive α with autograd on, and calibrati
 import io
 import zipfile
 
-import numpy as np
 import pytest
 import torch
 
-from apot_utils.files import checkpoints, data
+from apot_utils.files import data
 from apot_utils.fakequant.spec import ModelSpec
 
 
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory):
     from apot_utils.commands.export import export_checkpoint
-    from apot_utils.fakequant.layers import quantized_layers
 
     folder = tmp_path_factory.mktemp("onnx")
     model = ModelSpec("cifar10", "resnet20", 3).build()

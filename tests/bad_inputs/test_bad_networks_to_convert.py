@@ -20,12 +20,11 @@ def test_padding_modes_are_honoured_on_every_layer(mode):
                           nn.Conv2d(8, 4, 3, padding=1, padding_mode=mode))
     q = convert(plain, 8, signed=False, first_last_bits=None).model
     x = torch.rand(2, 3, 9, 9)
-    for old, new in ((plain[0], q[0]), (plain[2], q[2])):
+    for new in (q[0], q[2]):
         assert new.padding_mode == mode
     # 8-bit first and last layers: the quantized weights with the original padding, exactly
     eight = convert(plain, 4, signed=False).model
-    for i in (0, 4):
-        expected = eight[i]._conv_forward(x if i == 0 else torch.rand(2, 8, 9, 9), eight[i]._quantized_weight(), eight[i].bias)
+    assert eight[4].padding_mode == mode
     y = eight[0](x)
     w = eight[0]._quantized_weight()
     zero_padded = nn.functional.conv2d(x, w, eight[0].bias, padding=1)
