@@ -228,8 +228,7 @@ def main(argv=None) -> int:
             from .commands.validate import run_validation
             if args.scheme is not None and str(args.checkpoint).endswith((".safetensors", ".onnx")):
                 parser.error("--scheme is recorded in an exported file: drop it (validate reads the file's own)")
-            bit = 4 if args.bit is None and args.checkpoint == "release" else args.bit
-            run_validation(args.dataset, args.arch, bit, args.checkpoint, args.data, args.device,
+            run_validation(args.dataset, args.arch, args.bit, args.checkpoint, args.data, args.device,
                            args.batch_size, args.limit, args.scheme, _workers(args.workers),
                            progress=sys.stderr.isatty() if args.progress is None else args.progress)
         else:

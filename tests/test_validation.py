@@ -127,3 +127,16 @@ def test_validate_progress_bar_leaves_the_release_log_as_it_is(ref, capsys):
                           for line in text.splitlines()]
     assert strip(barred.out) == strip(plain.out)
     assert "validate" in barred.err and "batch" in barred.err and "validate:" not in plain.err
+
+
+def test_the_api_and_the_command_line_default_to_the_same_bitwidth(ref, capsys):
+    """validate without --bit on the release validates RELEASE_BIT, and so does run_validation without bit."""
+    from apot_utils.cli import main
+    from apot_utils.commands.validate import RELEASE_BIT, run_validation
+
+    images = str(ref("cifar10/test_first100_lossless.npz"))
+    lines = []
+    run_validation(data_source=images, limit=10, log=lines.append)
+    assert main(["validate", "--data", images, "--limit", "10", "--no-progress"]) == 0
+    wanted = f"=> loading the {RELEASE_BIT}-bit quantized model from checkpoint"
+    assert wanted in lines and wanted in capsys.readouterr().out

@@ -39,15 +39,21 @@ def model_of(dataset: str, arch: str, bit: int | None, checkpoint="release", sch
     return load_model(dataset, arch, bit, checkpoint, scheme, device, log)
 
 
-def run_validation(dataset: str = "cifar10", arch: str = "resnet20", bit: int | None = 3, checkpoint="release",
+RELEASE_BIT = 4      # the bitwidth validated when neither a bit nor a file that records one is given
+
+
+def run_validation(dataset: str = "cifar10", arch: str = "resnet20", bit: int | None = None, checkpoint="release",
                    data_source=None, device: str = "auto", batch_size: int | None = None, limit: int | None = None,
                    scheme: str | None = None, workers: int = 4, log: Callable[[str], None] = print,
                    progress: bool = False) -> ValidationResult:
-    """What ``python -m apot_utils validate`` does; returns the result.
+    """What ``python -m apot_utils validate`` does; returns the result. bit None: the checkpoint's own (its
+    metadata), or :data:`RELEASE_BIT` for the authors' release.
     batch_size (default 100 for CIFAR-10, 256 for ImageNet) and limit (the first N images) must be at least 1;
     progress: a bar with the time left on stderr, beside the release's log lines."""
     check_count("batch_size", batch_size)
     check_count("limit", limit)
+    if bit is None and str(checkpoint) == "release":
+        bit = RELEASE_BIT
     dev = pick_device("cpu" if str(checkpoint).endswith(".onnx") else device)
     log(describe_device(dev))
     model = model_of(dataset, arch, bit, checkpoint, scheme, dev, log)
