@@ -53,7 +53,7 @@ BATCHNORM_RULES = ("transfer", "recalibrate", "keep")
 # The weight normalization ``quantize`` uses unless told (ModelSpec's default stays the releases' 'mean_std', which
 # their files and every model trained here were made with): the one that measured best in post-training
 # quantization (checkpoints/scheme_comparison/ptq_ablation.json).
-PTQ_WEIGHT_NORM = "mean_std"
+PTQ_WEIGHT_NORM = "channel_std"
 MAX_ACT_SAMPLES = 1 << 20      # activations per layer the α search looks at (a seeded sample)
 
 
