@@ -104,6 +104,9 @@ def test_environment_yml_installs_what_the_test_command_installs():
     assert set(re.search(r"-e \.\[([\w,]+)\]", env).group(1).split(",")) == asked <= extras
     for pin in re.findall(r"(torch(?:vision)?==[\d.]+)", command):
         assert pin in env, pin
+    floor = re.search(r'"torch>=([\d.]+)"', (root / "pyproject.toml").read_text()).group(1)
+    pinned = re.search(r"torch==([\d.]+)", command).group(1)
+    assert (2, 13) <= tuple(map(int, floor.split("."))) <= tuple(map(int, pinned.split("."))), (floor, pinned)
 
 
 def test_the_library_imports_without_the_notebook_stack():

@@ -221,7 +221,7 @@ def test_a_threshold_pushed_below_zero_stops_the_run_at_that_step(tmp_path, firs
     monkeypatch.setattr(torch.optim.SGD, "step", step_then_overshoot)
     out = tmp_path / "run"
     cli(*tiny_args(first1000, out, "--epochs", "1")).assert_clean_error(
-        "act_alpha of layer layer1.1.conv2 became [-0.3", "at epoch 0, step 1", "lower --act-alpha-lr")
+        "act_alpha of layer layer1.1.conv2 became [-0.3", "at epoch 0, step 1", "lower act_alpha_lr (--act-alpha-lr)")
     assert not out.exists()
 
 
