@@ -21,7 +21,7 @@ _WHERE = {
     "core.reference": ["reference_formulation", "normalize_weight", "nearest_level", "ClipProjectScale", "WEIGHT_NORMS"],
     "files.paths": ["SHIPPED_DIR"],
     "files.checkpoints": ["read_checkpoint", "release_path", "checkpoint_meta"],
-    "files.data": ["load_cifar10", "load_npz", "normalize", "reference_file", "batches", "epoch_order"],
+    "files.data": ["load_cifar10", "load_npz", "normalize", "reference_file", "batches", "epoch_order", "ImageArrays"],
     "fast.projection": ["project"],
     "fakequant.quantizers": ["quantize_activation", "quantize_weight"],
     "fakequant.layers": ["QuantConv2d", "QuantLinear", "FirstConv8bit", "LastLinear8bit", "alphas", "quantized_layers", "swap",

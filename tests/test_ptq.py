@@ -131,13 +131,13 @@ def test_per_channel_alpha_and_terms_round_trip(setup, tmp_path, capsys):
     assert main(["quantize", "--bit", "5", "--terms", "3", "--per-channel", "--calib", "64", "--data", str(first1000),
                  "--out", str(out)]) == 0
     meta = torch.load(out, weights_only=True)["meta"]
-    assert (meta["terms"], meta["per_channel"]) == (3, True)
+    assert (meta["terms"], meta["per_channel"], meta["weight_norm"]) == (3, True, ptq.PTQ_WEIGHT_NORM)
     model = load_model("cifar10", "resnet20", None, out, log=lambda line: None)
     name, layer = quantized_layers(model)[0]
     assert layer.weight_alpha.shape == (layer.out_channels, 1, 1, 1) and layer.weight_alpha.std() > 0
     assert torch.equal(layer.act_levels.sort().values, levels.level_set(5, "apot", 3))
     assert torch.equal(layer.weight_levels.sort().values, levels.weight_magnitudes(5, "apot", 3))
-    w = normalize_weight(layer.weight.detach().double())
+    w = normalize_weight(layer.weight.detach().double(), mode=layer.weight_norm)   # quantize's default normalization
     for channel in (0, 7):   # each channel's α is the per-layer search run on that channel alone
         fitted = ptq.best_weight_alpha(w[channel].flatten(), layer.weight_levels)
         assert layer.weight_alpha[channel].item() == pytest.approx(fitted, abs=1e-6)

@@ -71,8 +71,8 @@ def accuracy_vs_bits(results: dict, release: dict | None = None, title: str = ""
                 shown = True
         for name, m in (release or {}).items():
             ax.plot(m["bit"], m[test]["top1"], "k*", label="released APoT" if name.endswith("2bit") else None)
-        ax.set(title=subtitle, xlabel="bits (weights and activations)", ylabel="top-1 (%)",
-               xticks=sorted({m["bit"] for m in results["models"].values()}))
+        bits = {m["bit"] for m in results["models"].values()} | {m["bit"] for m in (release or {}).values()}
+        ax.set(title=subtitle, xlabel="bits (weights and activations)", ylabel="top-1 (%)", xticks=sorted(bits))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     if title:
