@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     q.add_argument("--weight-norm", choices=WEIGHT_NORMS, default=PTQ_WEIGHT_NORM,
                    help=f"how each layer's weights are normalized before quantization: mean_std (the releases': "
                         f"(w - mean) / std), std (w / std) or channel_std (w / std per output channel); default "
-                        f"{PTQ_WEIGHT_NORM}, the best measured (checkpoints/scheme_comparison/README.md)")
+                        f"{PTQ_WEIGHT_NORM}, the best measured: checkpoints/scheme_comparison/ptq_ablation.json")
     q.add_argument("--seed", type=int, default=0, help="which calibration images are drawn")
     q.add_argument("--out", required=True, help="the checkpoint to write (refused if it exists)")
     e = commands.add_parser("export", allow_abbrev=False, help="write a quantized checkpoint as packed integer codes (.safetensors) "

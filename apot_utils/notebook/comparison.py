@@ -22,7 +22,7 @@ def read_results(name: str = "results.json", folder: Path = COMPARISON_DIR) -> d
     path = Path(folder) / name
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run the script beside it that writes it "
-                                "(checkpoints/scheme_comparison/README.md)")
+                                "(checkpoints/README.md, section scheme_comparison/)")
     return json.loads(path.read_text())
 
 
