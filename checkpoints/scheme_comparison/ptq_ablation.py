@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 from apot_utils.core.reference import WEIGHT_NORMS
-from apot_utils.fakequant.evaluate import validate_cifar10
 from apot_utils.fakequant.loading import load_model
 from apot_utils.fakequant.ptq import post_training_quantize
 from apot_utils.fakequant.spec import ModelSpec
@@ -28,23 +27,12 @@ from apot_utils.files import data
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from results import TEST_SETS, correct_bits, correct_from_bits, holm, mcnemar_p, paired_interval, test_sets  # noqa: E402
+from results import TEST_SETS, correct_from_bits, holm, mcnemar_p, paired_interval, score_model, test_sets  # noqa: E402
 from run import make_split  # noqa: E402
 
 OUT = HERE / "ptq_ablation.json"
 CALIB_IMAGES, CALIB_SEED = 512, 0
 MODELS = [(8, "apot")] + [(bit, scheme) for bit in (4, 3, 2) for scheme in ("apot", "uniform", "pot")]
-
-
-def scored(model, sets: dict) -> dict:
-    row = {}
-    for name, images in sets.items():
-        result = validate_cifar10(model, images, "cpu", log=lambda line: None)
-        correct = result.predictions == result.targets
-        row[name] = {"top1": result.top1, "n": len(correct)}
-        if name in TEST_SETS:
-            row[name]["correct"] = correct_bits(correct)
-    return row
 
 
 def scheme_comparisons(models: dict, norm: str) -> list[dict]:
@@ -77,7 +65,7 @@ def main() -> int:
     images = data.normalize(data.load_npz(train).sample(CALIB_IMAGES, seed=CALIB_SEED).x)
     full_precision = load_model("cifar10", "resnet20", 32, "release", log=lambda line: None)
     if "full_precision" not in done:
-        done["full_precision"] = scored(full_precision, sets)
+        done["full_precision"] = score_model(full_precision, sets)
 
     def save():
         out = {"calibration": {"images": CALIB_IMAGES, "seed": CALIB_SEED, "source": "train45k_jpeg.npz"},
@@ -99,7 +87,7 @@ def main() -> int:
                 continue
             model = post_training_quantize(full_precision, ModelSpec("cifar10", "resnet20", bit, scheme, weight_norm=norm),
                                            images, log=lambda line: None)
-            models[key] = scored(model, sets)
+            models[key] = score_model(model, sets)
             print(f"{key}: " + ", ".join(f"{k} {v['top1']:.2f}" for k, v in models[key].items()), flush=True)
             save()
     save()

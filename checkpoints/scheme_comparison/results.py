@@ -56,8 +56,14 @@ def correct_from_bits(text: str, n: int) -> torch.Tensor:
 
 
 def score(path, sets: dict[str, data.ImageArrays]) -> dict:
+    """:func:`score_model` of the model in the file at ``path``, with its bit and scheme."""
     model = load_model("cifar10", "resnet20", None, path, log=lambda line: None)
-    row = {"bit": model.spec.bit, "scheme": model.spec.scheme}
+    return {"bit": model.spec.bit, "scheme": model.spec.scheme} | score_model(model, sets)
+
+
+def score_model(model, sets: dict[str, data.ImageArrays]) -> dict:
+    """Top-1 and image count of ``model`` on each set, and on the test sets which images it gets right."""
+    row = {}
     for name, images in sets.items():
         result = validate_cifar10(model, images, "cpu", log=lambda line: None)
         correct = result.predictions == result.targets
