@@ -42,6 +42,7 @@ _WHERE = {
     "integer.verify": ["compare_with_float", "layer_trace"],
     "integer.costs": ["layer_rows", "totals"],
     "deploy.onnx_graph": ["to_onnx", "save_onnx"],
+    "deploy.onnx_builder": ["UnsupportedModel"],
     "deploy.runtime": ["OnnxRuntimeModel"],
     "commands.validate": ["run_validation"],
     "commands.quantize": ["quantize_checkpoint"],

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torchvision
+import torch.nn.functional as F
 from torch import nn
 
 from apot_utils.fakequant.convert import convert, graph_signed_inputs, negative_inputs
@@ -174,8 +175,10 @@ def test_what_convert_cannot_do_is_refused():
     with pytest.raises(ValueError, match="does not have"):
         convert(plain, 4, skip=["conv9"], signed=False)
     q, _ = convert(plain, 4, signed=False)
-    with pytest.raises(ValueError, match="integer path"):
-        to_integer(convert(plain, 4, signed=True).model)
+    reflect = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"),
+                            nn.ReLU(), nn.Conv2d(8, 2, 1))
+    with pytest.raises(ValueError, match="pads with zeros"):
+        to_integer(convert(reflect, 4).model)
     assert isinstance(q[0], FirstConv8bit) and isinstance(q[3], FirstConv8bit)    # a last convolution: 8-bit too
     assert not isinstance(q[0], LastLinear8bit)
 
@@ -254,9 +257,13 @@ def _small_cnn(width: int = 8):
 @pytest.mark.parametrize("make", [_small_cnn, lambda: torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.25),
                                   lambda: torchvision.models.resnet18(num_classes=10)], ids=["small_cnn", "mobilenet_v2", "resnet18"])
 def test_your_network_from_convert_to_a_file_and_back(make, tmp_path):
-    """The road a user's network takes (issue 38): convert with no other argument, calibrate, two training steps by
-    keyword, save; loaded into a fresh float copy of the architecture, the file gives the same logits, with what
-    convert chose (signed layers, weight normalization) read from the file."""
+    """The road a user's network takes (issue 38), every step through the front door: convert with no other
+    argument, calibrate, two training steps by keyword, save; loaded into a fresh float copy of the architecture,
+    the file gives the same logits, with what convert chose (signed layers, weight normalization) read from it;
+    validate; to integers, whose float arithmetic is the fake-quantized model's bit for bit and whose integer
+    arithmetic gives its predictions; the exported integer file loaded back (with the float architecture) gives the
+    integer model's logits; and the exact ONNX file, at two image sizes, gives the integer path's predictions, its
+    logits bit for bit where every step is the integer path's own (MobileNetV2 pools by a function in its forward)."""
     import apot_utils as apot
 
     torch.manual_seed(0)
@@ -273,9 +280,37 @@ def test_your_network_from_convert_to_a_file_and_back(make, tmp_path):
     loaded = apot.load_quantized(path, make())
     assert loaded.conversion == quantized.conversion and loaded.conversion["weight_norm"] == "std"
     with torch.no_grad():
-        assert torch.equal(quantized.eval()(images), loaded(images))
+        logits = quantized.eval()(images)
+        assert torch.equal(logits, loaded(images))
     with pytest.raises(FileExistsError):
         apot.save_quantized(quantized, path)
+    scored = apot.validate(loaded, [(images, labels)], 1, torch.device("cpu"), log=lambda line: None)
+    assert scored.top1 == pytest.approx(100 * float((logits.argmax(1) == labels).float().mean()))
+
+    integer, larger = apot.to_integer(loaded), torch.randn(2, 3, 48, 48)
+    with torch.inference_mode():
+        assert torch.equal(integer(images), logits)                  # float arithmetic: the fake-quantized model's
+        with apot.integer_arithmetic(integer):
+            exact = integer(images)
+            exact_larger = integer(larger)
+    assert torch.equal(exact.argmax(1), logits.argmax(1))
+    file = apot.save_exported(integer, tmp_path / "mine.safetensors")
+    with pytest.raises(ValueError, match="pass float_model"):
+        apot.load_exported(file)
+    from_file = apot.load_exported(file, float_model=make())
+    with torch.inference_mode(), apot.integer_arithmetic(from_file):
+        assert torch.equal(from_file(images), exact)
+
+    pytest.importorskip("onnxruntime", reason="the ONNX step needs the deploy extra: pip install -e '.[deploy]'")
+    onnx_file = apot.save_onnx(apot.to_onnx(integer, "exact"), tmp_path / "mine.onnx")
+    runtime = apot.OnnxRuntimeModel(onnx_file)
+    for x, expected in ((images, exact), (larger, exact_larger)):
+        got = runtime(x)
+        assert torch.equal(got.argmax(1), expected.argmax(1))
+        if not any(node.target is F.adaptive_avg_pool2d for node in torch.fx.symbolic_trace(make()).graph.nodes):
+            assert torch.equal(got, expected)          # every step the integer path's arithmetic: the same bits
+        else:       # MobileNetV2 pools in its forward, by torch's own summation: the same up to float32 rounding
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_a_converted_file_needs_its_own_float_architecture(tmp_path):

@@ -8,8 +8,9 @@ pytest.importorskip("onnxruntime", reason="the ONNX tests need the deploy extra:
 
 from apot_utils.cli import main  # noqa: E402
 from apot_utils.commands.export import export_checkpoint  # noqa: E402
-from apot_utils.deploy.onnx_graph import (UnsupportedModel, activation_thresholds, bucket_tables, grid_steps,  # noqa: E402
-                                          grid_table, save_onnx, to_onnx)
+from apot_utils.deploy.onnx_builder import UnsupportedModel  # noqa: E402
+from apot_utils.deploy.onnx_graph import save_onnx, to_onnx  # noqa: E402
+from apot_utils.deploy.onnx_tables import activation_thresholds, bucket_tables, grid_steps, grid_table  # noqa: E402
 from apot_utils.deploy.runtime import OnnxRuntimeModel, read_metadata  # noqa: E402
 from apot_utils.fakequant.layers import frozen_weights, quantized_layers  # noqa: E402
 from apot_utils.fakequant.loading import load_model  # noqa: E402
@@ -113,6 +114,28 @@ def test_pot_activations_and_other_models_are_refused():
         to_onnx(to_integer(random_model(bit=4)), "int4")
     with pytest.raises(UnsupportedModel, match="integer layers"):
         to_onnx(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3)), "exact")
+
+
+def test_what_the_graph_walk_cannot_write_is_named():
+    """The exact and float variants follow any network's forward; the fast one is for this package's ResNets; a layer
+    or function the walk does not know, or a network that needs another image size, is refused by name."""
+    from apot_utils.fakequant.convert import convert
+    nn = torch.nn
+
+    def integer_of(*layers):
+        return to_integer(convert(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), *layers,
+                                                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)), 4).model)
+
+    with pytest.raises(UnsupportedModel, match="ResNets only"):
+        to_onnx(integer_of(), "fast")
+    with pytest.raises(UnsupportedModel, match="SiLU: not a layer"):
+        to_onnx(integer_of(nn.SiLU()), "exact")
+    fixed = to_integer(convert(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(),
+                                             nn.Linear(8 * 60 * 60, 4)), 4).model)
+    with pytest.raises(UnsupportedModel, match="pass the image_size"):
+        to_onnx(fixed, "exact")
+    proto = to_onnx(fixed, "exact", image_size=64)
+    assert [d.dim_value or d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim] == ["N", 3, 64, 64]
 
 
 @pytest.mark.slow

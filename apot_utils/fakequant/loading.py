@@ -117,6 +117,33 @@ CONVERSION_FIELDS = ("bit", "scheme", "terms", "per_channel", "first_last_bits",
                      "keep_unsupported")
 
 
+def description(model: nn.Module) -> dict:
+    """What a file records of how to rebuild ``model``: ``model.spec.meta()`` for a model this package builds
+    (:class:`ModelSpec`), ``{"conversion": ...}`` (what :func:`~apot_utils.fakequant.convert.convert` chose) for a
+    converted network; a ValueError for a model with neither."""
+    spec, conversion = getattr(model, "spec", None), getattr(model, "conversion", None)
+    if spec is None and conversion is None:
+        raise ValueError("the model has neither a spec (ModelSpec.build) nor a conversion record (convert): "
+                         "the file records one of those, so that it can be rebuilt")
+    return spec.meta() if spec is not None else {"conversion": {k: conversion[k] for k in CONVERSION_FIELDS}}
+
+
+def converted_as_recorded(float_model: nn.Module | None, meta: dict, path) -> nn.Module:
+    """``float_model`` converted as the file at ``path`` records (``meta["conversion"]``, :func:`description`): the
+    model whose layers the file's tensors fill. A clear error without ``float_model``, for a record that is not
+    :func:`description`'s, and for a float model that cannot be converted so."""
+    recorded = meta["conversion"]
+    if float_model is None:
+        raise ValueError(f"{path} holds a converted network: pass float_model, the float architecture it was "
+                         "converted from (e.g. load_quantized(path, MyNet()))")
+    if not isinstance(recorded, dict) or set(recorded) != set(CONVERSION_FIELDS):
+        raise CheckpointError(f"{path}: its conversion record is not what this package writes ({recorded!r:.80})")
+    try:
+        return convert(float_model, **{k: (v if k != "skip" else tuple(v)) for k, v in recorded.items()}).model
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: the float model cannot be converted as the file records ({error})") from None
+
+
 def save_quantized(model: nn.Module, path: str | Path) -> Path:
     """Write a quantized model to ``path`` (refused if it exists; written atomically): its state_dict and its
     description, ``model.spec`` for the models this package builds (:class:`ModelSpec`), ``model.conversion`` for a
@@ -124,17 +151,14 @@ def save_quantized(model: nn.Module, path: str | Path) -> Path:
     normalization, skipped and signed layers). A model with NaN or infinite values (or, built from a spec, one that
     computes them) is refused. Returns the path;
     :func:`load_quantized` reads it back."""
+    meta = description(model)
     path = new_file(path)
-    spec, conversion = getattr(model, "spec", None), getattr(model, "conversion", None)
-    if spec is None and conversion is None:
-        raise ValueError("the model has neither a spec (ModelSpec.build) nor a conversion record (convert): "
-                         "save_quantized writes one of those beside the weights, so that load_quantized can rebuild it")
+    spec = getattr(model, "spec", None)
     checkpoints.check_finite(model.state_dict(), "the model to save")
     if spec is not None:                # a converted network's input size is unknown here
         was_training = model.training
         check_model_computes(model, spec.image_size, "the model to save")
         model.train(was_training)
-    meta = spec.meta() if spec is not None else {"conversion": {k: conversion[k] for k in CONVERSION_FIELDS}}
     checkpoints.save_checkpoint({"state_dict": model.state_dict(), "meta": meta}, path)
     return path
 
@@ -147,23 +171,14 @@ def load_quantized(path: str | Path, float_model: nn.Module | None = None) -> nn
     Returns the model in eval mode on the CPU."""
     content = checkpoints.read_checkpoint(path)
     meta = content.get("meta", {})
-    recorded = meta.get("conversion")
-    if recorded is None:
+    if "conversion" not in meta:
         if float_model is not None:
             raise ValueError(f"{path} holds a model of this package ({meta.get('arch')}), built from its description: "
                              "drop float_model")
         model = ModelSpec.from_meta(meta).build()
         load_into(model, path)
         return model.eval()
-    if float_model is None:
-        raise ValueError(f"{path} holds a converted network: pass float_model, the float architecture it was "
-                         "converted from (load_quantized(path, MyNet()))")
-    if not isinstance(recorded, dict) or set(recorded) != set(CONVERSION_FIELDS):
-        raise CheckpointError(f"{path}: its conversion record is not what save_quantized writes ({recorded!r:.80})")
-    try:
-        model = convert(float_model, **{k: (v if k != "skip" else tuple(v)) for k, v in recorded.items()}).model
-    except (ValueError, TypeError) as error:
-        raise CheckpointError(f"{path}: the float model cannot be converted as the file records ({error})") from None
+    model = converted_as_recorded(float_model, meta, path)
     state_dict = checkpoints.to_model_keys(content["state_dict"], str(path))
     checkpoints.check_state_dict(model, state_dict, f"{path} (against the float model given, converted as recorded)")
     checkpoints.check_alphas(state_dict, str(path))

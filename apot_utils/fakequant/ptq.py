@@ -41,6 +41,7 @@ from ..core.checks import check_count
 from ..core.reference import normalize_weight
 from ..fast.projection import project
 from .capture import inputs_of
+from .im2col import im2col_convolutions
 from .layers import QuantConv2d, quantized_layers
 from .quantizers import quantize_weight
 from .spec import ModelSpec
@@ -357,7 +358,8 @@ def calibrate(model: nn.Module, full_precision: nn.Module, images: torch.Tensor,
     dtype = next(model.parameters()).dtype
     model, full_precision = model.cpu().eval(), copy.deepcopy(full_precision).cpu().eval().double()
     try:
-        return _calibrate(model.double(), full_precision, images, calibration, log)
+        with im2col_convolutions(model, full_precision):
+            return _calibrate(model.double(), full_precision, images, calibration, log)
     finally:
         model.to(dtype)                 # also when a layer's α cannot be chosen: the caller's model keeps its dtype
 

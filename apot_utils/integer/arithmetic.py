@@ -59,21 +59,21 @@ def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     return (stream.view(count, bits) << torch.arange(bits)).sum(1)
 
 
-def _unfold(a: torch.Tensor, w: torch.Tensor, stride, padding, dtype: torch.dtype = torch.int64
+def _unfold(a: torch.Tensor, w: torch.Tensor, stride, padding, dtype: torch.dtype = torch.int64, dilation=1
             ) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """im2col of a [N, C, H, W] for weights w [O, C, kh, kw]: columns [N, C·kh·kw, L] in ``dtype`` (exact:
-    unfolding copies values; int64 columns are unfolded through float64, so integers must stay below 2^53)
-    and the output shape [N, O, H', W']."""
-    stride, padding = nn.modules.utils._pair(stride), nn.modules.utils._pair(padding)
+    """im2col of a [N, C, H, W] for weights w [O, C / groups, kh, kw]: columns [N, C·kh·kw, L] (channel-major, so
+    group g's are rows g·(C / groups)·kh·kw onwards) in ``dtype`` (exact: unfolding copies values; int64 columns
+    are unfolded through float64, so integers must stay below 2^53) and the output shape [N, O, H', W']."""
+    stride, padding, dilation = (nn.modules.utils._pair(v) for v in (stride, padding, dilation))
     kh, kw = w.shape[2:]
     if dtype == torch.int64:
         if int(a.abs().max()) >= FLOAT64_EXACT:
             raise ValueError("activation integers too large to unfold exactly")
-        cols = F.unfold(a.double(), (kh, kw), padding=padding, stride=stride).long()
+        cols = F.unfold(a.double(), (kh, kw), dilation=dilation, padding=padding, stride=stride).long()
     else:
-        cols = F.unfold(a.to(dtype), (kh, kw), padding=padding, stride=stride)
-    height = (a.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
-    width = (a.shape[3] + 2 * padding[1] - kw) // stride[1] + 1
+        cols = F.unfold(a.to(dtype), (kh, kw), dilation=dilation, padding=padding, stride=stride)
+    height = (a.shape[2] + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    width = (a.shape[3] + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     return cols, (len(a), len(w), height, width)
 
 
@@ -113,35 +113,38 @@ def shift_add_conv2d(a: torch.Tensor, w: torch.Tensor, stride=1, padding=0) -> t
 
 
 def accumulator_bound(a_max: int, w: torch.Tensor) -> int:
-    """The largest |partial sum| a convolution of integer activations in [0, a_max] with integer
-    weights w [O, C, kh, kw] can reach: a_max · max_o Σ |w[o]|."""
+    """The largest |partial sum| a convolution of integer activations in [−a_max, a_max] with integer
+    weights w [O, C / groups, kh, kw] can reach: a_max · max_o Σ |w[o]|."""
     return a_max * int(w.abs().flatten(1).sum(1).max())
 
 
-def exact_integer_conv2d(a: torch.Tensor, w: torch.Tensor, stride=1, padding=0, bound: int | None = None) -> torch.Tensor:
-    """conv2d of integer activations a [N, C, H, W] (any dtype) with integer weights w [O, C, kh, kw], exact and
-    fast: im2col (a copy) and one matrix product, in float32 when every partial sum stays below 2^24
-    (``bound``: :func:`accumulator_bound`), else in float64 (below 2^53). A matrix product of integers that
-    stay in that range is exact in any summation order; no transform of the operands (Winograd, FFT) is
-    possible on this path, as it would be inside ``F.conv2d``. Returns the integers as a float tensor
-    [N, O, H', W'] (float32 or float64)."""
+def exact_integer_conv2d(a: torch.Tensor, w: torch.Tensor, stride=1, padding=0, bound: int | None = None,
+                         dilation=1, groups: int = 1) -> torch.Tensor:
+    """conv2d of integer activations a [N, C, H, W] (any dtype, signed or not) with integer weights
+    w [O, C / groups, kh, kw], exact and fast: im2col (a copy) and one matrix product per group, in float32 when
+    every partial sum stays below 2^24 (``bound``: :func:`accumulator_bound`), else in float64 (below 2^53). A
+    matrix product of integers that stay in that range is exact in any summation order; no transform of the
+    operands (Winograd, FFT) is possible on this path, as it would be inside ``F.conv2d``. Returns the integers
+    as a float tensor [N, O, H', W'] (float32 or float64)."""
     if bound is None:
-        bound = accumulator_bound(int(a.max()), w)
+        bound = accumulator_bound(int(a.abs().max()), w)
     if bound >= FLOAT64_EXACT:
         raise ValueError(f"integer convolution bound {bound} exceeds float64's exact range")
     single = bound < FLOAT32_EXACT and torch.get_float32_matmul_precision() == "highest"
     dtype = torch.float32 if single else torch.float64
-    cols, shape = _unfold(a, w, stride, padding, dtype)
-    return (w.reshape(len(w), -1).to(dtype) @ cols).view(shape)
+    cols, shape = _unfold(a, w, stride, padding, dtype, dilation)                 # [N, C·kh·kw, L]
+    n, o = len(a), len(w)
+    per_group = w.reshape(groups, o // groups, -1).to(dtype)                        # [G, O / G, C / G · kh·kw]
+    return torch.matmul(per_group, cols.view(n, groups, -1, cols.shape[2])).view(shape)
 
 
 def fixed_order_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1,
-                       padding=0) -> torch.Tensor:
+                       padding=0, dilation=1) -> torch.Tensor:
     """conv2d of x [N, C, H, W] with weight [O, C, kh, kw], every output summed tap by tap in one order (input
     channel, kernel row, kernel column), each product and each partial sum rounded in x's dtype, then the
     bias added: the same bits on every machine. For the 8-bit first convolution (27 taps in a CIFAR ResNet,
     147 in an ImageNet one)."""
-    cols, shape = _unfold(x, weight, stride, padding, x.dtype)                        # [N, C·kh·kw, L], a copy
+    cols, shape = _unfold(x, weight, stride, padding, x.dtype, dilation)              # [N, C·kh·kw, L], a copy
     o = len(weight)
     w = weight.reshape(o, -1).to(x.dtype)
     acc = cols[:, 0:1, :] * w[:, 0].view(1, o, 1)
@@ -171,9 +174,10 @@ def fixed_order_global_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 def folded_scale(act_alpha: torch.Tensor, weight_alpha: torch.Tensor, bits: int, scheme: str = "apot",
-                 terms: int | None = None) -> torch.Tensor:
-    """s = α_a · α_w / (I_a,max · I_w,max), float64, one value per weight α (1 per layer, or C_out)."""
-    tops = int(integer_levels(bits, scheme, terms)[-1]) * int(integer_levels(bits - 1, scheme, terms)[-1])
+                 terms: int | None = None, signed: bool = False) -> torch.Tensor:
+    """s = α_a · α_w / (I_a,max · I_w,max), float64, one value per weight α (1 per layer, or C_out). A signed
+    input's integers are a sign and a (b − 1)-bit magnitude, as the weights'."""
+    tops = int(integer_levels(bits - signed, scheme, terms)[-1]) * int(integer_levels(bits - 1, scheme, terms)[-1])
     return (act_alpha.detach().double() * weight_alpha.detach().double() / tops).reshape(-1)
 
 

@@ -19,19 +19,20 @@ def integer_layer(module: nn.Module, level_values: str = "release") -> nn.Module
     is (ReLU, a residual block's container, a full-precision convolution). level_values: 'release' or 'exact'."""
     if isinstance(module, QuantLinear) and module.quantized:
         raise ValueError("the integer path runs quantized convolutions, not linear layers")
+    quantized = isinstance(module, FirstConv8bit) or isinstance(module, QuantConv2d) and module.quantized
+    if quantized and module.padding_mode != "zeros":
+        raise ValueError(f"padding_mode={module.padding_mode!r}: the integer path pads with zeros")
     if isinstance(module, QuantConv2d) and module.quantized:
-        if module.groups != 1 or module.dilation != (1, 1) or module.bias is not None:
-            raise ValueError(f"groups={module.groups}, dilation={module.dilation}, bias={module.bias is not None}: "
-                             "the integer path runs convolutions without groups, dilation or bias")
-        if module.signed:
-            raise ValueError("signed input: the integer path runs unsigned input activations (after a ReLU)")
         codes = weight_codes(module.weight, module.weight_alpha, module.bit, module.weight_levels,
                              module.weight_stats_grad, module.weight_norm)
         return IntegerConv2d(codes, module.weight_alpha, module.act_alpha, module.stride, module.padding,
-                             module.bit, module.scheme, module.terms, level_values)
+                             module.bit, module.scheme, module.terms, level_values, dilation=module.dilation,
+                             groups=module.groups, bias=module.bias, signed=module.signed)
     if isinstance(module, FirstConv8bit):
-        return Fixed8bit(eight_bit_codes(module.weight).long(), module.weight.detach().max(),
-                         conv=(module.stride, module.padding))
+        if module.groups != 1:
+            raise ValueError(f"groups={module.groups}: the integer path runs 8-bit convolutions without groups")
+        return Fixed8bit(eight_bit_codes(module.weight).long(), module.weight.detach().max(), module.bias,
+                         conv=(module.stride, module.padding, module.dilation))
     if isinstance(module, LastLinear8bit):
         return Fixed8bit(eight_bit_codes(module.weight).long(), module.weight.detach().max(), module.bias)
     if isinstance(module, nn.BatchNorm2d):

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..core.levels import LEVEL_RULE, integer_levels, projection_order, weight_projection_order
 from ..fakequant.layers import FirstConv8bit, LastLinear8bit, QuantConv2d, swap
-from ..fakequant.loading import check_recorded
+from ..fakequant.loading import check_recorded, converted_as_recorded, description
 from ..fakequant.spec import ModelSpec
 from ..files import checkpoints
 from ..files.metadata import json_field
@@ -45,6 +45,8 @@ def export_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
                         f"{name}.weight_alpha": module.weight_alpha.float().clone(),
                         f"{name}.act_alpha": module.act_alpha.float().clone(),
                         f"{name}.scale": module.scale.clone()}
+            if module.bias is not None:
+                tensors[f"{name}.bias"] = module.bias.clone()
         elif isinstance(module, Fixed8bit):
             small = module.codes.abs().max() <= 127
             tensors |= {f"{name}.weight_codes": module.codes.to(torch.int8 if small else torch.int16),
@@ -79,18 +81,26 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_exported(model: nn.Module, out: str | Path, meta: dict) -> Path:
+def save_exported(model: nn.Module, out: str | Path, meta: dict | None = None) -> Path:
     """Write the integer ``model`` (:func:`apot_utils.integer.convert.to_integer`) to ``out`` (refused if it
-    exists), atomically, with ``meta``: a :meth:`ModelSpec.meta <apot_utils.fakequant.spec.ModelSpec.meta>`
-    and where it came from (source, source_sha256)."""
+    exists), atomically, with what rebuilds it (:func:`~apot_utils.fakequant.loading.description`: its
+    :class:`ModelSpec`, or what ``convert`` chose for your own network) and ``meta``, other fields to record (where it
+    came from: source, source_sha256)."""
     from safetensors.torch import save
 
+    meta = description(model) | (meta or {})
     out = new_file(out, ".safetensors")
     tensors = export_tensors(model)
     meta = {k: v for k, v in meta.items() if k != "level_rule"}
     data = save(tensors, metadata={"format": FORMAT, "level_rule": LEVEL_RULE,
                                    "tensors_sha256": tensors_digest(tensors), **{k: json.dumps(v) for k, v in meta.items()}})
     return checkpoints.write_atomically(out, lambda f: f.write(data))
+
+
+def level_sets_of(meta: dict) -> tuple[int, str, int | None]:
+    """(bit, scheme, terms) that a file's metadata records, for a model of this package or a converted network."""
+    described = meta.get("conversion", meta)
+    return described["bit"], described["scheme"], described.get("terms")
 
 
 def read_exported(path: str | Path, require_digest: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
@@ -129,7 +139,8 @@ def read_exported(path: str | Path, require_digest: bool = True) -> tuple[dict[s
                 meta[key] = json_field(path, key, value)
             except ValueError as error:
                 raise checkpoints.CheckpointError(str(error)) from None
-    missing = [k for k in ("dataset", "arch", "bit", "scheme") if k not in meta]
+    needed = ("bit", "scheme") if isinstance(meta.get("conversion"), dict) else ("dataset", "arch", "bit", "scheme")
+    missing = [k for k in needed if k not in meta.get("conversion", meta)]
     if missing:
         raise checkpoints.CheckpointError(f"{path}: its metadata lacks {', '.join(missing)}")
     return tensors, meta
@@ -158,24 +169,32 @@ def _tensor(tensors: dict[str, torch.Tensor], key: str, shape: tuple | None, pat
 
 
 def load_exported(path: str | Path, level_values: str = "release", dataset: str | None = None, arch: str | None = None,
-                  bit: int | None = None, require_digest: bool = True) -> nn.Module:
-    """The model of an exported file, in eval mode: the architecture of its metadata, with every
-    quantized convolution an :class:`~apot_utils.integer.layers.IntegerConv2d` and the 8-bit layers
+                  bit: int | None = None, require_digest: bool = True, float_model: nn.Module | None = None) -> nn.Module:
+    """The model of an exported file, in eval mode: the architecture its metadata describes (a file of your own
+    network needs ``float_model``, the float architecture it was converted from, converted again as recorded), with
+    every quantized convolution an :class:`~apot_utils.integer.layers.IntegerConv2d` and the 8-bit layers
     :class:`~apot_utils.integer.layers.Fixed8bit`, BatchNorm and the average pool their fixed-order counterparts
     (float arithmetic by default, the float model's bit for bit; inside
-    :func:`~apot_utils.integer.layers.integer_arithmetic` integers and fixed-order rounding, the same on every machine). dataset / arch / bit, when given, must match the file.
-    Every tensor is checked as a checkpoint is (shape, dtype, finite; α, ``weight_max`` and the running
-    variances not negative; the 8-bit codes' largest 127; the tensors' sha256, see :func:`read_exported`) before
-    the model is built from it."""
+    :func:`~apot_utils.integer.layers.integer_arithmetic` integers and fixed-order rounding, the same on every machine).
+    dataset / arch / bit, when given, must match the file. Every tensor is checked as a checkpoint is (shape, dtype,
+    finite; α, ``weight_max`` and the running variances not negative; the 8-bit codes' largest 127; the tensors'
+    sha256, see :func:`read_exported`) before the model is built from it."""
     tensors, meta = read_exported(path, require_digest)
     check_recorded(meta, path, what="model", dataset=dataset, arch=arch, bit=bit)
-    try:
-        model = ModelSpec.from_meta(meta).build()
-    except ValueError as error:
-        raise checkpoints.CheckpointError(f"{path}: its metadata describes no model this version builds ({error})") from None
-    if not torch.equal(tensors.get("levels.act", torch.empty(0)), projection_order(meta["bit"], meta["scheme"], meta.get("terms"))):
-        raise checkpoints.CheckpointError(f"{path}: its level sets are not those of a {meta['bit']}-bit {meta['scheme']} "
-                                          f"model with terms={meta.get('terms')}: its metadata and its tensors disagree")
+    if "conversion" in meta:
+        model = converted_as_recorded(float_model, meta, path)
+    else:
+        if float_model is not None:
+            raise ValueError(f"{path} holds a model of this package ({meta.get('arch')}), built from its description: "
+                             "drop float_model")
+        try:
+            model = ModelSpec.from_meta(meta).build()
+        except ValueError as error:
+            raise checkpoints.CheckpointError(f"{path}: its metadata describes no model this version builds ({error})") from None
+    bits, scheme, terms = level_sets_of(meta)
+    if not torch.equal(tensors.get("levels.act", torch.empty(0)), projection_order(bits, scheme, terms)):
+        raise checkpoints.CheckpointError(f"{path}: its level sets are not those of a {bits}-bit {scheme} "
+                                          f"model with terms={terms}: its metadata and its tensors disagree")
     replacements = {}
     for name, module in model.named_modules():
         if isinstance(module, QuantConv2d) and module.quantized:
@@ -189,21 +208,21 @@ def load_exported(path: str | Path, level_values: str = "release", dataset: str 
                 codes = unpack_codes(packed, module.bit, module.weight.numel()).view(shape)
             except ValueError as error:
                 raise checkpoints.CheckpointError(f"{path}: {name}.weight_codes: {error}") from None
+            bias = None if module.bias is None else _tensor(tensors, f"{name}.bias", module.bias.shape, path)
             replacement = IntegerConv2d(
                 codes, _tensor(tensors, f"{name}.weight_alpha", module.weight_alpha.shape, path, positive=True),
                 _tensor(tensors, f"{name}.act_alpha", (), path, positive=True),
-                module.stride, module.padding, module.bit, module.scheme, module.terms, level_values)
+                module.stride, module.padding, module.bit, module.scheme, module.terms, level_values,
+                dilation=module.dilation, groups=module.groups, bias=bias, signed=module.signed)
         elif isinstance(module, (FirstConv8bit, LastLinear8bit)):
             codes = _tensor(tensors, f"{name}.weight_codes", module.weight.shape, path, (torch.int8, torch.int16))
             if int(codes.max()) != 127:       # round(w / max(w) · 127): the largest weight's code is 127
                 raise checkpoints.CheckpointError(f"{path}: {name}.weight_codes reach {int(codes.max())}; the largest "
                                                   "8-bit code is 127")
             weight_max = _tensor(tensors, f"{name}.weight_max", (), path, positive=True)
-            if isinstance(module, FirstConv8bit):
-                replacement = Fixed8bit(codes.long(), weight_max, conv=(module.stride, module.padding))
-            else:
-                bias = None if module.bias is None else _tensor(tensors, f"{name}.bias", module.bias.shape, path)
-                replacement = Fixed8bit(codes.long(), weight_max, bias)
+            bias = None if module.bias is None else _tensor(tensors, f"{name}.bias", module.bias.shape, path)
+            conv = (module.stride, module.padding, module.dilation) if isinstance(module, FirstConv8bit) else None
+            replacement = Fixed8bit(codes.long(), weight_max, bias, conv)
         elif isinstance(module, nn.BatchNorm2d):
             replacement = FixedOrderBatchNorm2d(module.num_features, module.eps)
             for key in ("weight", "bias", "running_mean", "running_var"):

@@ -26,7 +26,9 @@ precision: the rescale by s, BatchNorm as three elementwise operations (:class:`
 the residual additions, the average pool, and the 8-bit first convolution and last linear layer summed tap
 by tap (:mod:`apot_utils.integer.arithmetic`). Elementwise IEEE operations round the
 same way on every machine, so the logits are the same bits on any CPU (tested under other oneDNN
-instruction sets and with oneDNN off).
+instruction sets and with oneDNN off). That holds for the layers the integer model owns: a pool written as a
+function in a network's forward (torchvision's MobileNetV2 calls ``F.adaptive_avg_pool2d``) is torch's own, so
+after it the logits can differ in their last bits between machines.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.levels import integer_levels, projection_order, weight_projection_order
-from ..fakequant.quantizers import quantize_activation
+from ..fakequant.quantizers import quantize_activation, quantize_weight
 from ..fast.projection import project
 from .arithmetic import (FLOAT64_EXACT, accumulator_bound, exact_integer_conv2d, fixed_order_conv2d,
                          fixed_order_global_mean, fixed_order_linear, folded_scale, in_order, split_codes)
@@ -51,24 +53,31 @@ def _level_values(integers: torch.Tensor, release: torch.Tensor, level_values: s
 
 
 class IntegerConv2d(nn.Module):
-    """An exported quantized convolution (no bias).
+    """An exported quantized convolution.
 
-    codes: int64 b-bit weight codes [O, C, kh, kw] (:func:`~apot_utils.integer.arithmetic.weight_codes`); weight_alpha 0-d or
-    [O, 1, 1, 1]; act_alpha 0-d; conv: stride and padding of the original layer; bits, scheme, terms:
-    the level sets; level_values: 'release' or 'exact' (module docstring). Input [N, C, H, W] >= 0.
+    codes: int64 b-bit weight codes [O, C / groups, kh, kw] (:func:`~apot_utils.integer.arithmetic.weight_codes`);
+    weight_alpha 0-d or [O, 1, 1, 1]; act_alpha 0-d; stride, padding, dilation, groups and bias ([O] or None) as the
+    original layer's; bits, scheme, terms: the level sets; signed: the input can be negative (sign and a (b − 1)-bit
+    magnitude, as the weights); level_values: 'release' or 'exact' (module docstring). Input [N, C, H, W], >= 0
+    unless ``signed``.
     """
 
     def __init__(self, codes, weight_alpha, act_alpha, stride, padding, bits: int, scheme: str = "apot",
-                 terms: int | None = None, level_values: str = "release"):
+                 terms: int | None = None, level_values: str = "release", *, dilation=1, groups: int = 1,
+                 bias: torch.Tensor | None = None, signed: bool = False):
         super().__init__()
         if level_values not in LEVEL_VALUES:
             raise ValueError(f"level_values must be one of {LEVEL_VALUES}, got {level_values!r}")
-        self.stride, self.padding, self.integer = stride, padding, False
-        self.bits, self.scheme, self.terms = bits, scheme, terms
-        act_integers, weight_integers = integer_levels(bits, scheme, terms), integer_levels(bits - 1, scheme, terms)
-        act_order = projection_order(bits, scheme, terms)
+        self.stride, self.padding, self.dilation, self.groups, self.integer = stride, padding, dilation, groups, False
+        self.bits, self.scheme, self.terms, self.signed = bits, scheme, terms, signed
+        weight_integers = integer_levels(bits - 1, scheme, terms)
+        magnitude_order = weight_projection_order(bits, scheme, terms)
+        if signed:        # the input as the weights: sign and a (b − 1)-bit magnitude
+            act_integers, act_order = weight_integers, magnitude_order
+        else:
+            act_integers, act_order = integer_levels(bits, scheme, terms), projection_order(bits, scheme, terms)
         act_values = _level_values(act_integers, act_order, level_values)
-        magnitudes = _level_values(weight_integers, weight_projection_order(bits, scheme, terms).sort().values, level_values)
+        magnitudes = _level_values(weight_integers, magnitude_order.sort().values, level_values)
         index, sign = split_codes(codes, bits)
         dtype = act_values.dtype
         self.register_buffer("codes", codes)
@@ -77,35 +86,43 @@ class IntegerConv2d(nn.Module):
         self.register_buffer("act_integers", act_integers)
         self.register_buffer("act_alpha", act_alpha.detach().to(dtype).clone())
         self.register_buffer("weight_alpha", weight_alpha.detach().to(dtype).clone())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
         # the fake-quantized weight, in the quantizer's order of operations: level · sign · α
         self.register_buffer("weight", magnitudes[index].mul(sign.to(dtype)).mul(self.weight_alpha))
         self.register_buffer("weight_int", weight_integers[index] * sign)     # c_w
-        self.register_buffer("scale", folded_scale(act_alpha, weight_alpha, bits, scheme, terms))
+        self.register_buffer("scale", folded_scale(act_alpha, weight_alpha, bits, scheme, terms, signed))
         self.bound = accumulator_bound(int(act_integers[-1]), self.weight_int)
         if self.bound >= FLOAT64_EXACT:
             raise ValueError("this layer's integer convolution could overflow float64's exact range")
 
     def activation_integers(self, x: torch.Tensor) -> torch.Tensor:
-        """I_a of inputs x [N, C, H, W]: the level each input projects to (as in the float model), as its integer.
-        NaN or infinity has no integer: a FloatingPointError (the float path would carry it to the logits)."""
+        """I_a of inputs x [N, C, H, W]: the level each input projects to (as in the float model), as its integer
+        (a signed input: its magnitude's, with x's sign). NaN or infinity has no integer: a FloatingPointError (the
+        float path would carry it to the logits)."""
         if not bool(torch.isfinite(x).all()):
             raise FloatingPointError("the integer path received NaN or infinity (non-finite input images, or values "
                                      "that overflowed upstream); it has no integer for them")
-        q = project(x, self.act_levels.to(x.dtype), divisor=self.act_alpha.to(x.dtype))
-        return self.act_integers[torch.searchsorted(self.act_sorted.to(x.dtype), q)]
+        q = project(x.abs() if self.signed else x, self.act_levels.to(x.dtype), divisor=self.act_alpha.to(x.dtype))
+        integers = self.act_integers[torch.searchsorted(self.act_sorted.to(x.dtype), q)]
+        return torch.where(x < 0, -integers, integers) if self.signed else integers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
         if not self.integer:
-            x = quantize_activation(x, self.act_alpha.to(x.dtype), self.act_levels.to(x.dtype))
-            return F.conv2d(x, self.weight.to(x.dtype), None, self.stride, self.padding)
-        acc = exact_integer_conv2d(self.activation_integers(x), self.weight_int, self.stride, self.padding, self.bound)
-        return acc.double().mul_(self.scale.view(1, -1, 1, 1)).to(x.dtype)      # exact integers, one rescale
+            alpha, levels = self.act_alpha.to(x.dtype), self.act_levels.to(x.dtype)
+            x = quantize_weight(x, alpha, levels, clip_grad=True) if self.signed else quantize_activation(x, alpha, levels)
+            return F.conv2d(x, self.weight.to(x.dtype), bias, self.stride, self.padding, self.dilation, self.groups)
+        acc = exact_integer_conv2d(self.activation_integers(x), self.weight_int, self.stride, self.padding, self.bound,
+                                   self.dilation, self.groups)
+        out = acc.double().mul_(self.scale.view(1, -1, 1, 1)).to(x.dtype)      # exact integers, one rescale
+        return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
 
 
 class Fixed8bit(nn.Module):
     """The 8-bit first convolution or last linear layer from its codes: weight = code / 127 · max,
     computed in the input's dtype (the float model's arithmetic). codes: int64 of the weight's shape;
-    weight_max: 0-d; conv: (stride, padding) for a convolution, None for the linear layer."""
+    weight_max: 0-d; bias: [O] or None; conv: (stride, padding, dilation) for a convolution (without groups), None
+    for the linear layer."""
 
     integer = False        # inside integer_arithmetic: summed in one fixed order (fixed_order_conv2d / _linear)
 
@@ -121,7 +138,10 @@ class Fixed8bit(nn.Module):
         bias = None if self.bias is None else self.bias.to(x.dtype)
         if self.conv is None:
             return fixed_order_linear(x, weight, bias) if self.integer else F.linear(x, weight, bias)
-        return fixed_order_conv2d(x, weight, bias, *self.conv) if self.integer else F.conv2d(x, weight, bias, *self.conv)
+        stride, padding, dilation = self.conv
+        if self.integer:
+            return fixed_order_conv2d(x, weight, bias, stride, padding, dilation)
+        return F.conv2d(x, weight, bias, stride, padding, dilation)
 
 
 class FixedOrderBatchNorm2d(nn.BatchNorm2d):
