@@ -330,3 +330,24 @@ def test_a_converted_file_needs_its_own_float_architecture(tmp_path):
     assert apot.load_quantized(spec_file).spec == apot.ModelSpec("cifar10", "resnet20", 3)
     with pytest.raises(ValueError, match="drop float_model"):
         apot.load_quantized(spec_file, float_model)
+
+
+def test_the_released_full_precision_model_converts(ref):
+    """The release's full-precision ResNet-20 (8-bit first and last layers, 32-bit QuantConv2d between) is a float
+    network to convert: its ends are kept, the rest quantized, and calibrated it is post_training_quantize's model,
+    α for α and logit for logit."""
+    import apot_utils as apot
+
+    fp = load_model("cifar10", "resnet20", 32, "release", log=lambda line: None).eval()
+    conversion = apot.convert(fp, 4)
+    assert [(r["name"], r["bit"]) for r in conversion.rows if r["bit"] == 8] == [("conv1", 8), ("fc", 8)]
+    assert not hasattr(conversion.model, "spec") and not any(r["signed"] for r in conversion.rows)
+    x = data.normalize(data.load_npz(ref("cifar10/test_first1000_lossless.npz")).x[:64])
+    converted = apot.calibrate(conversion.model, fp, x, log=lambda line: None)
+    built = apot.post_training_quantize(fp, ModelSpec("cifar10", "resnet20", 4, weight_norm="mean_std"), x,
+                                        log=lambda line: None)
+    assert apot.alphas(converted) == apot.alphas(built)
+    with torch.no_grad():
+        assert torch.equal(converted.eval()(x), built.eval()(x))
+    with pytest.raises(ValueError, match="not the first and last"):
+        apot.convert(fp, 4, first_last_bits=None)

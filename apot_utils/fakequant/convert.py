@@ -168,7 +168,8 @@ def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None 
     (ConvTranspose2d, Conv1d, …) in float; by default they are refused, listed. A subclass of nn.Conv2d or
     nn.Linear with its own forward is refused unless named in skip; padding modes (reflect, circular, …) are
     kept; a layer registered under several names is converted once and stays shared (its table row names
-    them all). weight_norm: each quantized layer's weight normalization
+    them all). A full-precision model of this package (``ModelSpec(..., bit=32).build()``, the release's included)
+    converts too: its 32-bit layers are quantized, its 8-bit first and last layers kept. weight_norm: each quantized layer's weight normalization
     (:func:`~apot_utils.core.reference.normalize_weight`). The α start at the layers' defaults: calibrate them
     (:func:`apot_utils.fakequant.ptq.calibrate`) or train them.
 
@@ -188,15 +189,23 @@ def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None 
     missing = sorted(skip - set(names))
     if missing:
         raise ValueError(f"skip names layers the model does not have: {missing}")
-    quantized = [name for name, m in model.named_modules() if isinstance(m, _QuantizedWeight)]
+    quantized = [name for name, m in model.named_modules()
+                 if isinstance(m, (QuantConv2d, QuantLinear)) and m.quantized]
     if quantized:
         raise ValueError(f"the model is already quantized ({', '.join(quantized[:3])}, …): convert a full-precision one")
     lazy = [name for name, m in model.named_modules() if isinstance(m, nn.modules.lazy.LazyModuleMixin)]
     if lazy:
         raise ValueError(f"{', '.join(lazy)} not initialized yet (lazy): run one forward before converting")
     targets = [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    # this package's full-precision models (the release's included): 32-bit QuantConv2d compute as nn.Conv2d, and
+    # the 8-bit first and last layers are the ends convert makes anyway
+    ends = [name for name, m in model.named_modules() if isinstance(m, (FirstConv8bit, LastLinear8bit))]
+    if ends and (first_last_bits != 8 or not set(ends) <= {targets[0], targets[-1]}):
+        raise ValueError(f"{', '.join(ends)}: 8-bit layers that are not the first and last of an 8-bit-ended "
+                         "conversion (first_last_bits=8)")
     own_forward = [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
-                   if name in targets and name not in skip and type(m).forward not in (nn.Conv2d.forward, nn.Linear.forward)]
+                   if name in targets and name not in skip and not isinstance(m, _QuantizedWeight)
+                   and type(m).forward not in (nn.Conv2d.forward, nn.Linear.forward)]
     if own_forward:
         raise ValueError(f"{', '.join(own_forward)} computes its own forward (a subclass of nn.Conv2d or nn.Linear): "
                          "a quantized layer would replace what it computes; pass its name in skip to keep it in float")
@@ -252,6 +261,7 @@ def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None 
         rows.append({"name": " = ".join(aliases[id(old)]), "was": type(old).__name__, "now": type(new).__name__,
                      "bit": layer_bit, "signed": is_signed})
     swap(converted, replacements)
+    converted.__dict__.pop("spec", None)         # a ModelSpec's full-precision model: the copy is described below
     converted.conversion = {"bit": bit, "scheme": scheme, "terms": terms, "per_channel": per_channel,
                             "first_last_bits": first_last_bits, "skip": sorted(skip), "weight_norm": weight_norm,
                             "signed": sorted(signed_layers & set(targets) - skip - eight_bit),
