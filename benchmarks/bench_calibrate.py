@@ -1,5 +1,5 @@
 """Post-training calibration of torchvision's ResNet-18 (issue 40): the weight-α search from sorted rows
-(``ptq.SortedRows``, the default) against the same search quantizing every candidate (the direct definition,
+(``alpha_search.SortedRows``, the default) against the same search quantizing every candidate (the direct definition,
 the baseline), interleaved in one run; then ``calibrate`` end to end, the activation α on 32 images included.
 
 Weight α of every quantized layer at 4 bits, per layer and per channel; the two searches choose the same α
@@ -15,7 +15,7 @@ import torchvision
 from _common import interleaved, seconds_of, table, write
 
 import apot_utils as apot
-from apot_utils.fakequant.ptq import WEIGHT_ALPHA_RANGE, WEIGHT_ALPHA_STEP, best_weight_alphas, coarse_to_fine
+from apot_utils.fakequant.alpha_search import WEIGHT_ALPHA_RANGE, WEIGHT_ALPHA_STEP, best_weight_alphas, coarse_to_fine
 from apot_utils.fakequant.quantizers import quantize_weight
 
 

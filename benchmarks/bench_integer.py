@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from _common import interleaved, table, write
 
-from apot_utils.files import data
+from apot_utils.files import batching, data
 from apot_utils.commands.export import export_checkpoint
 from apot_utils.integer.format import load_exported
 from apot_utils.integer.layers import IntegerConv2d, integer_arithmetic
@@ -49,7 +49,7 @@ def main():
     args = parser.parse_args()
     reuse_freed_memory()          # as the command line does
     test = data.load_npz(data.reference_file("cifar10/test_first1000_lossless.npz"))
-    batches = [x for x, _ in data.batches(test, 100)]
+    batches = [x for x, _ in batching.batches(test, 100)]
     folder = Path(tempfile.mkdtemp())
     rows = []
     for bit in (2, 3, 4):

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from _common import table, write
 
-from apot_utils.files import data
+from apot_utils.files import data, imagenet
 from apot_utils.fakequant.evaluate import pick_device
 from apot_utils.fakequant.loading import load_model
 from apot_utils.commands.validate import run_validation
@@ -42,12 +42,12 @@ def main():
     table(rows)
     print("\nImageNet ResNet-18 code path on CUDA (synthetic images; accuracy means nothing):")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = data.make_synthetic_imagefolder(Path(tmp) / "val", classes=8, per_class=32)
-        imagenet = run_validation("imagenet", "resnet18", 4, checkpoint=None, data_source=folder, device="cuda",
-                                  batch_size=64, workers=4)
-    write("cuda_validation", rows, imagenet_synthetic={"images": len(imagenet.targets),
-                                                       "images_s": imagenet.images_per_second,
-                                                       "top1": imagenet.top1})
+        folder = imagenet.make_synthetic_imagefolder(Path(tmp) / "val", classes=8, per_class=32)
+        synthetic = run_validation("imagenet", "resnet18", 4, checkpoint=None, data_source=folder, device="cuda",
+                                   batch_size=64, workers=4)
+    write("cuda_validation", rows, imagenet_synthetic={"images": len(synthetic.targets),
+                                                       "images_s": synthetic.images_per_second,
+                                                       "top1": synthetic.top1})
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from apot_utils.files import checkpoints, data
+from apot_utils.files import checkpoints, data, downloads
 from apot_utils.fakequant.loading import load_into
 from apot_utils.files.checkpoints import CheckpointError, read_checkpoint
 from apot_utils.fakequant.layers import alphas
@@ -113,12 +113,12 @@ def test_download_is_verified_and_atomic(ref, tmp_path):
     dest = tmp_path / "out" / "res20_2bit.pth.tar"
     entry = checkpoints.RELEASED[("cifar10", "resnet20", 2)]
     with pytest.raises(CheckpointError, match="sha256"):
-        checkpoints.download_verified(source.as_uri(), dest, "0" * 64)
+        downloads.download_verified(source.as_uri(), dest, "0" * 64)
     assert not dest.parent.exists() or not any(dest.parent.iterdir())   # nothing left behind
-    assert checkpoints.download_verified(source.as_uri(), dest, entry.sha256) == dest
-    assert checkpoints.sha256_of(dest) == entry.sha256
+    assert downloads.download_verified(source.as_uri(), dest, entry.sha256) == dest
+    assert downloads.sha256_of(dest) == entry.sha256
     with pytest.raises(CheckpointError, match="could not download "):
-        checkpoints.download_verified((tmp_path / "absent.bin").as_uri(), tmp_path / "out" / "other", entry.sha256)
+        downloads.download_verified((tmp_path / "absent.bin").as_uri(), tmp_path / "out" / "other", entry.sha256)
     assert sorted(p.name for p in dest.parent.iterdir()) == ["res20_2bit.pth.tar"]
 
 

@@ -6,7 +6,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from apot_utils.files import checkpoints, fetch
+from apot_utils.files import checkpoints, downloads, fetch
 from apot_utils.cli import main
 
 
@@ -57,16 +57,16 @@ def test_download_resumes_an_interrupted_file_and_refuses_a_wrong_checksum(mirro
     dest = tmp_path / "out" / entry.filename
     _RangeHandler.cut, _RangeHandler.ranges = {"/checkpoints/cifar10/res20_3bit.pth.tar"}, []
     with pytest.raises(Exception):
-        checkpoints.download_verified(f"{url}/checkpoints/cifar10/res20_3bit.pth.tar", dest, entry.sha256)
+        downloads.download_verified(f"{url}/checkpoints/cifar10/res20_3bit.pth.tar", dest, entry.sha256)
     part = dest.with_name(dest.name + ".part")
     assert not dest.exists() and 0 < part.stat().st_size < (root / "checkpoints/cifar10/res20_3bit.pth.tar").stat().st_size
     half = part.stat().st_size
-    checkpoints.download_verified(f"{url}/checkpoints/cifar10/res20_3bit.pth.tar", dest, entry.sha256)
+    downloads.download_verified(f"{url}/checkpoints/cifar10/res20_3bit.pth.tar", dest, entry.sha256)
     assert _RangeHandler.ranges == [("/checkpoints/cifar10/res20_3bit.pth.tar", half)]   # resumed, not restarted
-    assert checkpoints.sha256_of(dest) == entry.sha256 and not part.exists()
+    assert downloads.sha256_of(dest) == entry.sha256 and not part.exists()
     other = tmp_path / "out" / "wrong.pth.tar"
     with pytest.raises(checkpoints.CheckpointError, match="does not match sha256"):
-        checkpoints.download_verified(f"{url}/checkpoints/cifar10/res20_3bit.pth.tar", other, "0" * 64)
+        downloads.download_verified(f"{url}/checkpoints/cifar10/res20_3bit.pth.tar", other, "0" * 64)
     assert not other.exists() and not other.with_name(other.name + ".part").exists()
 
 
@@ -78,7 +78,7 @@ def test_fetch_from_a_mirror_then_from_a_folder(mirror, tmp_path, monkeypatch, c
     dest = tmp_path / "reference"
     fetch.fetch(dest, log=lambda line: None)
     for f in public:
-        assert checkpoints.sha256_of(dest / f.relative) == f.sha256
+        assert downloads.sha256_of(dest / f.relative) == f.sha256
     lines = []
     fetch.fetch(dest, log=lines.append)                                          # a second run keeps what is right
     assert all(line.startswith(("ok", "missing", "=>")) for line in lines)

@@ -4,7 +4,7 @@ u and q with the argmin projection, reference_formulation()."""
 import pytest
 import torch
 
-from apot_utils.files import data
+from apot_utils.files import batching, data
 from apot_utils.core.reference import reference_formulation
 from apot_utils.fakequant.loading import load_model
 
@@ -18,7 +18,7 @@ def _gradients(model, images, labels):
 @pytest.mark.parametrize("bit, clip", [(2, False), (3, False), (4, False), (4, True)])
 def test_gradients_bit_identical_to_the_formulation_that_kept_u_and_q(ref, bit, clip):
     first100 = data.load_npz(ref("cifar10/test_first100_lossless.npz"))
-    images, labels = next(data.batches(first100, 64))
+    images, labels = next(batching.batches(first100, 64))
     model = load_model("cifar10", "resnet20", bit, "release", log=lambda line: None).train()
     for m in model.modules():
         if hasattr(m, "clip_weight_grad"):

@@ -20,7 +20,7 @@ SCRIPT = r"""
 import hashlib, json, sys, tempfile
 import torch
 torch.backends.mkldnn.enabled = sys.argv[1] != "onednn-off"    # explicit: a run may have turned it off for all
-from apot_utils.files import data
+from apot_utils.files import batching, data
 from apot_utils.commands.export import export_checkpoint
 from apot_utils.integer.format import load_exported
 from apot_utils.integer.layers import integer_arithmetic
@@ -34,13 +34,13 @@ for bit in (3, 2):
     model = load_model("cifar10", "resnet20", bit, "release", log=silent)
     fast = validate_cifar10(model, test, "cpu", log=silent).predictions
     with torch.no_grad():
-        float_logits = torch.cat([model(x) for x, _ in data.batches(test, 100)])
+        float_logits = torch.cat([model(x) for x, _ in batching.batches(test, 100)])
     with reference_formulation():
         release = validate_cifar10(model, test, "cpu", log=silent).predictions
     path = export_checkpoint("cifar10", "resnet20", bit, "release", f"{tempfile.mkdtemp()}/r{bit}.safetensors", log=silent)
     exported = load_exported(path)
     with torch.no_grad(), integer_arithmetic(exported):
-        logits = torch.cat([exported(x) for x, _ in data.batches(test, 100)])
+        logits = torch.cat([exported(x) for x, _ in batching.batches(test, 100)])
     out[bit] = {"float": fast.tolist(), "release": release.tolist(), "integer": logits.argmax(1).tolist(),
                 "integer_logits_sha256": hashlib.sha256(logits.numpy().tobytes()).hexdigest(),
                 "float_logits_sha256": hashlib.sha256(float_logits.numpy().tobytes()).hexdigest()}

@@ -5,7 +5,7 @@ import torch
 
 from apot_utils.files import data
 from apot_utils.core import levels
-from apot_utils.fakequant import ptq
+from apot_utils.fakequant import alpha_search, ptq
 from apot_utils.fakequant.capture import inputs_of
 from apot_utils.cli import main
 from apot_utils.fakequant.loading import load_into
@@ -94,18 +94,18 @@ def test_per_channel_search_equals_one_search_per_channel(setup):
     fp, _, _ = setup
     w = normalize_weight(dict(fp.named_modules())["layer2.0.conv1"].weight.detach().double())
     magnitudes = levels.weight_projection_order(4)
-    at_once = ptq.best_weight_alphas(w.flatten(1), magnitudes)
+    at_once = alpha_search.best_weight_alphas(w.flatten(1), magnitudes)
     for channel in range(0, len(w), 3):
         row = w[channel].flatten()
-        alone = _scalar_search(lambda a: float(ptq.weight_mse(row, torch.tensor(a, dtype=row.dtype), magnitudes)),
-                               *ptq.WEIGHT_ALPHA_RANGE, ptq.WEIGHT_ALPHA_STEP)
+        alone = _scalar_search(lambda a: float(alpha_search.weight_mse(row, torch.tensor(a, dtype=row.dtype), magnitudes)),
+                               *alpha_search.WEIGHT_ALPHA_RANGE, alpha_search.WEIGHT_ALPHA_STEP)
         assert at_once[channel].item() == pytest.approx(alone, abs=1e-9), channel
     # the range's ends: a row whose best α is at the top or the bottom of the range
     ends = torch.stack([torch.linspace(-30, 30, 200, dtype=torch.float64), torch.linspace(-0.01, 0.01, 200, dtype=torch.float64)])
-    found = ptq.best_weight_alphas(ends, magnitudes)
+    found = alpha_search.best_weight_alphas(ends, magnitudes)
     for row, value in zip(ends, found):
-        alone = _scalar_search(lambda a: float(ptq.weight_mse(row, torch.tensor(a, dtype=row.dtype), magnitudes)),
-                               *ptq.WEIGHT_ALPHA_RANGE, ptq.WEIGHT_ALPHA_STEP)
+        alone = _scalar_search(lambda a: float(alpha_search.weight_mse(row, torch.tensor(a, dtype=row.dtype), magnitudes)),
+                               *alpha_search.WEIGHT_ALPHA_RANGE, alpha_search.WEIGHT_ALPHA_STEP)
         assert value.item() == pytest.approx(alone, abs=1e-9)
 
 
@@ -139,7 +139,7 @@ def test_per_channel_alpha_and_terms_round_trip(setup, tmp_path, capsys):
     assert torch.equal(layer.weight_levels.sort().values, levels.weight_magnitudes(5, "apot", 3))
     w = normalize_weight(layer.weight.detach().double(), mode=layer.weight_norm)   # quantize's default normalization
     for channel in (0, 7):   # each channel's α is the per-layer search run on that channel alone
-        fitted = ptq.best_weight_alpha(w[channel].flatten(), layer.weight_levels)
+        fitted = alpha_search.best_weight_alpha(w[channel].flatten(), layer.weight_levels)
         assert layer.weight_alpha[channel].item() == pytest.approx(fitted, abs=1e-6)
     direct = validate_cifar10(model, data.load_npz(first1000).subset(200), "cpu", log=lambda line: None)
     capsys.readouterr()
@@ -194,7 +194,7 @@ def _direct_search(rows, magnitudes):
     def error(alphas):
         with torch.no_grad():
             return (quantize_weight(rows, alphas.view(-1, 1), magnitudes) - rows).square().mean(dim=1)
-    return ptq.coarse_to_fine(error, *ptq.WEIGHT_ALPHA_RANGE, ptq.WEIGHT_ALPHA_STEP, rows=len(rows))
+    return alpha_search.coarse_to_fine(error, *alpha_search.WEIGHT_ALPHA_RANGE, alpha_search.WEIGHT_ALPHA_STEP, rows=len(rows))
 
 
 @pytest.mark.parametrize("bit, scheme", [(2, "apot"), (3, "apot"), (3, "uniform"), (4, "pot"), (5, "apot")])
@@ -208,7 +208,7 @@ def test_the_error_from_sorted_rows_is_the_quantized_error(bit, scheme):
     rows[0, :len(mids)] = mids.double() * 1.7                     # exactly at the thresholds of α = 1.7
     alphas = torch.tensor([1.7, 0.5, 1.0, 2.5, 4.0, 8.0], dtype=torch.float64)
     direct = (quantize_weight(rows, alphas.view(-1, 1), magnitudes) - rows).square().mean(dim=1)
-    torch.testing.assert_close(ptq.SortedRows(rows, magnitudes)(alphas), direct, rtol=1e-9, atol=0)
+    torch.testing.assert_close(alpha_search.SortedRows(rows, magnitudes)(alphas), direct, rtol=1e-9, atol=0)
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
@@ -220,7 +220,7 @@ def test_the_weight_alpha_search_chooses_what_quantizing_every_candidate_chooses
         for layer in layers:
             w = normalize_weight(layer.weight.detach().double())
             rows = w.flatten(1) if per_channel else w.reshape(1, -1)
-            assert torch.equal(ptq.best_weight_alphas(rows, magnitudes), _direct_search(rows, magnitudes))
+            assert torch.equal(alpha_search.best_weight_alphas(rows, magnitudes), _direct_search(rows, magnitudes))
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import pytest
 
 from apot_utils.fakequant.evaluate import validate_cifar10
 from apot_utils.fakequant.loading import load_model
-from apot_utils.files import data
+from apot_utils.files import batching, data
 from apot_utils.files.paths import SHIPPED_DIR
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
@@ -88,7 +88,7 @@ def test_the_shipped_resnets_export_and_validate_from_the_files(name, ref, tmp_p
     exported = model_of("cifar10", "resnet20", None, files["safetensors"], log=silent)
     assert torch.equal(validate_cifar10(exported, test, "cpu", log=silent).predictions, checkpoint.predictions)
     with torch.no_grad(), integer_arithmetic(exported):
-        integer = torch.cat([exported(x).argmax(1) for x, _ in data.batches(test, 100)])
+        integer = torch.cat([exported(x).argmax(1) for x, _ in batching.batches(test, 100)])
     onnx = validate_cifar10(model_of("cifar10", "resnet20", None, files["onnx"], log=silent), test, "cpu", log=silent)
     assert torch.equal(onnx.predictions, integer)
     assert int((integer != checkpoint.predictions).sum()) <= 2       # float32 against exact integer sums

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from apot_utils.files import checkpoints, data
+from apot_utils.files import batching, checkpoints, data, imagenet
 from apot_utils.commands import train
 from apot_utils.fakequant import training
 from apot_utils.fakequant.spec import ModelSpec
@@ -54,7 +54,7 @@ def _subset_loss(model, images, labels):
 @pytest.mark.slow
 def test_smoke_run_learns_and_its_checkpoint_validates(sources, tmp_path):
     subset = data.load_jpeg_zip(sources[0], "train", sample=256, seed=0)
-    images, labels = next(data.batches(subset, 256))
+    images, labels = next(batching.batches(subset, 256))
     torch.manual_seed(0)                                             # the trainer's seed: the same initial model
     before = _subset_loss(ModelSpec("cifar10", "resnet20", 4).build(), images, labels)
     result = train.train(_config(sources, tmp_path / "run", epochs=3), log=lambda line: None)
@@ -121,7 +121,7 @@ def test_torchrun_two_processes_keep_identical_parameters(sources, tmp_path):
 
 
 def test_imagenet_recipe_runs_on_an_imagefolder(tmp_path):
-    folder = data.make_synthetic_imagefolder(tmp_path / "images")        # 1,000 classes, one image each
+    folder = imagenet.make_synthetic_imagefolder(tmp_path / "images")        # 1,000 classes, one image each
     recipe = dataclasses.replace(training.shortened(training.default_recipe("imagenet", 2), 1), batch_size=4)
     cfg = train.TrainConfig(dataset="imagenet", arch="resnet18", bit=2, out=tmp_path / "run", recipe=recipe,
                             data_source=folder, val_source=folder, subset=8, val_subset=4, device="cpu", workers=0,

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from apot_utils.files import data
+from apot_utils.files import batching, data
 from apot_utils.core.levels import level_set
 from apot_utils.fakequant.loading import load_model
 from apot_utils.fakequant.evaluate import validate_cifar10
@@ -52,7 +52,7 @@ def test_outputs_bit_identical_to_unoptimized_path(ref):
     from apot_utils.core.reference import reference_formulation
 
     model = load_model("cifar10", "resnet20", 3, ref("checkpoints/cifar10/res20_3bit.pth.tar"))
-    images, _ = next(data.batches(data.load_npz(ref("cifar10/test_first100_lossless.npz")), 100))
+    images, _ = next(batching.batches(data.load_npz(ref("cifar10/test_first100_lossless.npz")), 100))
     model.eval()
     with layers.frozen_weights(model), torch.inference_mode():
         fast = model(images)

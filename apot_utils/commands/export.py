@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..fakequant.loading import checkpoint_path, load_model
-from ..files import checkpoints, data
+from ..files import data, downloads
 from ..files.paths import new_file
 from ..integer.convert import to_integer
 from ..fakequant.evaluate import check_model_computes
@@ -28,7 +28,7 @@ def export_checkpoint(dataset: str, arch: str, bit: int | None, checkpoint, out,
     out = new_file(out, f".{fmt}")
     model = load_model(dataset, arch, bit, checkpoint, log=lambda line: None)
     source = checkpoint_path(checkpoint, dataset, arch, model.spec.bit)
-    meta = model.spec.meta() | {"source": data.display_path(source), "source_sha256": checkpoints.sha256_of(source)}
+    meta = model.spec.meta() | {"source": data.display_path(source), "source_sha256": downloads.sha256_of(source)}
     check_model_computes(model, model.spec.image_size, str(source))
     integer = to_integer(model)
     if fmt == "safetensors":

@@ -12,7 +12,7 @@ from ..fakequant.evaluate import check_model_computes
 from ..fakequant.loading import checkpoint_path, load_model
 from ..fakequant.ptq import Calibration, post_training_quantize
 from ..fakequant.spec import ModelSpec
-from ..files import checkpoints, data
+from ..files import checkpoints, data, downloads
 from ..files.paths import new_file
 
 
@@ -42,7 +42,7 @@ def quantize_checkpoint(spec: ModelSpec, init, out, calib: int = 512, calibratio
     log(f"=> calibrating {spec.bit}-bit {spec.scheme} {spec.arch} on {train_images.source}")
     model = post_training_quantize(full_precision, spec, data.normalize(train_images.x), calibration, log)
     meta = spec.meta() | {
-        "source": data.display_path(path), "source_sha256": checkpoints.sha256_of(path),
+        "source": data.display_path(path), "source_sha256": downloads.sha256_of(path),
         "post_training": {**asdict(calibration), "calib_images": len(train_images), "calib_source": train_images.source}}
     check_model_computes(model, spec.image_size, f"the {spec.describe()} calibrated from {path}")
     checkpoints.save_checkpoint({"state_dict": model.state_dict(), "meta": meta}, out)

@@ -10,17 +10,16 @@ nothing there; a model with NaN or infinite values is never saved. Every epoch w
 TensorBoard scalars under the run folder: those of :func:`~apot_utils.fakequant.training.train_one_epoch`,
 and ``loss_val``, ``acc1_val``, ``acc5_val`` every epoch.
 
-The steps: :func:`_prepare_data`, :func:`_prepare_model`, :func:`_validate`, :func:`_save`, one epoch at
+The steps: :func:`~apot_utils.commands.training_data.prepare_data`, :func:`_prepare_model`, :func:`_validate`, :func:`~apot_utils.commands.run_folder.save_epoch`, one epoch at
 a time in :func:`_run_epochs`.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -36,28 +35,8 @@ from ..fakequant.training import (EVAL_GAP_WARNING, Recipe, check_finite_paramet
                                   log_alphas, parameter_digest, parameter_groups, set_quantizer_options,
                                   train_one_epoch)
 from ..files import checkpoints, data
-
-
-@dataclass
-class Distributed:
-    """This process's place: rank, world size, and whether it speaks for the run (rank 0)."""
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls, device_type: str) -> "Distributed":
-        """Under torchrun (``WORLD_SIZE`` > 1): join the process group (NCCL on CUDA, gloo on the CPU)."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world == 1:
-            return cls()
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+from .training_data import Distributed, TrainingData, prepare_data
+from .run_folder import RunFolder, remove_stale_temporaries, resumed_recipe, save_epoch, saved_run
 
 
 @dataclass
@@ -116,15 +95,6 @@ def _check_config(cfg: TrainConfig) -> None:
         check_count(name, getattr(cfg, name))
 
 
-def remove_stale_temporaries(out: Path) -> list[Path]:
-    """Delete the temporary files an interrupted :func:`apot_utils.files.checkpoints.save_checkpoint` left in the run
-    folder (``.checkpoint.pth.tar.*.tmp``, ``.model_best.pth.tar.*.tmp``); returns what it removed."""
-    stale = [p for name in ("checkpoint.pth.tar", "model_best.pth.tar") for p in Path(out).glob(f".{name}.*.tmp")]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
-
-
 def _init_bit(cfg: TrainConfig, path: Path) -> int:
     """The bitwidth of the ``init`` checkpoint at ``path``: its metadata's, else ``cfg.init_bit``, else 32 when
     it has no trained clipping thresholds; a quantized file that records none is refused."""
@@ -153,66 +123,6 @@ def _inherit(cfg: TrainConfig, source: nn.Module | None, name: str, default):
         raise ValueError(f"the {cfg.bit}-bit --init was made with {name}={inherited}, not {given}: drop that option "
                          "to fine-tune it as made")
     return inherited
-
-
-@dataclass
-class TrainingData:
-    """The run's images: ``epoch_batches(epoch)`` yields this process's (images, labels) training batches,
-    ``steps`` of them an epoch; ``val_batches()`` this process's shard of the validation images, ``val_total``
-    batches, printed in the ``style`` of the release's log; ``val_images`` all of them (every shard);
-    ``calib_images`` (normalized, CIFAR-10 from a full-precision init) choose the starting α."""
-    epoch_batches: Callable[[int], Iterable]
-    steps: int
-    val_batches: Callable[[], Iterable]
-    val_total: int
-    val_images: int
-    style: str
-    calib_images: torch.Tensor | None = None
-
-
-def _prepare_data(cfg: TrainConfig, recipe: Recipe, device, where: Distributed, say) -> TrainingData:
-    per_process = recipe.batch_size // where.world
-    if cfg.dataset == "cifar10":
-        say("=> loading cifar10 data...")
-        # a subset is drawn as ImageArrays.sample draws it; from the JPEG zip only those files are decoded
-        train_set = data.load_cifar10(cfg.data_source, train=True, sample=cfg.subset, seed=cfg.seed, progress=cfg.progress)
-        test_set = data.load_cifar10(cfg.val_source)
-        if cfg.val_subset is not None:
-            test_set = test_set.subset(cfg.val_subset)
-        if cfg.data_on_device:
-            train_set, test_set = train_set.to(device), test_set.to(device)
-        shard = torch.arange(where.rank, len(test_set), where.world)
-
-        def epoch_batches(epoch: int):
-            order = data.epoch_order(len(train_set), epoch, cfg.seed, where.rank, where.world)
-            generator = torch.Generator(device=train_set.x.device).manual_seed(cfg.seed * 7919 + epoch * 997 + where.rank)
-            return data.batches(train_set, per_process, order, train_augment=True, generator=generator, device=device)
-
-        steps = len(data.epoch_order(len(train_set), 0, cfg.seed, where.rank, where.world)) // per_process
-        result = TrainingData(epoch_batches, steps, lambda: data.batches(test_set, 100, shard, device=device),
-                              (len(shard) + 99) // 100, len(test_set), "cifar")
-        if cfg.init is not None and not cfg.resume and cfg.calibrate_init:
-            result.calib_images = data.normalize(train_set.sample(min(cfg.calib, len(train_set)), cfg.seed).x.cpu())
-    else:
-        if cfg.data_source is None or cfg.val_source is None:
-            raise FileNotFoundError("ImageNet training needs --data <train ImageFolder> and --val-data <val ImageFolder>")
-        loader = data.imagenet_train_loader(cfg.data_source, per_process, cfg.workers, where.rank, where.world, cfg.seed,
-                                            cfg.subset)
-        val_set = data.imagenet_val_set(cfg.val_source, cfg.val_subset)
-        val_loader = data.val_loader(data.shard(val_set, where.rank, where.world), 256, cfg.workers)
-
-        def epoch_batches(epoch: int):
-            loader.sampler.set_epoch(epoch)
-            return loader
-
-        result = TrainingData(epoch_batches, len(loader), lambda: val_loader, len(val_loader),
-                              len(val_set), "imagenet")
-    if cfg.max_steps is not None:
-        result.steps = min(result.steps, cfg.max_steps)
-    if result.steps == 0:
-        raise ValueError(f"no full batch of {per_process} images per process in the training data: give more images "
-                         "(--subset) or a smaller --batch-size")
-    return result
 
 
 def _init_spec(cfg: TrainConfig, source: nn.Module | None) -> ModelSpec:
@@ -266,19 +176,6 @@ def _validate(model: nn.Module, run: TrainingData, device, where: Distributed) -
     return result
 
 
-def _save(out: Path, model: nn.Module, spec: ModelSpec, recipe: Recipe, optimizer, scheduler, epoch: int,
-          best: float, improved: bool) -> None:
-    """The best model when ``improved``, then the run's checkpoint after ``epoch`` (1-based count of epochs done):
-    in that order, so that a run whose checkpoint records a best accuracy always has that best model beside it (a
-    write that fails leaves the checkpoint of the epoch before, which a resume repeats)."""
-    meta = spec.meta() | {"epoch": epoch, "best_acc1": best, "recipe": dataclasses.asdict(recipe)}
-    state = model.state_dict()
-    if improved:
-        checkpoints.save_checkpoint({"state_dict": state, "meta": meta}, out / "model_best.pth.tar")
-    checkpoints.save_checkpoint({"state_dict": state, "meta": meta, "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict()}, out / "checkpoint.pth.tar")
-
-
 @dataclass
 class TrainResult:
     """best_acc1 (%), the last validation, per-epoch seconds, and the run folder."""
@@ -287,92 +184,6 @@ class TrainResult:
     epoch_seconds: list[float]
     out: Path
     digest: str
-
-
-class RunFolder:
-    """The run folder ``out``, held by one training at a time: ``fcntl.flock`` on ``out/.lock`` (released when
-    the process ends, however it ends; the file is removed as the training ends, and a file left by a killed one is
-    taken over). A second training into the same folder gets a FileExistsError. :meth:`discard_failed_start`
-    removes what a run that wrote no checkpoint created (the TensorBoard folder, the folder itself when it is
-    left empty)."""
-
-    def __init__(self, out: Path):
-        self.out = Path(out)
-        self.created = not self.out.exists()
-        self.tensorboard_existed = (self.out / "tensorboard").exists()
-        self._lock, self._discarded = None, False
-
-    def __enter__(self) -> "RunFolder":
-        import fcntl
-
-        self.out.mkdir(parents=True, exist_ok=True)
-        lock_path = self.out / ".lock"
-        while True:
-            self._lock = open(lock_path, "a+")
-            try:
-                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                self._lock.seek(0)
-                holder = self._lock.read().strip() or "unknown"
-                self._lock.close()
-                raise FileExistsError(f"another training (process {holder}) is running in {self.out}: wait for it "
-                                      "to end, or choose another --out") from None
-            try:            # the holder before us removes the file as it ends: then we hold a file no one else sees
-                if os.stat(lock_path).st_ino == os.fstat(self._lock.fileno()).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            self._lock.close()
-        self._lock.seek(0)
-        self._lock.truncate()
-        self._lock.write(f"{os.getpid()}\n")
-        self._lock.flush()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        (self.out / ".lock").unlink(missing_ok=True)       # still held: no one can take it in between
-        self._lock.close()
-        if self._discarded and self.created and not any(self.out.iterdir()):
-            self.out.rmdir()
-
-    def discard_failed_start(self) -> None:
-        if not self.tensorboard_existed:
-            shutil.rmtree(self.out / "tensorboard", ignore_errors=True)
-        self._discarded = True          # the folder itself goes at __exit__, with the lock file, if left empty
-
-
-def _saved_run(last_path: Path) -> dict:
-    """The last checkpoint of a run to resume, checked to be one that :func:`train` wrote."""
-    saved = checkpoints.read_checkpoint(last_path)
-    meta = saved.get("meta", {})
-    lacking = [k for k in ("optimizer", "scheduler") if k not in saved] + \
-              [f"meta {k}" for k in ("epoch", "best_acc1", "recipe") if k not in meta]
-    if lacking:
-        raise checkpoints.CheckpointError(
-            f"{last_path} is not the checkpoint of a training run (it lacks {', '.join(lacking)}): to go on from its "
-            f"weights, start a new run with --init {last_path} and another --out")
-    return saved
-
-
-def _resumed_recipe(saved: dict, asked: Recipe | None, out: Path) -> Recipe:
-    """The recipe the run in ``out`` was started with; ``asked`` (when given) must be the same."""
-    recorded = dict(saved["meta"]["recipe"])
-    fields = {f.name for f in dataclasses.fields(Recipe)}
-    required = {f.name for f in dataclasses.fields(Recipe) if f.default is dataclasses.MISSING}
-    unknown, missing = sorted(set(recorded) - fields), sorted(required - set(recorded))
-    if unknown or missing or not isinstance(recorded.get("milestones"), (list, tuple)):
-        raise checkpoints.CheckpointError(
-            f"{out / 'checkpoint.pth.tar'}: its recorded recipe is not one this version reads (unknown {unknown}, "
-            f"missing {missing or ''}{'' if isinstance(recorded.get('milestones'), (list, tuple)) else ', milestones not a list'}): "
-            f"start a new run with --init {out / 'checkpoint.pth.tar'} and another --out")
-    run = Recipe(**{**recorded, "milestones": tuple(recorded["milestones"])})
-    if asked is not None and asked != run:
-        changed = [f"{f.name} {getattr(asked, f.name)} (the run: {getattr(run, f.name)})"
-                   for f in dataclasses.fields(Recipe) if getattr(asked, f.name) != getattr(run, f.name)]
-        raise ValueError(f"--resume continues the run in {out} with the recipe it was started with; asked for "
-                         f"{'; '.join(changed)}. To train on with another schedule, start a new run with "
-                         f"--init {out / 'checkpoint.pth.tar'} and another --out")
-    return run
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
@@ -405,8 +216,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
 def _train(cfg: TrainConfig, device, where: Distributed, out: Path, log: Callable[[str], None]) -> TrainResult:
     say = log if where.main else (lambda line: None)
     last_path = out / "checkpoint.pth.tar"
-    saved = _saved_run(last_path) if cfg.resume else None
-    recipe = _resumed_recipe(saved, cfg.recipe, out) if saved else (cfg.recipe or default_recipe(cfg.dataset, cfg.bit, cfg.arch))
+    saved = saved_run(last_path) if cfg.resume else None
+    recipe = resumed_recipe(saved, cfg.recipe, out) if saved else (cfg.recipe or default_recipe(cfg.dataset, cfg.bit, cfg.arch))
     _check_config(cfg)
     check_recipe(recipe)
     if recipe.batch_size % where.world:
@@ -420,7 +231,7 @@ def _train(cfg: TrainConfig, device, where: Distributed, out: Path, log: Callabl
             say(f"=> removed {out / 'tensorboard'} of an earlier start that saved no checkpoint")
     say(describe_device(device) + (f", {where.world} processes" if where.world > 1 else ""))
     torch.manual_seed(cfg.seed)
-    run_data = _prepare_data(cfg, recipe, device, where, say)
+    run_data = prepare_data(cfg, recipe, device, where, say)
     source = path = None
     if saved:
         spec = ModelSpec.from_meta(saved["meta"])
@@ -511,5 +322,5 @@ def _run_epochs(cfg, run_data: TrainingData, model, net, spec, recipe, optimizer
         if where.main:
             _write_validation(writer, result, (epoch + 1) * run_data.steps)
             writer.flush()
-            _save(out, model, spec, recipe, optimizer, scheduler, epoch + 1, best, improved)
+            save_epoch(out, model, spec, recipe, optimizer, scheduler, epoch + 1, best, improved)
     return epoch_seconds, result, best

@@ -11,7 +11,7 @@ from ..fakequant.evaluate import ValidationResult, describe_device, pick_device,
 from ..fakequant.layers import quantized_layers
 from ..fakequant.loading import load_model
 from ..fast.projection import build_pending
-from ..files import data
+from ..files import data, imagenet
 from ..integer.format import load_exported
 
 
@@ -69,5 +69,5 @@ def run_validation(dataset: str = "cifar10", arch: str = "resnet20", bit: int | 
         return validate_cifar10(model, test, dev, 100 if batch_size is None else batch_size, log=log, progress=progress)
     if data_source is None:
         raise FileNotFoundError("ImageNet needs --data <validation ImageFolder directory>")
-    loader = data.imagenet_val_loader(data_source, 256 if batch_size is None else batch_size, workers, limit)
+    loader = imagenet.imagenet_val_loader(data_source, 256 if batch_size is None else batch_size, workers, limit)
     return validate(model, loader, len(loader), dev, "imagenet", log=log, progress=progress)

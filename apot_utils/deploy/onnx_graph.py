@@ -109,9 +109,9 @@ def to_onnx(model: nn.Module, variant: str = "exact", meta: dict | None = None, 
 
 def save_onnx(proto, out: str | Path) -> Path:
     """Write ``proto`` to ``out`` (a new .onnx file; refused if it exists), atomically."""
-    from ..files import checkpoints
+    from ..files import atomic
     from ..files.paths import new_file
 
     out = new_file(out, ".onnx")
     data = proto.SerializeToString()
-    return checkpoints.write_atomically(out, lambda f: f.write(data))
+    return atomic.write_atomically(out, lambda f: f.write(data))

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..files import data
+from ..files import batching, data
 from .layers import alphas, frozen_weights
 
 
@@ -211,5 +211,5 @@ def validate(model: nn.Module, batches: Iterable, total: int, device: torch.devi
 def validate_cifar10(model: nn.Module, test: data.ImageArrays, device, batch_size: int = 100,
                      print_freq: int = 10, log: Callable[[str], None] = print, progress: bool = False) -> ValidationResult:
     """:func:`validate` on CIFAR-10 arrays in batches of ``batch_size`` (the release used 100)."""
-    return validate(model, data.batches(test, batch_size, device=device), data.num_batches(test, batch_size),
+    return validate(model, batching.batches(test, batch_size, device=device), batching.num_batches(test, batch_size),
                     device, "cifar", print_freq, log, progress)

@@ -17,40 +17,22 @@ Formats understood:
 """
 from __future__ import annotations
 
-import errno
-import hashlib
-import os
 import pickle
 import re
-import socket
-import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .paths import checkpoint_cache, process_alive, reference_dir, why_not
+from .atomic import write_atomically
+from .downloads import download_verified, git_blob_of, sha256_of
+from .errors import CheckpointError, DownloadError
+from .paths import checkpoint_cache, reference_dir, why_not
 
 
 _RELEASE_URL = "https://github.com/yhhhli/APoT_Quantization/raw/master/CIFAR10/result/res20_{bit}bit/model_best.pth.tar"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used for the requested model."""
-
-
-class DownloadError(CheckpointError):
-    """A download that could not reach its server (offline): ``url`` and ``reason``."""
-
-    def __init__(self, message: str, url: str = "", reason: str = ""):
-        super().__init__(message)
-        self.url, self.reason = url, reason
 
 
 @dataclass(frozen=True)
@@ -97,23 +79,6 @@ RELEASED.update({("cifar10", "resnet56", bit): ReleasedCheckpoint(
 _RELEASED_BY_SHA = {c.sha256: c for c in RELEASED.values() if c.sha256}
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def git_blob_of(path: Path) -> str:
-    """The git object id of the file at ``path``: sha1 of ``blob <size>\\0`` and its bytes."""
-    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def release_path(dataset: str, arch: str, bit: int, download: bool = True) -> Path:
     """Local path of a released checkpoint, verified by sha256.
 
@@ -149,66 +114,6 @@ def release_path(dataset: str, arch: str, bit: int, download: bool = True) -> Pa
                                 "file's path (checkpoint=PATH; --checkpoint PATH)", error.url, error.reason) from None
         raise DownloadError(f"{candidates[0]} does not exist (APOT_DATA_DIR is {reference_dir()}, which lacks it) "
                             f"and {error.url} could not be downloaded ({error.reason})", error.url, error.reason) from None
-
-
-def _new_folders(folder: Path) -> list[Path]:
-    """The folders that ``folder.mkdir(parents=True)`` would create, deepest first."""
-    created = []
-    while not folder.exists():
-        created.append(folder)
-        folder = folder.parent
-    return created
-
-
-def download_verified(url: str, dest: Path, sha256: str | None, git_blob: str | None = None) -> Path:
-    """Download ``url`` to ``dest``, checked by ``sha256`` (else by its git object id ``git_blob``) before it appears
-    under its name.
-
-    The bytes go to ``dest.part``; an interrupted download leaves it for the next call, which resumes
-    it (an HTTP Range request; a server that ignores the range sends the whole file again). A file
-    that does not match ``sha256`` is removed. A download that received nothing leaves nothing
-    behind, not even the folders it created."""
-    created = _new_folders(dest.parent)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    have = part.stat().st_size if part.is_file() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    try:
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                resumed = have > 0 and getattr(response, "status", None) == 206
-                length = int(response.headers.get("Content-Length") or 0)
-                with open(part, "ab" if resumed else "wb") as out, \
-                        tqdm(total=(length + (have if resumed else 0)) or None, initial=have if resumed else 0,
-                             unit="B", unit_scale=True, desc=dest.name) as bar:
-                    received = 0
-                    for block in iter(lambda: response.read(1 << 16), b""):
-                        out.write(block)
-                        bar.update(len(block))
-                        received += len(block)
-                    out.flush()
-                    os.fsync(out.fileno())
-                if length and received < length:
-                    raise ConnectionError(f"the download of {url} stopped after {received} of {length} bytes; "
-                                          f"run again to resume it ({part} is kept)")
-        except urllib.error.HTTPError as error:
-            if not (error.code == 416 and have):       # 416: the part is already whole; check it below
-                raise
-        if (sha256_of(part) != sha256) if sha256 else (git_blob_of(part) != git_blob):
-            part.unlink()
-            what = f"sha256 {sha256}" if sha256 else f"git object id {git_blob}"
-            raise CheckpointError(f"download of {url} does not match {what}: removed it")
-        os.replace(part, dest)
-    except BaseException as error:
-        if part.is_file() and part.stat().st_size == 0:
-            part.unlink()
-        for folder in created:
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-        if isinstance(error, urllib.error.URLError):
-            raise DownloadError(f"could not download {url} ({error.reason})", url, str(error.reason)) from None
-        raise
-    return dest
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -380,66 +285,6 @@ def check_alphas(state_dict: dict[str, torch.Tensor], source: str = "checkpoint"
             layer, kind = key.rsplit(".", 1)
             raise CheckpointError(f"{source}: {kind} of layer {layer} is {value.tolist()}; a clipping threshold "
                                   "must be a finite positive number")
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _disk_full(error: BaseException) -> bool:
-    """Whether ``error`` or an error it was raised from is "no space left on device". torch.save reports a
-    full disk as "[enforce fail at inline_container.cc] ... unexpected pos", the OSError as its context."""
-    while error is not None:
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def _temporary_prefix(path: Path) -> str:
-    return f".{path.name}.{socket.gethostname()}.{os.getpid()}."
-
-
-def remove_dead_temporaries(path: Path) -> list[Path]:
-    """Delete the temporaries that :func:`write_atomically` left beside ``path`` in processes of this machine that
-    no longer run (a SIGKILL between writing and renaming: ``.<name>.<host>.<pid>.<random>.tmp``; another
-    machine's, on a shared folder, are left alone); returns them."""
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{re.escape(socket.gethostname())}\.(\d{{1,9}})\.[^.]+\.tmp$")
-    dead = []
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        match = pattern.match(tmp.name)
-        if match and not process_alive(int(match.group(1))):
-            tmp.unlink(missing_ok=True)
-            dead.append(tmp)
-    return dead
-
-
-def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(file)`` on a temporary file in ``path``'s folder, flush it to disk, then rename it
-    over ``path``. An interrupted write leaves the previous file as it was and no temporary behind (a killed
-    one's temporary, named with its process id, is removed by the next write of the same path); a full disk is an
-    OSError that says so. The file gets the permissions a plain ``open`` would give it (0666
-    less the umask)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        Path(tmp).unlink(missing_ok=True)
-        if _disk_full(error):
-            kept = f"the previous {path.name} is kept" if path.exists() else f"{path.name} was not written"
-            raise OSError(errno.ENOSPC, f"no space left on the device of {path.parent} ({kept})") from None
-        raise
-    return path
 
 
 def save_checkpoint(content: dict, path: str | Path) -> Path:

@@ -1,6 +1,6 @@
-"""Data: CIFAR-10 as uint8 arrays (torchvision download, an ``.npz`` mirror, or the JPEG
-ImageFolder zip), batches normalized with the authors' constants, and ImageNet validation
-through an ImageFolder directory.
+"""CIFAR-10 as uint8 arrays (torchvision download, an ``.npz`` mirror, or the JPEG ImageFolder zip), where the
+reference data lives, and the normalization with the authors' constants. Batching is
+:mod:`apot_utils.files.batching`'s; ImageNet's folders :mod:`apot_utils.files.imagenet`'s.
 
 Images stay uint8 [N, 32, 32, 3] until a batch is formed; ``normalize`` turns a uint8 batch
 [B, 32, 32, 3] into float32 [B, 3, 32, 32] exactly as ``ToTensor`` + ``Normalize`` do.
@@ -20,8 +20,6 @@ from .paths import data_root, reference_dir, why_not
 
 CIFAR10_MEAN = (0.491, 0.482, 0.447)
 CIFAR10_STD = (0.247, 0.243, 0.262)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -41,7 +39,7 @@ class ImageArrays:
     def sample(self, n: int, seed: int = 0) -> "ImageArrays":
         """n images drawn without replacement by a seeded shuffle (in their original order), so that
         a small training subset of a class-sorted file still holds every class."""
-        idx = _sample_indices(len(self), n, seed)
+        idx = sample_indices(len(self), n, seed)
         return ImageArrays(self.x[idx], self.y[idx], f"{self.source}, {len(idx)} sampled (seed {seed})")
 
     def to(self, device) -> "ImageArrays":
@@ -171,7 +169,7 @@ def load_torchvision(train: bool, root: Path | None = None) -> ImageArrays:
                        f"torchvision CIFAR-10 {'train' if train else 'test'} set")
 
 
-def _sample_indices(n_total: int, n: int, seed: int) -> torch.Tensor:
+def sample_indices(n_total: int, n: int, seed: int) -> torch.Tensor:
     """n of n_total indices drawn without replacement by a seeded shuffle, in ascending order."""
     return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
@@ -201,7 +199,7 @@ def load_jpeg_zip(path: str | Path, split: str, sample: int | None = None, seed:
             raise ValueError(f"{path}: {split}/ has folders that are not CIFAR-10 classes: {unknown[:5]} "
                              f"(the classes: {', '.join(CIFAR10_CLASSES)})")
         if sample is not None:
-            names = [names[i] for i in _sample_indices(len(names), sample, seed)]
+            names = [names[i] for i in sample_indices(len(names), sample, seed)]
         for name in tqdm(names, desc=f"decoding {split} JPEGs", unit="img", mininterval=2,
                          disable=not progress or len(names) < 5000):
             xs.append(_decode_member(archive, name, path))
@@ -300,161 +298,3 @@ def normalize(batch: torch.Tensor, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> torch.
     m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
     return x.sub_(m).div_(s).contiguous()
-
-
-def augment(batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """CIFAR training augmentation on a uint8 batch [B, 32, 32, 3], on its own device:
-    random crop with 4 pixels of zero padding, then a random horizontal flip."""
-    b, h, w, _ = batch.shape
-    device = batch.device
-    padded = torch.nn.functional.pad(batch, (0, 0, 4, 4, 4, 4))
-    dy = torch.randint(0, 9, (b,), device=device, generator=generator)
-    dx = torch.randint(0, 9, (b,), device=device, generator=generator)
-    rows = (dy[:, None] + torch.arange(h, device=device))[:, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=device))[:, None, :]
-    flip = torch.rand(b, device=device, generator=generator) < 0.5
-    cols = torch.where(flip[:, None, None], dx[:, None, None] + (w - 1) - torch.arange(w, device=device)[None, None, :], cols)
-    return padded[torch.arange(b, device=device)[:, None, None], rows, cols]
-
-
-def epoch_order(n: int, epoch: int, seed: int = 0, rank: int = 0, world: int = 1) -> torch.Tensor:
-    """This rank's share of epoch ``epoch``'s shuffled order of n items: one permutation, the same on
-    every rank (seeded by seed and epoch), dealt out round-robin; the tail that does not divide
-    evenly is dropped so that every rank takes the same number of steps."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return order[: n - n % world][rank::world]
-
-
-def batches(data: ImageArrays, batch_size: int, order: torch.Tensor | None = None, train_augment: bool = False,
-            generator: torch.Generator | None = None, device=None):
-    """Yield (normalized float images [B, 3, 32, 32], labels [B]) on ``device``.
-
-    order: the indices to visit (default all, in order: a class-sorted file, such as a sample of the JPEG
-    copy, then gives one class a batch; train on :func:`epoch_order`'s shuffle).
-    train_augment: random crop and flip (:func:`augment`, drawing from ``generator``, which must
-    live on the arrays' device). The arrays stay where they are (CPU, or already on the GPU for a
-    device-resident pipeline); each batch is moved, augmented and normalized there.
-    """
-    order = torch.arange(len(data)) if order is None else order
-    n = len(order)
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size].to(data.x.device)
-        x, y = data.x[idx], data.y[idx]
-        if device is not None:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if train_augment:
-            x = augment(x, generator)
-        yield normalize(x), y
-
-
-def num_batches(data: ImageArrays, batch_size: int) -> int:
-    return (len(data) + batch_size - 1) // batch_size
-
-
-class UnreadableImage(ValueError):
-    """An image file that cannot be decoded, named in the message. Raised inside a DataLoader worker, it
-    reaches the main process rebuilt from the worker's traceback text; it keeps only its own line."""
-
-    def __init__(self, message: str):
-        if "Original Traceback" in message:
-            message = message.strip().splitlines()[-1].removeprefix(f"{__name__}.UnreadableImage: ")
-        super().__init__(message)
-
-
-def _open_image(path: str):
-    """Decode one image file as RGB (every pixel read now, so a truncated file fails here, named)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with open(path, "rb") as f:
-            image = Image.open(f)
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        reason = "not an image, or empty" if isinstance(error, UnidentifiedImageError) else str(error)
-        raise UnreadableImage(f"{path} is not a readable image ({reason})") from None
-
-
-def image_folder(root: str | Path, transform, what: str, num_classes: int = 1000):
-    """``torchvision.datasets.ImageFolder`` of ``root`` (``<root>/<class>/<image>``) whose class folders
-    must number ``num_classes`` (the model's outputs, in sorted folder order); images decoded by
-    :func:`_open_image`. ``what`` names the folder in errors ('ImageNet validation')."""
-    from torchvision.datasets import ImageFolder
-
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{what} folder: {why_not(root, 'folder')} (expected <root>/<class>/<image>)")
-    try:
-        dataset = ImageFolder(str(root), transform, loader=_open_image)
-    except FileNotFoundError as error:   # no class folders, or class folders without images
-        raise FileNotFoundError(f"{what} folder {root}: {str(error).splitlines()[0]}") from None
-    if len(dataset.classes) != num_classes:
-        shown = ", ".join(dataset.classes[:5]) + (", ..." if len(dataset.classes) > 5 else "")
-        raise ValueError(f"{what} folder {root} has {len(dataset.classes)} class folders ({shown}); the model has "
-                         f"{num_classes} classes, one folder each (pass the folder whose subfolders are the classes)")
-    return dataset
-
-
-def imagenet_train_loader(root: str | Path, batch_size: int, workers: int = 4, rank: int = 0, world: int = 1,
-                          seed: int = 0, subset: int | None = None, num_classes: int = 1000):
-    """ImageNet training ImageFolder as the release read it: Resize((256, 256)), RandomCrop(224),
-    horizontal flip, normalize; ``batch_size`` per process, a DistributedSampler across ``world``
-    processes (call ``loader.sampler.set_epoch(epoch)`` each epoch). subset: N images drawn by a
-    seeded shuffle (:meth:`ImageArrays.sample`'s draw)."""
-    import torchvision.transforms as T
-    from torch.utils.data.distributed import DistributedSampler
-
-    transform = T.Compose([T.Resize((256, 256)), T.RandomCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
-                           T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    dataset = image_folder(root, transform, "ImageNet training", num_classes)
-    if subset is not None:
-        dataset = torch.utils.data.Subset(dataset, _sample_indices(len(dataset), subset, seed).tolist())
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                       pin_memory=torch.cuda.is_available(), drop_last=True)
-
-
-def imagenet_val_set(root: str | Path, limit: int | None = None, num_classes: int = 1000):
-    """ImageNet-style validation ImageFolder: Resize(256), CenterCrop(224), normalize. limit: the first N
-    images (in the folder's sorted order)."""
-    import torchvision.transforms as T
-
-    transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    dataset = image_folder(root, transform, "ImageNet validation", num_classes)
-    if limit is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
-    return dataset
-
-
-def shard(dataset, rank: int = 0, world: int = 1):
-    """Every ``world``-th item of ``dataset`` from ``rank`` (a process's share of a validation set; the shards
-    of all ranks cover it once)."""
-    return dataset if world == 1 else torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
-
-
-def val_loader(dataset, batch_size: int = 256, workers: int = 4):
-    """Batches of ``dataset`` in order (no shuffle), as the release validated."""
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                       pin_memory=torch.cuda.is_available())
-
-
-def imagenet_val_loader(root: str | Path, batch_size: int = 256, workers: int = 4, limit: int | None = None,
-                        num_classes: int = 1000):
-    """:func:`val_loader` of :func:`imagenet_val_set`."""
-    return val_loader(imagenet_val_set(root, limit, num_classes), batch_size, workers)
-
-
-def make_synthetic_imagefolder(root: str | Path, classes: int = 1000, per_class: int = 1, size: int = 32,
-                               seed: int = 0) -> Path:
-    """A small ImageFolder of random-noise JPEGs (``root/class_kkk/img_i.jpg``, ImageNet's 1,000 classes by
-    default) that exercises the ImageNet code path without ImageNet. Its accuracy means nothing."""
-    from PIL import Image
-
-    root = Path(root)
-    rng = np.random.default_rng(seed)
-    for k in range(classes):
-        folder = root / f"class_{k:03d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(folder / f"img_{i}.jpg", quality=90)
-    return root

@@ -23,7 +23,10 @@ from typing import Callable
 
 import numpy as np
 
-from .checkpoints import RELEASED, CheckpointError, DownloadError, download_verified, sha256_of, write_atomically
+from .atomic import write_atomically
+from .checkpoints import RELEASED
+from .downloads import download_verified, sha256_of
+from .errors import CheckpointError, DownloadError
 from .data import load_npz, load_torchvision
 from .paths import fetch_dest
 _REPO = "https://github.com/yhhhli/APoT_Quantization/raw/master"

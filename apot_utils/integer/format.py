@@ -24,7 +24,7 @@ from ..core.levels import LEVEL_RULE, integer_levels, projection_order, weight_p
 from ..fakequant.layers import FirstConv8bit, LastLinear8bit, QuantConv2d, swap
 from ..fakequant.loading import check_recorded, converted_as_recorded, description
 from ..fakequant.spec import ModelSpec
-from ..files import checkpoints
+from ..files import atomic, checkpoints
 from ..files.metadata import json_field
 from ..files.paths import new_file
 from .arithmetic import in_order, pack_codes, unpack_codes
@@ -94,7 +94,7 @@ def save_exported(model: nn.Module, out: str | Path, meta: dict | None = None) -
     meta = {k: v for k, v in meta.items() if k != "level_rule"}
     data = save(tensors, metadata={"format": FORMAT, "level_rule": LEVEL_RULE,
                                    "tensors_sha256": tensors_digest(tensors), **{k: json.dumps(v) for k, v in meta.items()}})
-    return checkpoints.write_atomically(out, lambda f: f.write(data))
+    return atomic.write_atomically(out, lambda f: f.write(data))
 
 
 def level_sets_of(meta: dict) -> tuple[int, str, int | None]:

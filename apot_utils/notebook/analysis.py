@@ -19,7 +19,7 @@ from ..core.reference import normalize_weight
 from ..fakequant.capture import capturing_inputs, input_to
 from ..fakequant.layers import QuantConv2d, frozen_weights, quantized_layers
 from ..fakequant.loading import load_model
-from ..fakequant.ptq import weight_mse
+from ..fakequant.alpha_search import weight_mse
 from ..fakequant.quantizers import quantize_activation, quantize_weight
 from ..fakequant.spec import ModelSpec
 from ..files import checkpoints

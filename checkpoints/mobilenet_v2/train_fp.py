@@ -6,7 +6,7 @@ Its best.pth.tar (the last epoch, 78.96 % held out) became fp.pth.tar with the t
 import json, sys, time
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torchvision
-from apot_utils.files import data
+from apot_utils.files import batching, data
 
 torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 1)
 EPOCHS = int(sys.argv[1]) if len(sys.argv) > 1 else 20
@@ -37,9 +37,9 @@ if __name__ == "__main__":
     best, log = 0.0, open(OUT / "train_fp.log", "a")
     for epoch in range(EPOCHS):
         model.train(); t0 = time.time(); seen = 0
-        order = data.epoch_order(len(train), epoch, seed=2026)
+        order = batching.epoch_order(len(train), epoch, seed=2026)
         order = order[: len(order) - len(order) % 128]
-        for i, (x, y) in enumerate(data.batches(train, 128, order, train_augment=True, generator=gen)):
+        for i, (x, y) in enumerate(batching.batches(train, 128, order, train_augment=True, generator=gen)):
             loss = nn.functional.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y, label_smoothing=0.1)
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
             seen += len(y)
@@ -47,7 +47,7 @@ if __name__ == "__main__":
                 print(f"epoch {epoch} step {i} loss {loss.item():.3f} {seen / (time.time() - t0):.1f} img/s", file=log, flush=True)
         model.eval(); correct = 0
         with torch.no_grad():
-            for x, y in data.batches(hold, 500):
+            for x, y in batching.batches(hold, 500):
                 correct += (model(x).argmax(1) == y).sum().item()
         acc = 100 * correct / len(hold)
         print(json.dumps({"epoch": epoch, "holdout_top1": acc, "minutes": (time.time() - t0) / 60}), file=log, flush=True)

@@ -169,7 +169,7 @@ def what_rcf_buys(models: dict[str, dict]) -> list[dict]:
 def main() -> int:
     """Score what is new (``--rescore``: everything); a model whose file has the sha256 results.json recorded for it
     keeps its record (tests/test_scheme_comparison.py re-validates every model against the file anyway)."""
-    from apot_utils.files.checkpoints import sha256_of
+    from apot_utils.files.downloads import sha256_of
 
     old = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").is_file() else {}
     keep = "--rescore" not in sys.argv

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from apot_utils.files import checkpoints, fetch, paths
+from apot_utils.files import checkpoints, downloads, fetch, paths
 from apot_utils.fast import aot
 
 
@@ -20,7 +20,7 @@ def offline(monkeypatch):
     def refuse(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(checkpoints.urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(downloads.urllib.request, "urlopen", refuse)
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
@@ -176,7 +176,7 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
     import os
     import subprocess
 
-    from apot_utils.files.checkpoints import write_atomically
+    from apot_utils.files.atomic import write_atomically
 
     import socket
 
@@ -208,12 +208,12 @@ def test_a_path_that_is_no_file_says_what_it_is(make, message, tmp_path, cli, re
 
 
 def test_an_npz_given_as_an_imagenet_folder_says_it_is_a_file(tmp_path):
-    from apot_utils.files import data
+    from apot_utils.files import imagenet
 
     path = tmp_path / "images.npz"
     path.write_bytes(b"PK")
     with pytest.raises(FileNotFoundError, match="images.npz is a file, not a folder"):
-        data.imagenet_val_loader(path, 8, 0)
+        imagenet.imagenet_val_loader(path, 8, 0)
 
 
 def test_a_zip_member_that_declares_a_gigabyte_is_refused_before_reading(tmp_path):
@@ -249,7 +249,7 @@ def test_the_resnet56_release_is_named_as_released_and_verified_by_its_git_objec
     to download it (refused here: offline) instead of saying that none was released; the file would be verified by
     its git object id, computed as git computes it (checked on a released ResNet-20 file against the id in the
     authors' tree)."""
-    assert checkpoints.git_blob_of(ref("checkpoints/cifar10/res20_3bit.pth.tar")) == "01023ccf82f132348693a9aec92ed266a54a9487"
+    assert downloads.git_blob_of(ref("checkpoints/cifar10/res20_3bit.pth.tar")) == "01023ccf82f132348693a9aec92ed266a54a9487"
     released = {bit: checkpoints.RELEASED[("cifar10", "resnet56", bit)] for bit in (2, 3, 4, 32)}
     assert {bit: r.published_accuracy for bit, r in released.items()} == {2: 93.05, 3: 93.77, 4: 93.93, 32: 94.46}
     images = ref("cifar10/test_first100_lossless.npz")

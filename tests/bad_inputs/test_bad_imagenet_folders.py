@@ -3,7 +3,7 @@ model's, unreadable images (empty, truncated) read by worker processes; and --li
 import pytest
 import torch
 
-from apot_utils.files import data
+from apot_utils.files import imagenet
 from apot_utils.fakequant.spec import ModelSpec
 
 
@@ -19,7 +19,7 @@ def resnet18(tmp_path_factory):
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """1,000 class folders of one small noise JPEG each."""
-    return data.make_synthetic_imagefolder(tmp_path_factory.mktemp("imagenet") / "val", classes=1000, per_class=1, size=32)
+    return imagenet.make_synthetic_imagefolder(tmp_path_factory.mktemp("imagenet") / "val", classes=1000, per_class=1, size=32)
 
 
 def validate(cli, checkpoint, folder, *extra):
@@ -39,7 +39,7 @@ def test_limit_validates_the_first_images_only(cli, resnet18, folder):
 
 @pytest.mark.parametrize("classes", [2, 999, 1001])
 def test_a_class_list_that_is_not_the_models_is_refused(classes, cli, resnet18, tmp_path):
-    root = data.make_synthetic_imagefolder(tmp_path / "images", classes=classes, size=8)
+    root = imagenet.make_synthetic_imagefolder(tmp_path / "images", classes=classes, size=8)
     run = validate(cli, resnet18, root, "--limit", "2")
     run.assert_clean_error(f"has {classes} class folders (class_000, class_001", "the model has 1000 classes")
     assert "IndexError" not in run.err
@@ -47,7 +47,7 @@ def test_a_class_list_that_is_not_the_models_is_refused(classes, cli, resnet18, 
 
 def test_the_folder_above_train_and_val_is_refused(cli, resnet18, tmp_path):
     for split in ("train", "val"):
-        data.make_synthetic_imagefolder(tmp_path / "imagenet" / split, classes=2, size=8)
+        imagenet.make_synthetic_imagefolder(tmp_path / "imagenet" / split, classes=2, size=8)
     validate(cli, resnet18, tmp_path / "imagenet").assert_clean_error("has 2 class folders (train, val)")
 
 
@@ -55,7 +55,7 @@ def test_the_folder_above_train_and_val_is_refused(cli, resnet18, tmp_path):
                                             (lambda raw: raw[: len(raw) // 2], "truncated")])
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_an_unreadable_image_is_named_without_a_worker_traceback(damage, reason, workers, cli, resnet18, tmp_path):
-    root = data.make_synthetic_imagefolder(tmp_path / "val", size=64)
+    root = imagenet.make_synthetic_imagefolder(tmp_path / "val", size=64)
     bad = root / "class_000" / "img_0.jpg"
     bad.write_bytes(damage(bad.read_bytes()))
     run = validate(cli, resnet18, root, "--limit", "2", "--workers", workers)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from apot_utils.files import checkpoints
+from apot_utils.files import atomic, checkpoints
 from apot_utils.commands import train
 from apot_utils.core.levels import level_set
 
@@ -114,7 +114,7 @@ def test_a_full_disk_says_so_and_keeps_the_last_checkpoint(tmp_path, first1000, 
         calls.extend([path] if Path(path).name == "checkpoint.pth.tar" else [])
         if len(calls) <= 1:
             return real(content, path)
-        return checkpoints.write_atomically(path, lambda f: torch.save(content, FullAfter(f, 4096)))
+        return atomic.write_atomically(path, lambda f: torch.save(content, FullAfter(f, 4096)))
 
     monkeypatch.setattr(checkpoints, "save_checkpoint", on_a_full_disk)
     out = tmp_path / "run"
@@ -132,7 +132,7 @@ def test_a_full_disk_while_writing_the_best_model_keeps_the_run_consistent(tmp_p
 
     def full_for_the_best(content, path):
         if Path(path).name == "model_best.pth.tar":
-            return checkpoints.write_atomically(path, lambda f: torch.save(content, FullAfter(f, 4096)))
+            return atomic.write_atomically(path, lambda f: torch.save(content, FullAfter(f, 4096)))
         return real(content, path)
 
     monkeypatch.setattr(checkpoints, "save_checkpoint", full_for_the_best)
