@@ -258,6 +258,16 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def paired_interval(only_a: int, only_b: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % interval of accuracy(a) − accuracy(b), in points, from the discordant counts of n paired images (``only_a``
+    images only a gets right, ``only_b`` only b): the Wald interval with Agresti and Min's adjustment (0.5 added to
+    each discordant count, 2 to n)."""
+    b, c, m = only_a + 0.5, only_b + 0.5, n + 2
+    d = (b - c) / m
+    se = math.sqrt(max(b + c - (b - c) ** 2 / m, 0.0)) / m
+    return 100 * (d - z * se), 100 * (d + z * se)
+
+
 def agreement_table(predictions: dict[str, torch.Tensor], targets: torch.Tensor, reference: str) -> list[dict]:
     """Per model, on the same images: accuracy, and against ``reference``'s predictions the images on which
     both are right, both wrong, only the model right, only the reference right, and the McNemar p-value of

@@ -142,9 +142,10 @@ def lr_schedules(logs: dict):
 def drop_from_full_precision(exact: dict, jpeg: dict, published: dict[str, dict[int, float]]):
     """Accuracy drop from full precision (points) per bitwidth.
 
-    exact, jpeg: label -> {bit: (accuracy %, (low, high) 95 % interval of the accuracy) or None}, the
-    full-precision model under bit 32; published: label -> {bit: accuracy %} with 32 included. Left: the
-    published figures and this project's on the exact images; right: the JPEG copy, on its own axis.
+    exact, jpeg: label -> {bit: (accuracy − full precision's, in points, (low, high) its paired 95 % interval, from
+    the same images: :func:`apot_utils.notebook.analysis.paired_interval`) or None}; published: label -> {bit:
+    accuracy %} with 32 included. Left: the published figures and this project's on the exact images; right: the
+    JPEG copy, on its own axis.
     """
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.4), gridspec_kw={"width_ratios": [1.6, 1]})
     bits = sorted({b for group in (exact, jpeg, published) for values in group.values() for b, v in values.items()
@@ -155,11 +156,10 @@ def drop_from_full_precision(exact: dict, jpeg: dict, published: dict[str, dict[
         axes[0].plot(xs, [values[b] - values[32] for b in xs], next(markers), ms=8, mfc="none", label=label)
     for ax, measured in ((axes[0], exact), (axes[1], jpeg)):
         for (label, values), offset in zip(measured.items(), (0.06, -0.06, 0.12)):
-            fp = values[32][0]
             xs = [b for b in bits if values.get(b) is not None]
-            drop = np.array([values[b][0] - fp for b in xs])
-            low = np.array([values[b][1][0] - fp for b in xs])
-            high = np.array([values[b][1][1] - fp for b in xs])
+            drop = np.array([values[b][0] for b in xs])
+            low = np.array([values[b][1][0] for b in xs])
+            high = np.array([values[b][1][1] for b in xs])
             ax.errorbar(np.array(xs) + offset, drop, yerr=[drop - low, high - drop], fmt="o", capsize=4, label=label)
     for ax, title in zip(axes, ("published (10,000 test images), and this project on the 1,000 exact ones",
                                 "this project on the JPEG copy of the 10,000 test images")):
@@ -170,7 +170,7 @@ def drop_from_full_precision(exact: dict, jpeg: dict, published: dict[str, dict[
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle("CIFAR-10 ResNet-20: what quantization costs (bars: 95 % interval of the quantized model's accuracy)")
+    fig.suptitle("CIFAR-10 ResNet-20: what quantization costs (bars: paired 95 % interval of the difference, same images)")
     fig.tight_layout()
     return fig
 

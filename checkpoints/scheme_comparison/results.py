@@ -17,7 +17,6 @@ bits (:func:`what_rcf_buys`).
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 from apot_utils.fakequant.evaluate import validate_cifar10
 from apot_utils.fakequant.loading import load_model
 from apot_utils.files import data
+from apot_utils.notebook.analysis import mcnemar_p, paired_interval
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -81,21 +81,6 @@ def holm(p_values: list[float]) -> list[float]:
         running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
         adjusted[i] = running
     return adjusted
-
-
-def mcnemar_p(only_a: int, only_b: int) -> float:
-    """Two-sided exact McNemar p (binomial, n = the discordant images)."""
-    n, k = only_a + only_b, min(only_a, only_b)
-    return 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
-
-
-def paired_interval(only_a: int, only_b: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % interval of accuracy(a) − accuracy(b), in points, from the discordant counts of n paired images:
-    the Wald interval with Agresti and Min's adjustment (0.5 added to each discordant count, 2 to n)."""
-    b, c, m = only_a + 0.5, only_b + 0.5, n + 2
-    d = (b - c) / m
-    se = math.sqrt(max(b + c - (b - c) ** 2 / m, 0.0)) / m
-    return 100 * (d - z * se), 100 * (d + z * se)
 
 
 def paired(first: dict, second: dict, test: str, **labels) -> dict:

@@ -13,7 +13,11 @@ from typing import Callable
 
 
 def is_stub(fn: Callable) -> bool:
-    """Whether ``fn`` is still the exercise's stub (its source raises NotImplementedError)."""
+    """Whether ``fn`` is still the exercise's stub (its source raises NotImplementedError); a class is one while any
+    of its methods is."""
+    if inspect.isclass(fn):
+        methods = [m.__func__ if isinstance(m, (staticmethod, classmethod)) else m for m in vars(fn).values()]
+        return any(inspect.isfunction(m) and is_stub(m) for m in methods)
     return "raise NotImplementedError" in inspect.getsource(fn)
 
 
