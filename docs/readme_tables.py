@@ -16,6 +16,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from apot_utils.notebook.comparison import judged
+
 ROOT = Path(__file__).resolve().parent.parent
 FOLDER = ROOT / "checkpoints" / "scheme_comparison"
 START, END = "<!-- results-table -->", "<!-- /results-table -->"
@@ -66,26 +68,29 @@ def tables() -> str:
 
 
 def verdict(results: dict) -> str:
-    """One sentence: the differences between schemes the paired tests show (Holm p < 0.05 within the test set's
-    planned family, and larger than every run-to-run difference on that set), as chapter 05b states them."""
+    """One paragraph: what the paired tests show under chapter 05b's rule (:func:`apot_utils.notebook.comparison.judged`:
+    Holm p < 0.05, beyond every run-to-run difference, replicated over seeds), and what passes on one seed only."""
     names = {"exact1000": "the exact 1,000", "jpeg10000": "the JPEG 10,000"}
-    yardstick = {t: max((abs(r["top1_a"] - r["top1_b"]) for r in results["replicates"] if r["test"] == t), default=None)
-                 for t in names}
-    shown = [c for c in results["comparisons"] if c["p_holm"] < 0.05 and yardstick[c["test"]] is not None
-             and abs(c["top1_a"] - c["top1_b"]) > yardstick[c["test"]]]
-    if not shown:
-        return "The paired tests show no difference between APoT and another scheme."
-    parts = [f"{'ahead of' if c['top1_a'] > c['top1_b'] else 'behind'} {c['b']} at {c['bit']} bits on {names[c['test']]} "
-             f"({c['top1_a'] - c['top1_b']:+.1f} points, Holm p {c['p_holm']:.3f}, one seed each)" for c in shown]
-    quiet = [names[t] for t in names if not any(c["test"] == t for c in shown)]
-    seeds = [r for r in results["replicates"] if r["why"] == "another seed" and r["test"] in {c["test"] for c in shown}]
-    widest = max(seeds, key=lambda r: abs(r["top1_a"] - r["top1_b"]), default=None)
-    caution = "" if widest is None else (
-        f" A yardstick that is itself one number: the same recipe run with another seed moved the "
-        f"{widest['a'].split('_')[1].replace('bit', '-bit')} {widest['a'].split('_')[0]} model by {abs(widest['top1_a'] - widest['top1_b']):.1f} points on {names[widest['test']]} "
-        "(McNemar p {:.2f}), so one seed per scheme cannot settle a difference of two or three points.".format(widest["p"]))
-    return ("Shown by the paired tests (chapter 05b), and larger than every run-to-run difference measured: APoT "
-            + "; ".join(parts) + (f"; no difference on {' or '.join(quiet)}." if quiet else ".") + caution)
+    judgements = judged(results)
+    shown = [c for c in judgements if c["shown"]]
+    single = [c for c in judgements if c["passes"] and not c["shown"]]
+
+    def said(c):
+        return (f"{'ahead of' if c['gap'] > 0 else 'behind'} {c['b']} at {c['bit']} bits on {names[c['test']]} "
+                f"({c['gap']:+.1f} points, Holm p {c['p_holm']:.3f})")
+    text = ("Shown by the paired tests, beyond every run-to-run difference and over two or more seeds (chapter 05b): APoT "
+            + "; ".join(map(said, shown)) + ".") if shown else (
+        "The paired tests show no difference between APoT and another scheme that is replicated over seeds (chapter 05b's rule).")
+    if single:
+        seeds = [r for r in results["replicates"] if r["why"] == "another seed"]
+        widest = max(seeds, key=lambda r: abs(r["top1_a"] - r["top1_b"]), default=None)
+        text += (" Passing on one seed only: APoT " + "; ".join(map(said, single))
+                 + f"; neither holds on {names['jpeg10000']}" * all(c["test"] == "exact1000" for c in single) + ".")
+        if widest is not None:
+            text += (f" The same recipe run with another seed moved the {widest['a'].split('_')[1].replace('bit', '-bit')} "
+                     f"{widest['a'].split('_')[0]} model by {abs(widest['top1_a'] - widest['top1_b']):.1f} points on "
+                     f"{names[widest['test']]} (McNemar p {widest['p']:.2f}).")
+    return text
 
 
 def block(readme: str) -> tuple[int, int]:

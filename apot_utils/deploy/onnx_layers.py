@@ -190,7 +190,9 @@ class GraphWalker(LayerEmitter):
                 with self.g.scope(str(node.target)):
                     env[node] = self.module(self.model.get_submodule(node.target), env[node.args[0]])
             elif node.op in ("call_function", "call_method"):
-                env[node] = self.function(node, env)
+                stack = list(node.meta.get("nn_module_stack") or {})      # the module whose forward calls it
+                with self.g.scope(stack[-1].split("@")[0] if stack else "top"):
+                    env[node] = self.function(node, env)
             elif node.op == "output":
                 return env[node.args[0]]
             else:

@@ -52,7 +52,7 @@ def resnet20_weights(seed: int = 0) -> tuple[dict[str, torch.Tensor], str]:
             model = ModelSpec("cifar10", "resnet20", FULL_PRECISION).build()
             what = f"randomly initialized ResNet-20, no released checkpoint: {missing};"
     weights = conv_weights(model)
-    return weights, f"{what} ({len(weights)} convolutions, {sum(w.numel() for w in weights.values()):,} weights)"
+    return weights, f"{what} ({len(weights)} quantized convolutions, {sum(w.numel() for w in weights.values()):,} weights)"
 
 
 def quantization_mse(w: torch.Tensor, bits: int, scheme: str = "apot", alpha=3.0,
@@ -256,6 +256,16 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
     return min(1.0, 2 * tail)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (same order as given)."""
+    order = sorted(range(len(p_values)), key=p_values.__getitem__)
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def paired_interval(only_a: int, only_b: int, n: int, z: float = 1.959964) -> tuple[float, float]:

@@ -132,3 +132,24 @@ def ablation_as_results(ablation: dict, norm: str) -> dict:
         if key_norm == norm:
             models[model] = {**m, "bit": int(bit), "scheme": scheme}
     return {"models": models, "comparisons": ablation.get("comparisons", {}).get(norm, [])}
+
+
+def judged(results: dict) -> list[dict]:
+    """Every scheme comparison of ``results`` with the rule chapter 05b and the README apply: ``passes`` when its
+    Holm-corrected p (within its test set's planned family) is below 0.05 and the difference is larger than every
+    run-to-run difference measured on that test set (``results["replicates"]``); ``shown`` when it passes and is
+    replicated, that is when the same bitwidth and pair of schemes has at least two seeds and every seed's comparison
+    on that test set passes in the same direction. Each record: the comparison's fields, ``gap`` (points, APoT minus
+    the other), ``yardstick`` (the largest run-to-run difference, or None), ``seeds``, ``passes``, ``shown``."""
+    yardstick = {test: max((abs(r["top1_a"] - r["top1_b"]) for r in results["replicates"] if r["test"] == test),
+                           default=None) for test in TESTS}
+    out = []
+    for c in results["comparisons"]:
+        gap = c["top1_a"] - c["top1_b"]
+        out.append({**c, "gap": gap, "yardstick": yardstick[c["test"]],
+                    "passes": c["p_holm"] < 0.05 and yardstick[c["test"]] is not None and abs(gap) > yardstick[c["test"]]})
+    for record in out:
+        cell = [r for r in out if (r["bit"], r["b"], r["test"]) == (record["bit"], record["b"], record["test"])]
+        record["seeds"] = len({r.get("seed", 0) for r in cell})
+        record["shown"] = record["seeds"] >= 2 and all(r["passes"] and r["gap"] * record["gap"] > 0 for r in cell)
+    return out

@@ -499,14 +499,16 @@ def integer_layer(trace: dict, name: str):
 
 
 def onnx_block(graphs: dict, scope: str, title: str = ""):
-    """The nodes of ONNX graphs (``onnx.ModelProto`` by name) whose names start with ``scope`` (e.g. a block,
-    'layer1.1/'), one column per graph, in execution order, top to bottom: each box names the operator and
-    the stored constants it reads (dtype, shape), and arrows join a node to the nodes that use its output."""
+    """The nodes of ONNX graphs (``onnx.ModelProto`` by name) of one block ``scope`` (e.g. 'layer1.1': the nodes
+    named ``layer1.1/...`` or ``layer1.1.<layer>/...``), one column per graph, in execution order, top to bottom:
+    each box names the operator and the stored constants it reads (dtype, shape), and arrows join a node to the
+    nodes that use its output."""
     import onnx
 
     dtype = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.FLOAT: "float32",
              onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32"}
-    columns = {name: [n for n in g.graph.node if n.name.startswith(scope)] for name, g in graphs.items()}
+    scope = scope.rstrip("/")
+    columns = {name: [n for n in g.graph.node if n.name.startswith((scope + "/", scope + "."))] for name, g in graphs.items()}
     rows = max(len(nodes) for nodes in columns.values())
     fig, axes = plt.subplots(1, len(graphs), figsize=(4.6 * len(graphs), 0.42 * rows + 1.2), squeeze=False)
     for ax, (name, nodes) in zip(axes[0], columns.items()):
@@ -530,7 +532,7 @@ def onnx_block(graphs: dict, scope: str, title: str = ""):
         ax.set_ylim(-rows + 0.4, 0.8)
         ax.set_title(f"{name}: {len(nodes)} nodes", fontsize=10)
         ax.axis("off")
-    fig.suptitle(title or f"one block ({scope.rstrip('/')}) in each ONNX graph (blue: 8-bit integer operators)", fontsize=11)
+    fig.suptitle(title or f"one block ({scope}) in each ONNX graph (blue: 8-bit integer operators)", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     return fig
 

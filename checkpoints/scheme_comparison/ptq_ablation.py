@@ -22,12 +22,13 @@ from pathlib import Path
 from apot_utils.core.reference import WEIGHT_NORMS
 from apot_utils.fakequant.loading import load_model
 from apot_utils.fakequant.ptq import post_training_quantize
+from apot_utils.notebook.analysis import holm, mcnemar_p, paired_interval
 from apot_utils.fakequant.spec import ModelSpec
 from apot_utils.files import data
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from results import TEST_SETS, correct_from_bits, holm, mcnemar_p, paired_interval, score_model, test_sets  # noqa: E402
+from results import TEST_SETS, correct_from_bits, score_model, test_sets  # noqa: E402
 from run import make_split  # noqa: E402
 
 OUT = HERE / "ptq_ablation.json"

@@ -25,7 +25,7 @@ import torch
 from apot_utils.fakequant.evaluate import validate_cifar10
 from apot_utils.fakequant.loading import load_model
 from apot_utils.files import data
-from apot_utils.notebook.analysis import mcnemar_p, paired_interval
+from apot_utils.notebook.analysis import holm, mcnemar_p, paired_interval
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -71,16 +71,6 @@ def score_model(model, sets: dict[str, data.ImageArrays]) -> dict:
         if name in TEST_SETS:
             row[name]["correct"] = correct_bits(correct)
     return row
-
-
-def holm(p_values: list[float]) -> list[float]:
-    """Holm's step-down adjustment of a family of p-values (same order as given)."""
-    order = sorted(range(len(p_values)), key=p_values.__getitem__)
-    adjusted, running = [0.0] * len(p_values), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
-        adjusted[i] = running
-    return adjusted
 
 
 def paired(first: dict, second: dict, test: str, **labels) -> dict:
