@@ -1,11 +1,13 @@
 """Grouped convolutions as im2col and a matrix product, for the float64 forwards of calibration.
 
 PyTorch's CPU float64 convolution has no oneDNN kernel: a grouped one (MobileNetV2's depthwise layers) loops over
-its groups, and a 3 × 3 depthwise layer on eight 16 × 16 maps takes over a second (calibrating a MobileNetV2 took
-98 s, 1 s this way). :func:`im2col_convolutions` makes every grouped ``nn.Conv2d`` of the given models (subclasses
-included) compute as ``F.unfold`` and one batched matrix product over the groups (float64 BLAS), for the duration
-of a ``with`` block; the values are float64 convolutions, rounded in another summation order. Ungrouped ones keep
-torch's own float64 path (itself im2col and a matrix product, and a little faster)."""
+its groups, each a small parallel region. On a quiet 2-core machine that costs little (calibrating torchvision's
+MobileNetV2 on 8 images: 1.11 s against 0.85 s this way, ``benchmarks/bench_calibrate_grouped.py``), but with the
+cores shared by other processes those regions wait on each other: the same calibration took 98 s while two training
+processes ran, and 1 s this way. :func:`im2col_convolutions` makes every grouped ``nn.Conv2d`` of the given models
+(subclasses included) compute as ``F.unfold`` and one batched matrix product over the groups (float64 BLAS), for
+the duration of a ``with`` block; the values are float64 convolutions, rounded in another summation order. Ungrouped
+ones keep torch's own float64 path (itself im2col and a matrix product, and a little faster)."""
 from __future__ import annotations
 
 import types
