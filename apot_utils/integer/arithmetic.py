@@ -14,6 +14,7 @@ from torch import nn
 
 from ..core.levels import integer_levels
 from ..core.reference import normalize_weight
+from ..fakequant.im2col import conv2d_by_matmul
 from ..fast.projection import project
 
 FLOAT64_EXACT = 2**53     # integers up to this magnitude, and their sums, are exact in float64
@@ -131,11 +132,7 @@ def exact_integer_conv2d(a: torch.Tensor, w: torch.Tensor, stride=1, padding=0, 
     if bound >= FLOAT64_EXACT:
         raise ValueError(f"integer convolution bound {bound} exceeds float64's exact range")
     single = bound < FLOAT32_EXACT and torch.get_float32_matmul_precision() == "highest"
-    dtype = torch.float32 if single else torch.float64
-    cols, shape = _unfold(a, w, stride, padding, dtype, dilation)                 # [N, C·kh·kw, L]
-    n, o = len(a), len(w)
-    per_group = w.reshape(groups, o // groups, -1).to(dtype)                        # [G, O / G, C / G · kh·kw]
-    return torch.matmul(per_group, cols.view(n, groups, -1, cols.shape[2])).view(shape)
+    return conv2d_by_matmul(a.to(torch.float32 if single else torch.float64), w, stride, padding, dilation, groups)
 
 
 def fixed_order_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1,
