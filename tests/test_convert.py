@@ -338,11 +338,11 @@ def test_the_released_full_precision_model_converts(ref):
     α for α and logit for logit."""
     import apot_utils as apot
 
+    x = data.normalize(data.load_npz(ref("cifar10/test_first1000_lossless.npz")).x[:64])     # skips without the data
     fp = load_model("cifar10", "resnet20", 32, "release", log=lambda line: None).eval()
     conversion = apot.convert(fp, 4)
     assert [(r["name"], r["bit"]) for r in conversion.rows if r["bit"] == 8] == [("conv1", 8), ("fc", 8)]
     assert not hasattr(conversion.model, "spec") and not any(r["signed"] for r in conversion.rows)
-    x = data.normalize(data.load_npz(ref("cifar10/test_first1000_lossless.npz")).x[:64])
     converted = apot.calibrate(conversion.model, fp, x, log=lambda line: None)
     built = apot.post_training_quantize(fp, ModelSpec("cifar10", "resnet20", 4, weight_norm="mean_std"), x,
                                         log=lambda line: None)
