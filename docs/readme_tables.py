@@ -62,6 +62,13 @@ def tables() -> str:
              f"activation sets. Post-training: "
              f"weight normalization `{norm}`, 512 calibration images. Paired tests, run-to-run yardsticks and figures: "
              "chapter 05b and `checkpoints/scheme_comparison/`.")
+    draws = [m["exact1000"]["top1"] for key, m in ablation.get("draws", {}).items() if key.startswith(f"{norm}/8bit_apot/seed")]
+    own = ablation.get("draws", {}).get(f"{norm}/8bit_apot/quantize_default")
+    if draws:
+        eight = [ablation["models"][f"{norm}/8bit_apot"]["exact1000"]["top1"]] + draws
+        notes += (f" 8-bit post-training APoT over {len(eight)} draws of 512 calibration images: {min(eight):.1f} to "
+                  f"{max(eight):.1f} on the exact 1,000" + (f"; on the draw `quantize --bit 8` itself takes, "
+                  f"{own['exact1000']['top1']:.1f}" if own else "") + ".")
     if results.get("runs_missing"):
         notes += f" Not finished when the table was made: {', '.join(results['runs_missing'])}."
     return "\n".join(lines[:1] + [""] + lines[2:] + [""] + textwrap.wrap(notes, 115, break_on_hyphens=False))

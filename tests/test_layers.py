@@ -80,6 +80,13 @@ def test_no_import_cycle():
             visit(name, [name])
 
 
+def test_modules_stay_small():
+    # one job a module: none over about 350 lines, except the chapters' plotting (one function per figure)
+    long = {name: n for name, path in _modules().items()
+            if (n := len(path.read_text().splitlines())) > 350 and name != "apot_utils.notebook.plots"}
+    assert not long, f"split these modules: {long}"
+
+
 def test_the_checker_sees_an_import_that_runs_up(tmp_path):
     """The rule above would catch a lower layer importing a higher one (so the test can fail)."""
     fake = tmp_path / "mod.py"

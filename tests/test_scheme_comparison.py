@@ -13,6 +13,7 @@ from apot_utils.files.paths import SHIPPED_DIR
 
 HERE = SHIPPED_DIR / "scheme_comparison"
 RESULTS = HERE / "results.json"
+ABLATION = HERE / "ptq_ablation.json"
 MODELS = sorted(json.loads(RESULTS.read_text())["models"]) if RESULTS.is_file() else []
 
 needs_results = pytest.mark.skipif(not RESULTS.is_file(), reason="results.json is written when the comparison's runs "
@@ -42,6 +43,28 @@ def test_each_model_scores_what_results_json_records(name, ref):
     assert abs(round(10 * result.top1) - round(10 * recorded["top1"])) <= 2             # images of 1,000
 
 
+@pytest.mark.skipif(not ABLATION.is_file(), reason="ptq_ablation.json is written by checkpoints/scheme_comparison/ptq_ablation.py")
+@pytest.mark.slow
+def test_the_8bit_post_training_model_scores_what_ptq_ablation_json_records(ref):
+    # quantize's defaults at 8 bits (APoT, PTQ_WEIGHT_NORM, 512 calibration images of the comparison's split, seed 0),
+    # recomputed: image for image what the file records (within two images under another float32 summation order)
+    from apot_utils.fakequant.ptq import PTQ_WEIGHT_NORM, post_training_quantize
+    from apot_utils.fakequant.spec import ModelSpec
+
+    module = results_module()
+    ablation = json.loads(ABLATION.read_text())
+    recorded = ablation["models"][f"{PTQ_WEIGHT_NORM}/8bit_apot"]["exact1000"]
+    train, _ = module.make_split()
+    images = data.normalize(data.load_npz(train).sample(ablation["calibration"]["images"], seed=ablation["calibration"]["seed"]).x)
+    full_precision = load_model("cifar10", "resnet20", 32, "release", log=lambda line: None)
+    model = post_training_quantize(full_precision, ModelSpec("cifar10", "resnet20", 8, weight_norm=PTQ_WEIGHT_NORM), images,
+                                   log=lambda line: None)
+    result = validate_cifar10(model, data.load_npz(ref("cifar10/test_first1000_lossless.npz")), "cpu", log=lambda line: None)
+    correct = result.predictions == result.targets
+    assert int((correct != module.correct_from_bits(recorded["correct"], recorded["n"])).sum()) <= 2
+    assert abs(round(10 * result.top1) - round(10 * recorded["top1"])) <= 2             # images of 1,000
+
+
 @needs_results
 def test_the_paired_statistics_follow_from_the_per_image_records():
     results, module = json.loads(RESULTS.read_text()), results_module()
@@ -55,9 +78,9 @@ def test_the_statistics_on_known_cases():
     r = results_module()
     correct = torch.tensor([True, False, True, True, False, False, True])
     assert torch.equal(r.correct_from_bits(r.correct_bits(correct), 7), correct)
-    from apot_utils.notebook.analysis import holm
+    from apot_utils.notebook.stats import holm
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])      # 3·0.01, then max(2·0.03, 0.03), 1·0.04 → 0.06
-    from apot_utils.notebook.analysis import mcnemar_p, paired_interval
+    from apot_utils.notebook.stats import mcnemar_p, paired_interval
     assert mcnemar_p(0, 0) == 1.0 and mcnemar_p(10, 0) == pytest.approx(2 / 2**10)
     low, high = paired_interval(20, 20, 1000)
     assert low == pytest.approx(-high) and 0 < high < 3

@@ -143,7 +143,7 @@ def drop_from_full_precision(exact: dict, jpeg: dict, published: dict[str, dict[
     """Accuracy drop from full precision (points) per bitwidth.
 
     exact, jpeg: label -> {bit: (accuracy − full precision's, in points, (low, high) its paired 95 % interval, from
-    the same images: :func:`apot_utils.notebook.analysis.paired_interval`) or None}; published: label -> {bit:
+    the same images: :func:`apot_utils.notebook.stats.paired_interval`) or None}; published: label -> {bit:
     accuracy %} with 32 included. Left: the published figures and this project's on the exact images; right: the
     JPEG copy, on its own axis.
     """
@@ -177,6 +177,33 @@ def drop_from_full_precision(exact: dict, jpeg: dict, published: dict[str, dict[
 
 SCHEME_NAMES = {"uniform": "uniform", "pot": "power-of-two (PoT)", "apot": "additive PoT (APoT)"}
 SCHEME_COLORS = {"uniform": "tab:blue", "pot": "tab:orange", "apot": "tab:green"}
+
+
+def post_training_accuracy(results: dict[tuple[int, str], tuple[float, tuple[float, float]]], trained: dict[int, float],
+                           full_precision: float):
+    """Post-training top-1 (%) against the bitwidth, one line per scheme with each point's 95 % interval.
+    results: (bit, scheme) -> (top-1, (low, high)); trained: bit -> top-1 of the quantization-aware trained
+    APoT model (stars); full_precision: top-1, a dashed line."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    for offset, scheme in zip((-0.08, 0.0, 0.08), ("uniform", "pot", "apot")):
+        xs = sorted(b for b, s in results if s == scheme)
+        if not xs:
+            continue
+        top1 = np.array([results[(b, scheme)][0] for b in xs])
+        low = np.array([results[(b, scheme)][1][0] for b in xs])
+        high = np.array([results[(b, scheme)][1][1] for b in xs])
+        ax.errorbar(np.array(xs) + offset, top1, yerr=[top1 - low, high - top1], fmt="o-", capsize=3,
+                    color=SCHEME_COLORS[scheme], label=f"{SCHEME_NAMES[scheme]}, post-training")
+    bits = sorted(trained)
+    ax.plot(bits, [trained[b] for b in bits], "k*", ms=11, label="APoT trained (the release)")
+    ax.axhline(full_precision, color="0.4", ls="--", lw=1, label="full precision")
+    ax.set_xticks(sorted({b for b, _ in results} | set(bits)))
+    ax.set(xlabel="bits (weights and activations)", ylabel="top-1 (%), exact 1,000 test images",
+           title="Post-training quantization against training (bars: 95 % interval of each model)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
 
 
 def level_number_lines(bits=range(2, 7), schemes=("uniform", "pot", "apot")):

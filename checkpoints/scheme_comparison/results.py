@@ -25,7 +25,7 @@ import torch
 from apot_utils.fakequant.evaluate import validate_cifar10
 from apot_utils.fakequant.loading import load_model
 from apot_utils.files import data
-from apot_utils.notebook.analysis import holm, mcnemar_p, paired_interval
+from apot_utils.notebook.stats import holm, mcnemar_p, paired_interval
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
