@@ -100,7 +100,10 @@ def to_onnx(model: nn.Module, variant: str = "exact", meta: dict | None = None, 
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="apot_utils")
     proto.ir_version = 10
     if meta is None:
-        meta = description(model) if spec is not None or hasattr(model, "conversion") else {}
+        try:
+            meta = description(model)
+        except ValueError:              # neither a spec nor a conversion record: the file then records nothing
+            meta = {}
     fields = {"format": FORMAT, "variant": variant, **{k: json.dumps(v) for k, v in meta.items()}}
     helper.set_model_props(proto, fields)
     onnx.checker.check_model(proto, full_check=True)
