@@ -82,16 +82,25 @@ def verdict(results: dict) -> str:
     shown = [c for c in judgements if c["shown"]]
     single = [c for c in judgements if c["passes"] and not c["shown"]]
 
+    other = {"uniform": "uniform", "pot": "power-of-two"}
+
     def said(c):
-        return (f"{'ahead of' if c['gap'] > 0 else 'behind'} {c['b']} at {c['bit']} bits on {names[c['test']]} "
+        return (f"{'ahead of' if c['gap'] > 0 else 'behind'} {other[c['b']]} at {c['bit']} bits on {names[c['test']]} "
                 f"({c['gap']:+.1f} points, Holm p {c['p_holm']:.3f})")
+
+    def passing(c):           # a pass on one seed: say how the cell's other seeds fared, or that it has no other
+        rest = [r for r in judgements if (r["bit"], r["b"], r["test"]) == (c["bit"], c["b"], c["test"]) and r is not c]
+        if not rest:
+            return said(c) + ", one seed run"
+        return (said(c)[:-1] + f", seed {c.get('seed', 0)}), not with "
+                + ", ".join(f"seed {r.get('seed', 0)} ({r['gap']:+.1f} points, Holm p {r['p_holm']:.3f})" for r in rest))
     text = ("Shown by the paired tests, beyond every run-to-run difference and over two or more seeds (chapter 05b): APoT "
             + "; ".join(map(said, shown)) + ".") if shown else (
         "The paired tests show no difference between APoT and another scheme that is replicated over seeds (chapter 05b's rule).")
     if single:
         seeds = [r for r in results["replicates"] if r["why"] == "another seed"]
         widest = max(seeds, key=lambda r: abs(r["top1_a"] - r["top1_b"]), default=None)
-        text += (" Passing on one seed only: APoT " + "; ".join(map(said, single))
+        text += (" Passing with one seed only: APoT " + "; ".join(map(passing, single))
                  + f"; neither holds on {names['jpeg10000']}" * all(c["test"] == "exact1000" for c in single) + ".")
         if widest is not None:
             text += (f" The same recipe run with another seed moved the {widest['a'].split('_')[1].replace('bit', '-bit')} "

@@ -52,11 +52,11 @@ def _runs() -> dict[str, list[str]]:
     # 10,000 with seed 0. (Appended last, so that --worker I/N keeps handing the earlier runs to the same worker.)
     for scheme in ("apot", "uniform"):
         runs[f"{scheme}_2bit_seed1"] = ["--bit", "2", "--scheme", scheme, "--seed", "1", *RECIPE]
-    # A second seed of the two single-seed differences that passed Holm on the exact 1,000 with seed 0 (3-bit APoT
-    # against uniform, 4-bit APoT against power-of-two): the verdict rule asks for them to replicate.
-    for bit, other in ((3, "uniform"), (4, "pot")):
-        for scheme in ("apot", other):
-            runs[f"{scheme}_{bit}bit_seed1"] = ["--bit", str(bit), "--scheme", scheme, "--seed", "1", *RECIPE]
+    # A second seed of the single-seed difference between APoT and uniform that passed Holm on the exact 1,000 with
+    # seed 0 (3 bits): the verdict rule asks for it to replicate. (4-bit APoT against power-of-two passed too; its
+    # second seed was not run for lack of CPU time.)
+    for scheme in ("apot", "uniform"):
+        runs[f"{scheme}_3bit_seed1"] = ["--bit", "3", "--scheme", scheme, "--seed", "1", *RECIPE]
     return runs
 
 
