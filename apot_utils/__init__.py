@@ -17,8 +17,8 @@ from .core.version import __version__
 
 _WHERE = {
     "core.levels": ["level_set", "weight_level_set", "weight_magnitudes", "available_terms", "projection_order",
-                    "weight_projection_order", "integer_levels", "max_set_bits", "term_exponents", "default_terms", "SCHEMES",
-                    "FULL_PRECISION"],
+                    "weight_projection_order", "integer_levels", "max_set_bits", "term_exponents", "term_widths",
+                    "default_terms", "SCHEMES", "FULL_PRECISION"],
     "core.reference": ["reference_formulation", "normalize_weight", "nearest_level", "ClipProjectScale", "WEIGHT_NORMS"],
     "files.paths": ["SHIPPED_DIR"],
     "files.checkpoints": ["read_checkpoint", "release_path", "checkpoint_meta"],

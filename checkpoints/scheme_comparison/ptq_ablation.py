@@ -96,23 +96,23 @@ def main() -> int:
             models[key] = score_model(model, sets)
             print(f"{key}: " + ", ".join(f"{k} {v['top1']:.2f}" for k, v in models[key].items()), flush=True)
             save()
+    def eight_bit(drawn: data.ImageArrays):
+        """quantize's default 8-bit model, calibrated on ``drawn``."""
+        return post_training_quantize(full_precision, ModelSpec("cifar10", "resnet20", 8, weight_norm=PTQ_WEIGHT_NORM),
+                                      data.normalize(drawn.x), log=lambda line: None)
+
     for seed in DRAW_SEEDS:
         key = f"{PTQ_WEIGHT_NORM}/8bit_apot/seed{seed}"
         if key in draws:
             continue
-        drawn = data.normalize(data.load_npz(train).sample(CALIB_IMAGES, seed=seed).x)
-        model = post_training_quantize(full_precision, ModelSpec("cifar10", "resnet20", 8, weight_norm=PTQ_WEIGHT_NORM),
-                                       drawn, log=lambda line: None)
-        draws[key] = score_model(model, sets)
+        draws[key] = score_model(eight_bit(data.load_npz(train).sample(CALIB_IMAGES, seed=seed)), sets)
         print(f"{key}: " + ", ".join(f"{k} {v['top1']:.2f}" for k, v in draws[key].items()), flush=True)
         save()
     key = f"{PTQ_WEIGHT_NORM}/8bit_apot/quantize_default"
     if key not in draws:
-        drawn = data.normalize(data.load_cifar10(data.reference_file("cifar10/jpeg_files.zip"), train=True,
-                                                 sample=CALIB_IMAGES, seed=0, progress=False).x)
-        model = post_training_quantize(full_precision, ModelSpec("cifar10", "resnet20", 8, weight_norm=PTQ_WEIGHT_NORM),
-                                       drawn, log=lambda line: None)
-        draws[key] = score_model(model, {name: sets[name] for name in TEST_SETS})
+        drawn = data.load_cifar10(data.reference_file("cifar10/jpeg_files.zip"), train=True, sample=CALIB_IMAGES, seed=0,
+                                  progress=False)
+        draws[key] = score_model(eight_bit(drawn), {name: sets[name] for name in TEST_SETS})
         print(f"{key}: " + ", ".join(f"{k} {v['top1']:.2f}" for k, v in draws[key].items()), flush=True)
     save()
     return 0
