@@ -93,13 +93,17 @@ def mean_alpha(scalars: dict, kind: str) -> tuple[list[int], list[float]]:
 
 def alpha_trajectories(runs: dict[str, dict]):
     """runs: label -> TensorBoard scalars (:func:`run_scalars`). Two panels: activation and weight α, each the mean
-    over the quantized layers of α divided by its starting value, against the training step."""
+    over the quantized layers of α divided by its starting value, against the training step; a run's other seeds
+    (labels ending ``_seed1``, ...) in its colour, dashed."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colors, run_color = plt.rcParams["axes.prop_cycle"].by_key()["color"], {}
     for label, scalars in runs.items():
+        run = label.split("_seed")[0]          # another seed of a run: its colour, dashed
+        color = run_color.setdefault(run, colors[len(run_color) % len(colors)])
         for ax, kind in zip(axes, ("act", "weight")):
             steps, values = mean_alpha(scalars, kind)
             if steps:
-                ax.plot(steps, values, label=label)
+                ax.plot(steps, values, label=label, color=color, ls="--" if "_seed" in label and not label.endswith("seed0") else "-")
     for ax, kind in zip(axes, ("activation", "weight")):
         ax.set(title=f"{kind} α: mean over layers of α / its start", xlabel="step", ylabel="α / α at step 0")
         ax.grid(alpha=0.3)
