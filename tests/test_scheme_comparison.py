@@ -51,6 +51,8 @@ def test_the_8bit_post_training_model_scores_what_ptq_ablation_json_records(ref)
     from apot_utils.fakequant.ptq import PTQ_WEIGHT_NORM, post_training_quantize
     from apot_utils.fakequant.spec import ModelSpec
 
+    for needed in ("checkpoints/cifar10/res20_32bit.pth.tar", "cifar10/jpeg_files.zip", "cifar10/test_first1000_lossless.npz"):
+        ref(needed)                                       # skip (or, under APOT_REQUIRE_DATA, fail) before any download
     module = results_module()
     ablation = json.loads(ABLATION.read_text())
     recorded = ablation["models"][f"{PTQ_WEIGHT_NORM}/8bit_apot"]["exact1000"]
