@@ -1,6 +1,6 @@
 """The scheme comparison's shipped models (checkpoints/scheme_comparison/, issue 36) score what its results.json
-records, image for image on the exact first 1,000 test images (within two images on a CPU with another float32
-summation order), and results.json's paired statistics follow from its own per-image records."""
+records, image for image on the exact first 1,000 test images (within a few images on a CPU with another float32
+summation order: ARITHMETIC_IMAGES), and results.json's paired statistics follow from its own per-image records."""
 import json
 
 import pytest
@@ -12,6 +12,10 @@ from apot_utils.files import data
 from apot_utils.files.paths import SHIPPED_DIR
 
 HERE = SHIPPED_DIR / "scheme_comparison"
+# Images of the exact 1,000 whose answer may change with the CPU's float32 summation order: with oneDNN's convolutions
+# off (tests/variants/onednn_off) the shipped fine-tunes move by up to 5 images against the AVX-512 run that wrote the
+# files (measured 2026-12-07: 3, 4, 3 and 5 images for four of the 14 models).
+ARITHMETIC_IMAGES = 6
 RESULTS = HERE / "results.json"
 ABLATION = HERE / "ptq_ablation.json"
 MODELS = sorted(json.loads(RESULTS.read_text())["models"]) if RESULTS.is_file() else []
@@ -39,15 +43,15 @@ def test_each_model_scores_what_results_json_records(name, ref):
     model = load_model("cifar10", "resnet20", None, HERE / name / "model_best.pth.tar", log=lambda line: None)
     result = validate_cifar10(model, test, "cpu", log=lambda line: None)
     correct = result.predictions == result.targets
-    assert int((correct != correct_from_bits(recorded["correct"], recorded["n"])).sum()) <= 2
-    assert abs(round(10 * result.top1) - round(10 * recorded["top1"])) <= 2             # images of 1,000
+    assert int((correct != correct_from_bits(recorded["correct"], recorded["n"])).sum()) <= ARITHMETIC_IMAGES
+    assert abs(round(10 * result.top1) - round(10 * recorded["top1"])) <= ARITHMETIC_IMAGES   # images of 1,000
 
 
 @pytest.mark.skipif(not ABLATION.is_file(), reason="ptq_ablation.json is written by checkpoints/scheme_comparison/ptq_ablation.py")
 @pytest.mark.slow
 def test_the_8bit_post_training_model_scores_what_ptq_ablation_json_records(ref):
     # quantize's defaults at 8 bits (APoT, PTQ_WEIGHT_NORM, 512 calibration images of the comparison's split, seed 0),
-    # recomputed: image for image what the file records (within two images under another float32 summation order)
+    # recomputed: image for image what the file records (within ARITHMETIC_IMAGES under another float32 summation order)
     from apot_utils.fakequant.ptq import PTQ_WEIGHT_NORM, post_training_quantize
     from apot_utils.fakequant.spec import ModelSpec
 
@@ -63,8 +67,8 @@ def test_the_8bit_post_training_model_scores_what_ptq_ablation_json_records(ref)
                                    log=lambda line: None)
     result = validate_cifar10(model, data.load_npz(ref("cifar10/test_first1000_lossless.npz")), "cpu", log=lambda line: None)
     correct = result.predictions == result.targets
-    assert int((correct != module.correct_from_bits(recorded["correct"], recorded["n"])).sum()) <= 2
-    assert abs(round(10 * result.top1) - round(10 * recorded["top1"])) <= 2             # images of 1,000
+    assert int((correct != module.correct_from_bits(recorded["correct"], recorded["n"])).sum()) <= ARITHMETIC_IMAGES
+    assert abs(round(10 * result.top1) - round(10 * recorded["top1"])) <= ARITHMETIC_IMAGES   # images of 1,000
 
 
 @needs_results
