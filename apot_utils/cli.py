@@ -8,7 +8,7 @@ from pathlib import Path
 from .core.levels import FULL_PRECISION, SCHEMES
 from .core.reference import WEIGHT_NORMS
 from .fakequant.models import ARCHS, BITS
-from .fakequant.ptq import PTQ_WEIGHT_NORM
+from .fakequant.ptq import PTQ_TERMS, PTQ_WEIGHT_NORM
 from .files.checkpoints import CheckpointError
 
 
@@ -164,7 +164,9 @@ def main(argv=None) -> int:
                    help="BatchNorm statistics: carried over from full precision (default), re-estimated on the "
                         "calibration images, or kept unchanged")
     q.add_argument("--terms", type=_positive, default=None,
-                   help="n, the number of additive terms of the APoT level sets (default: the release's, ceil(b/2))")
+                   help="n, the number of additive terms of the APoT level sets (default: the release's, ceil(b/2), except "
+                        + ", ".join(f"{n} at {b} bits" for b, n in sorted(PTQ_TERMS.items()))
+                        + ", the best measured: checkpoints/scheme_comparison/ptq_ablation.json)")
     q.add_argument("--per-channel", action="store_true", help="one weight α per output channel instead of one per layer")
     q.add_argument("--weight-norm", choices=WEIGHT_NORMS, default=PTQ_WEIGHT_NORM,
                    help=f"how each layer's weights are normalized before quantization: mean_std (the releases': "
@@ -211,10 +213,11 @@ def main(argv=None) -> int:
             from .fakequant.spec import ModelSpec
             if args.bit in (None, FULL_PRECISION):
                 parser.error("quantize needs --bit 2..8")
+            scheme = args.scheme or "apot"
+            terms = PTQ_TERMS.get(args.bit) if args.terms is None and scheme == "apot" else args.terms
             calibration = Calibration(args.act_rule, args.percentile, args.batchnorm, seed=args.seed,
                                       **({} if args.batch_size is None else {"batch_size": args.batch_size}))
-            spec = ModelSpec(args.dataset, args.arch, args.bit, args.scheme or "apot", args.terms, args.per_channel,
-                             args.weight_norm)
+            spec = ModelSpec(args.dataset, args.arch, args.bit, scheme, terms, args.per_channel, args.weight_norm)
             quantize_checkpoint(spec, args.init, args.out, args.calib, calibration, args.data)
         elif args.command == "export":
             from .commands.export import export_checkpoint

@@ -50,21 +50,23 @@ def test_each_model_scores_what_results_json_records(name, ref):
 @pytest.mark.skipif(not ABLATION.is_file(), reason="ptq_ablation.json is written by checkpoints/scheme_comparison/ptq_ablation.py")
 @pytest.mark.slow
 def test_the_8bit_post_training_model_scores_what_ptq_ablation_json_records(ref):
-    # quantize's defaults at 8 bits (APoT, PTQ_WEIGHT_NORM, 512 calibration images of the comparison's split, seed 0),
-    # recomputed: image for image what the file records (within ARITHMETIC_IMAGES under another float32 summation order)
-    from apot_utils.fakequant.ptq import PTQ_WEIGHT_NORM, post_training_quantize
-    from apot_utils.fakequant.spec import ModelSpec
+    # quantize's defaults at 8 bits (APoT with the number of terms chosen on held-out images, PTQ_WEIGHT_NORM, 512
+    # calibration images of the comparison's split, seed 0), recomputed: image for image what the file records (within
+    # ARITHMETIC_IMAGES under another float32 summation order); and quantize's default is the file's choice
+    from apot_utils.fakequant.ptq import PTQ_TERMS
 
     for needed in ("checkpoints/cifar10/res20_32bit.pth.tar", "cifar10/jpeg_files.zip", "cifar10/test_first1000_lossless.npz"):
         ref(needed)                                       # skip (or, under APOT_REQUIRE_DATA, fail) before any download
     module = results_module()
+    import ptq_ablation                                   # beside results.py: the script that made the file
     ablation = json.loads(ABLATION.read_text())
-    recorded = ablation["models"][f"{PTQ_WEIGHT_NORM}/8bit_apot"]["exact1000"]
-    train, _ = module.make_split()
-    images = data.normalize(data.load_npz(train).sample(ablation["calibration"]["images"], seed=ablation["calibration"]["seed"]).x)
+    terms = ablation["chosen_terms_8bit"]
+    agreement = ablation["mean_holdout_agreement_8bit"]
+    assert PTQ_TERMS.get(8) == terms and agreement[str(terms)] == max(agreement.values())
+    seed = ablation["calibration"]["seed"]
+    recorded = ablation["terms"][f"{terms}terms/seed{seed}"]["exact1000"]
     full_precision = load_model("cifar10", "resnet20", 32, "release", log=lambda line: None)
-    model = post_training_quantize(full_precision, ModelSpec("cifar10", "resnet20", 8, weight_norm=PTQ_WEIGHT_NORM), images,
-                                   log=lambda line: None)
+    model = ptq_ablation.eight_bit(full_precision, ptq_ablation.split_draw(seed), terms)
     result = validate_cifar10(model, data.load_npz(ref("cifar10/test_first1000_lossless.npz")), "cpu", log=lambda line: None)
     correct = result.predictions == result.targets
     assert int((correct != module.correct_from_bits(recorded["correct"], recorded["n"])).sum()) <= ARITHMETIC_IMAGES

@@ -52,6 +52,9 @@ BATCHNORM_RULES = ("transfer", "recalibrate", "keep")
 # their files and every model trained here were made with): the one that measured best in post-training
 # quantization (checkpoints/scheme_comparison/ptq_ablation.json).
 PTQ_WEIGHT_NORM = "channel_std"
+# The number of APoT terms ``quantize`` uses at a bitwidth unless told, where it differs from the release's rule
+# ceil(b / 2) (ModelSpec's default): chosen on held-out training images (ptq_ablation.json, ``chosen_terms_8bit``).
+PTQ_TERMS: dict[int, int] = {8: 7}
 MAX_ACT_SAMPLES = 1 << 20      # activations per layer the α search looks at (a seeded sample)
 
 

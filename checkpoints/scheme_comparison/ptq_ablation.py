@@ -11,10 +11,16 @@ the 5,000 held-out training images, the exact first 1,000 test images and the JP
 images each gets right. The normalization ``quantize`` uses by default is chosen on the held-out images alone (the
 highest mean top-1 over the ten quantized models), never on a test image; the schemes are then compared at that
 normalization as ``results.py`` compares the trained ones (McNemar, Holm within each test set, paired intervals).
-Last, ``draws``: the 8-bit APoT model at ``quantize``'s default normalization on two more draws of 512 calibration
-images (seeds 1 and 2; seed 0 is the table's), to see how far the draw moves the 8-bit result; and the draw that
+Next, ``draws``: the 8-bit APoT model at ``quantize``'s default normalization, with the release's n = 4 terms, on two
+more draws of 512 calibration images (seeds 1 and 2; seed 0 is the table's), to see how far the draw moves the 8-bit result; and the draw that
 ``python -m apot_utils quantize --bit 8`` itself calibrates on (512 of all 50,000 JPEG training images, seed 0:
 the held-out images included, so it is scored on the test sets only).
+Then ``terms``: the number n of additive terms at 8 bits. The release's rule, ceil(b / 2), gives n = 4, whose 8-bit
+sets have gaps of α/16 near the top; each n in :data:`TERMS_8BIT` is calibrated on the three split draws (seeds 0, 1,
+2) and scored on the held-out images by top-1 and by agreement with the full-precision model's predictions (a finer
+yardstick than top-1: at 8 bits top-1 moves by a few of 5,000 images). ``chosen_terms_8bit``, the n with the highest
+mean agreement, is chosen on the held-out images alone; ``quantize`` uses it at 8 bits
+(:data:`apot_utils.fakequant.ptq.PTQ_TERMS`), and the draw ``quantize --bit 8`` itself takes is scored with it.
 Resumable: a model already in the file is not redone. About 45 minutes on a 2-core CPU.
 """
 from __future__ import annotations
@@ -25,7 +31,8 @@ from pathlib import Path
 
 from apot_utils.core.reference import WEIGHT_NORMS
 from apot_utils.fakequant.loading import load_model
-from apot_utils.fakequant.ptq import PTQ_WEIGHT_NORM, post_training_quantize
+from apot_utils.fakequant.evaluate import validate_cifar10
+from apot_utils.fakequant.ptq import PTQ_TERMS, PTQ_WEIGHT_NORM, post_training_quantize
 from apot_utils.notebook.stats import holm, mcnemar_p, paired_interval
 from apot_utils.fakequant.spec import ModelSpec
 from apot_utils.files import data
@@ -39,6 +46,7 @@ OUT = HERE / "ptq_ablation.json"
 CALIB_IMAGES, CALIB_SEED = 512, 0
 MODELS = [(8, "apot")] + [(bit, scheme) for bit in (4, 3, 2) for scheme in ("apot", "uniform", "pot")]
 DRAW_SEEDS = (1, 2)      # more calibration draws of the 8-bit model (seed 0: the table's)
+TERMS_8BIT = (4, 5, 6, 7)   # n at 8 bits (n = 3 also exists; 8 does not for the weights' 7-bit magnitudes)
 
 
 def scheme_comparisons(models: dict, norm: str) -> list[dict]:
@@ -63,25 +71,42 @@ def scheme_comparisons(models: dict, norm: str) -> list[dict]:
     return rows
 
 
+def split_draw(seed: int) -> data.ImageArrays:
+    """CALIB_IMAGES of the comparison's 45,000 training images, drawn with ``seed`` (seed 0: the table's draw)."""
+    train, _ = make_split()
+    return data.load_npz(train).sample(CALIB_IMAGES, seed=seed)
+
+
+def eight_bit(full_precision, drawn: data.ImageArrays, n: int | None = None):
+    """quantize's 8-bit model (APoT, PTQ_WEIGHT_NORM) with ``n`` terms (None: ModelSpec's, the release's rule),
+    calibrated on ``drawn``; ``tests/test_scheme_comparison.py`` recomputes the recorded one with it."""
+    return post_training_quantize(full_precision, ModelSpec("cifar10", "resnet20", 8, terms=n, weight_norm=PTQ_WEIGHT_NORM),
+                                  data.normalize(drawn.x), log=lambda line: None)
+
+
 def main() -> int:
     done = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    models, draws = done.get("models", {}), done.get("draws", {})
+    models, draws, terms = done.get("models", {}), done.get("draws", {}), done.get("terms", {})
     sets = test_sets()
-    train, _ = make_split()
-    images = data.normalize(data.load_npz(train).sample(CALIB_IMAGES, seed=CALIB_SEED).x)
+    images = data.normalize(split_draw(CALIB_SEED).x)
     full_precision = load_model("cifar10", "resnet20", 32, "release", log=lambda line: None)
     if "full_precision" not in done:
         done["full_precision"] = score_model(full_precision, sets)
 
     def save():
         out = {"calibration": {"images": CALIB_IMAGES, "seed": CALIB_SEED, "source": "train45k_jpeg.npz"},
-               "full_precision": done["full_precision"], "models": models, "draws": draws}
+               "full_precision": done["full_precision"], "models": models, "draws": draws, "terms": terms}
         if all(f"{norm}/{bit}bit_{scheme}" in models for norm in WEIGHT_NORMS for bit, scheme in MODELS):
             mean = {norm: sum(models[f"{norm}/{bit}bit_{scheme}"]["holdout5k"]["top1"] for bit, scheme in MODELS)
                     / len(MODELS) for norm in WEIGHT_NORMS}
             out["mean_holdout_top1"] = mean
             out["chosen"] = max(WEIGHT_NORMS, key=mean.__getitem__)
             out["comparisons"] = {norm: scheme_comparisons(models, norm) for norm in WEIGHT_NORMS}
+        if all(f"{n}terms/seed{seed}" in terms for n in TERMS_8BIT for seed in (CALIB_SEED, *DRAW_SEEDS)):
+            agreement = {n: sum(terms[f"{n}terms/seed{seed}"]["holdout5k"]["agreement"]
+                                for seed in (CALIB_SEED, *DRAW_SEEDS)) / (1 + len(DRAW_SEEDS)) for n in TERMS_8BIT}
+            out["mean_holdout_agreement_8bit"] = agreement
+            out["chosen_terms_8bit"] = max(TERMS_8BIT, key=agreement.__getitem__)
         tmp = OUT.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(out, indent=1) + "\n")
         tmp.replace(OUT)
@@ -96,24 +121,40 @@ def main() -> int:
             models[key] = score_model(model, sets)
             print(f"{key}: " + ", ".join(f"{k} {v['top1']:.2f}" for k, v in models[key].items()), flush=True)
             save()
-    def eight_bit(drawn: data.ImageArrays):
-        """quantize's default 8-bit model, calibrated on ``drawn``."""
-        return post_training_quantize(full_precision, ModelSpec("cifar10", "resnet20", 8, weight_norm=PTQ_WEIGHT_NORM),
-                                      data.normalize(drawn.x), log=lambda line: None)
-
     for seed in DRAW_SEEDS:
         key = f"{PTQ_WEIGHT_NORM}/8bit_apot/seed{seed}"
         if key in draws:
             continue
-        draws[key] = score_model(eight_bit(data.load_npz(train).sample(CALIB_IMAGES, seed=seed)), sets)
+        draws[key] = score_model(eight_bit(full_precision, split_draw(seed)), sets)
         print(f"{key}: " + ", ".join(f"{k} {v['top1']:.2f}" for k, v in draws[key].items()), flush=True)
         save()
+    command_draw = data.load_cifar10(data.reference_file("cifar10/jpeg_files.zip"), train=True, sample=CALIB_IMAGES,
+                                     seed=0, progress=False)
     key = f"{PTQ_WEIGHT_NORM}/8bit_apot/quantize_default"
     if key not in draws:
-        drawn = data.load_cifar10(data.reference_file("cifar10/jpeg_files.zip"), train=True, sample=CALIB_IMAGES, seed=0,
-                                  progress=False)
-        draws[key] = score_model(eight_bit(drawn), {name: sets[name] for name in TEST_SETS})
+        draws[key] = score_model(eight_bit(full_precision, command_draw), {name: sets[name] for name in TEST_SETS})
         print(f"{key}: " + ", ".join(f"{k} {v['top1']:.2f}" for k, v in draws[key].items()), flush=True)
+        save()
+    reference = validate_cifar10(full_precision, sets["holdout5k"], "cpu", log=lambda line: None).predictions
+    for n in TERMS_8BIT:
+        for seed in (CALIB_SEED, *DRAW_SEEDS):
+            key = f"{n}terms/seed{seed}"
+            if key in terms:
+                continue
+            model = eight_bit(full_precision, split_draw(seed), n)
+            terms[key] = score_model(model, sets)
+            predictions = validate_cifar10(model, sets["holdout5k"], "cpu", log=lambda line: None).predictions
+            terms[key]["holdout5k"]["agreement"] = round(100 * (predictions == reference).double().mean().item(), 2)
+            print(f"{key}: " + ", ".join(f"{k} {v['top1']:.2f}" for k, v in terms[key].items())
+                  + f", holdout agreement {terms[key]['holdout5k']['agreement']:.2f}", flush=True)
+            save()
+    chosen = json.loads(OUT.read_text()).get("chosen_terms_8bit")
+    if chosen is not None and PTQ_TERMS.get(8) != chosen:
+        print(f"ptq_ablation.json chooses n = {chosen} at 8 bits; PTQ_TERMS says {PTQ_TERMS.get(8)}: update it")
+    key = f"{chosen}terms/quantize_default"
+    if chosen is not None and key not in terms:
+        terms[key] = score_model(eight_bit(full_precision, command_draw, chosen), {name: sets[name] for name in TEST_SETS})
+        print(f"{key}: " + ", ".join(f"{k} {v['top1']:.2f}" for k, v in terms[key].items()), flush=True)
     save()
     return 0
 
