@@ -24,7 +24,7 @@ _WHERE = {
     "files.checkpoints": ["read_checkpoint", "release_path", "checkpoint_meta"],
     "files.data": ["load_cifar10", "load_npz", "normalize", "reference_file", "ImageArrays"],
     "files.batching": ["batches", "epoch_order"],
-    "files.tblogs": ["read_scalars", "release_logs", "STEPS_PER_EPOCH"],
+    "files.tblogs": ["read_scalars", "release_logs", "release_log_times", "STEPS_PER_EPOCH"],
     "fast.projection": ["project"],
     "fakequant.quantizers": ["quantize_activation", "quantize_weight"],
     "fakequant.layers": ["QuantConv2d", "QuantLinear", "FirstConv8bit", "LastLinear8bit", "alphas", "quantized_layers", "swap",

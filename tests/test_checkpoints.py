@@ -132,3 +132,18 @@ def test_imagenet_release_layout_loads(ref):
     checkpoints.check_state_dict(model, converted)          # no missing or unexpected keys
     model.load_state_dict(converted)
     assert len(alphas(model)) == 19
+
+
+def test_the_release_logs_read_with_their_clock(ref):
+    """release_logs gives every released ImageNet run's scalars, release_log_times when each ran (first and last
+    value logged); both read the same files. The runs were logged in May 2020 (after the paper, posted in 2019)."""
+    import datetime
+
+    from apot_utils.files.tblogs import release_log_times, release_logs
+
+    root = ref("logs/imagenet/res18_4bit.tfevents").parent
+    logs, times = release_logs(root), release_log_times(root)
+    assert set(logs) == set(times) and ("resnet18", 4) in logs
+    for key, (first, last) in times.items():
+        assert first < last and "lr" in logs[key], key
+        assert datetime.datetime.fromtimestamp(first, datetime.timezone.utc).year == 2020, key

@@ -171,7 +171,11 @@ def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None 
     them all). A full-precision model of this package (``ModelSpec(..., bit=32).build()``, the release's included)
     converts too: its 32-bit layers are quantized, its 8-bit first and last layers kept. weight_norm: each quantized layer's weight normalization
     (:func:`~apot_utils.core.reference.normalize_weight`). The α start at the layers' defaults: calibrate them
-    (:func:`apot_utils.fakequant.ptq.calibrate`) or train them.
+    (:func:`apot_utils.fakequant.ptq.calibrate`) or train them. A quantized layer computes with its normalized
+    weights, as the release's do, so its output is its float output divided by about σ (the weights' standard
+    deviation): a BatchNorm right after it absorbs that (calibrate carries its statistics over); a layer with no
+    BatchNorm after it (a convolution with a bias feeding a ReLU, a squeeze-and-excitation layer) keeps the 1/σ,
+    its bias unscaled: name it in ``skip`` or fine-tune the model.
 
     The converted model records what was chosen, the signed layers included, as ``model.conversion`` (a dict of
     plain values): :func:`apot_utils.fakequant.loading.save_quantized` writes it into the file, and

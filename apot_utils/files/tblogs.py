@@ -21,17 +21,31 @@ def read_scalars(path: str | Path) -> dict[str, tuple[list[int], list[float]]]:
             for tag in acc.Tags()["scalars"]}
 
 
-def release_logs(root: str | Path | None = None) -> dict[tuple[str, int], dict]:
-    """(arch, bit) -> scalars for the released runs in ``root`` (default ``$APOT_DATA_DIR/logs/imagenet``),
-    files named ``res{18,34}_{bit}bit.tfevents``."""
+def _release_files(root: str | Path | None) -> dict[tuple[str, int], Path]:
+    """(arch, bit) -> the released event file in ``root`` (default ``$APOT_DATA_DIR/logs/imagenet``)."""
     root = Path(root) if root else (reference_dir() / "logs" / "imagenet" if reference_dir() else None)
     if root is None or not root.is_dir():
         raise FileNotFoundError(f"no TensorBoard logs at {root}: download them from {LOG_URL} "
                                 "or set APOT_DATA_DIR")
-    logs = {}
-    for depth in (18, 34):
-        for bit in (2, 3, 4, 5):
-            path = root / f"res{depth}_{bit}bit.tfevents"
-            if path.is_file():
-                logs[(f"resnet{depth}", bit)] = read_scalars(path)
-    return logs
+    files = {(f"resnet{depth}", bit): root / f"res{depth}_{bit}bit.tfevents" for depth in (18, 34) for bit in (2, 3, 4, 5)}
+    return {key: path for key, path in files.items() if path.is_file()}
+
+
+def release_logs(root: str | Path | None = None) -> dict[tuple[str, int], dict]:
+    """(arch, bit) -> scalars for the released runs in ``root`` (default ``$APOT_DATA_DIR/logs/imagenet``),
+    files named ``res{18,34}_{bit}bit.tfevents``."""
+    return {key: read_scalars(path) for key, path in _release_files(root).items()}
+
+
+def release_log_times(root: str | Path | None = None) -> dict[tuple[str, int], tuple[float, float]]:
+    """(arch, bit) -> the wall-clock times (seconds since 1970, UTC) of the first and the last value each released
+    run logged: when it ran."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    times = {}
+    for key, path in _release_files(root).items():
+        acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        acc.Reload()
+        stamps = [e.wall_time for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag)]
+        times[key] = (min(stamps), max(stamps))
+    return times
