@@ -3,6 +3,10 @@ import os
 
 import pytest
 
+# The tests meet the compiled kernels in their own process: a missing package is built before its first use returns
+# (apot_utils.fast.aot.build_mode), not in the background while eager kernels compute. Notebook kernels inherit it.
+os.environ.setdefault("APOT_KERNEL_BUILD", "wait")
+
 
 def pytest_collection_modifyitems(config, items):
     """Markers that say what a test needs: ``data`` on every test that reads the reference data (it uses

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from .core.levels import FULL_PRECISION, SCHEMES
 from .core.reference import WEIGHT_NORMS
 from .fakequant.models import ARCHS, BITS
-from .fakequant.ptq import PTQ_TERMS, PTQ_WEIGHT_NORM
+from .fakequant.ptq import ACT_RULES, BATCHNORM_RULES, PTQ_TERMS, PTQ_WEIGHT_NORM, Calibration
 from .files.checkpoints import CheckpointError
 
 
@@ -60,6 +61,7 @@ def _common(p: argparse.ArgumentParser, data: bool = True, device: bool = True) 
 
 
 DEFAULT_ARCH = {"cifar10": "resnet20", "imagenet": "resnet18"}
+CALIBRATION = Calibration()          # quantize's calibration defaults: the library's
 
 
 def _model_from_checkpoint(args) -> None:
@@ -158,9 +160,10 @@ def main(argv=None) -> int:
     _common(q, device=False)             # calibration runs on the CPU, in float64
     q.add_argument("--init", default="release", help="the full-precision checkpoint: 'release' or a path")
     q.add_argument("--calib", type=_positive, default=512, help="training images that calibrate α (default 512)")
-    q.add_argument("--act-rule", choices=("mse", "percentile"), default="mse", help="how activation α is chosen")
-    q.add_argument("--percentile", type=float, default=99.99, help="with --act-rule percentile: which percentile")
-    q.add_argument("--batchnorm", choices=("transfer", "recalibrate", "keep"), default="transfer",
+    q.add_argument("--act-rule", choices=ACT_RULES, default=CALIBRATION.act_rule, help="how activation α is chosen")
+    q.add_argument("--percentile", type=float, default=CALIBRATION.percentile,
+                   help=f"with --act-rule percentile: which percentile (default {CALIBRATION.percentile})")
+    q.add_argument("--batchnorm", choices=BATCHNORM_RULES, default=CALIBRATION.batchnorm,
                    help="BatchNorm statistics: carried over from full precision (default), re-estimated on the "
                         "calibration images, or kept unchanged")
     q.add_argument("--terms", type=_positive, default=None,
@@ -168,7 +171,7 @@ def main(argv=None) -> int:
                         + ", ".join(f"{n} at {b} bits" for b, n in sorted(PTQ_TERMS.items()))
                         + ", the best measured: checkpoints/scheme_comparison/ptq_ablation.json)")
     q.add_argument("--per-channel", action="store_true", help="one weight α per output channel instead of one per layer")
-    q.add_argument("--weight-norm", choices=WEIGHT_NORMS, default=PTQ_WEIGHT_NORM,
+    q.add_argument("--weight-norm", choices=WEIGHT_NORMS, default=None,
                    help=f"how each layer's weights are normalized before quantization: mean_std (the releases': "
                         f"(w - mean) / std), std (w / std) or channel_std (w / std per output channel); default "
                         f"{PTQ_WEIGHT_NORM}, the best measured: checkpoints/scheme_comparison/ptq_ablation.json")
@@ -209,15 +212,13 @@ def main(argv=None) -> int:
     try:
         if args.command == "quantize":
             from .commands.quantize import quantize_checkpoint
-            from .fakequant.ptq import Calibration
-            from .fakequant.spec import ModelSpec
+            from .fakequant.ptq import Calibration, post_training_spec
             if args.bit in (None, FULL_PRECISION):
                 parser.error("quantize needs --bit 2..8")
-            scheme = args.scheme or "apot"
-            terms = PTQ_TERMS.get(args.bit) if args.terms is None and scheme == "apot" else args.terms
             calibration = Calibration(args.act_rule, args.percentile, args.batchnorm, seed=args.seed,
                                       **({} if args.batch_size is None else {"batch_size": args.batch_size}))
-            spec = ModelSpec(args.dataset, args.arch, args.bit, scheme, terms, args.per_channel, args.weight_norm)
+            spec = post_training_spec(args.dataset, args.arch, args.bit, args.scheme or "apot", args.terms,
+                                      args.per_channel, args.weight_norm)
             quantize_checkpoint(spec, args.init, args.out, args.calib, calibration, args.data)
         elif args.command == "export":
             from .commands.export import export_checkpoint
@@ -236,6 +237,7 @@ def main(argv=None) -> int:
                            progress=sys.stderr.isatty() if args.progress is None else args.progress)
         else:
             from .commands.train import train
+            os.environ.setdefault("APOT_KERNEL_BUILD", "wait")   # a run outlasts a kernel build many times over
             train(_train_config(args))
     except (CheckpointError, FileNotFoundError, FileExistsError, ValueError, RuntimeError, FloatingPointError,
             OSError) as error:

@@ -9,7 +9,7 @@ import torchvision
 import torch.nn.functional as F
 from torch import nn
 
-from apot_utils.fakequant.convert import convert, graph_signed_inputs, negative_inputs
+from apot_utils.fakequant.convert import convert, graph_signed_inputs, layers_without_batchnorm, negative_inputs
 from apot_utils.fakequant.layers import FirstConv8bit, LastLinear8bit, QuantConv2d, QuantLinear, frozen_weights
 from apot_utils.fakequant.loading import load_model
 from apot_utils.fakequant.ptq import Calibration, calibrate
@@ -72,7 +72,7 @@ def test_signed_layers_from_the_graph_are_those_that_see_negative_values(build):
     torch.manual_seed(0)
     fp = build().eval()
     assert graph_signed_inputs(fp) == negative_inputs(fp, torch.randn(4, 3, 64, 64))
-    rows = convert(fp, 4, signed="graph").rows
+    rows = convert(fp, 4, signed="graph", require_batchnorm=False).rows    # MobileNetV3's gates have no BatchNorm
     assert {r["name"] for r in rows if r["signed"]} == graph_signed_inputs(fp) - {rows[0]["name"], rows[-1]["name"]}
 
 
@@ -125,7 +125,7 @@ def test_costs_of_a_converted_mobilenet():
     assert rows["features.1.conv.0.0"]["act comparisons"] == 16 * 32 * 32 * (2**4 - 1)
     assert rows["classifier.1"]["bits w/a"] == "8/8"
     inner = convert(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(), nn.Linear(4 * 4, 8), nn.Linear(8, 2)), 3,
-                    signed=True).model
+                    signed=True, require_batchnorm=False).model
     assert [r["bits w/a"] for r in layer_rows(inner, (3, 2, 2))] == ["8/8", "3/3", "8/8"]
 
 
@@ -134,11 +134,11 @@ def test_grouped_convolutions_and_inner_linear_layers():
     fp = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1, groups=4, bias=False),
                        nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 20),
                        nn.Linear(20, 5))
-    q, rows = convert(fp, 5, terms=2, per_channel=True, signed=False)
+    q, rows = convert(fp, 5, terms=2, per_channel=True, signed=False, require_batchnorm=False)   # 7: no BatchNorm
     assert kinds(q) == ["FirstConv8bit", "QuantConv2d", "QuantLinear", "LastLinear8bit"]
     assert q[2].groups == 4 and q[2].weight_alpha.shape == (32, 1, 1, 1) and q[7].weight_alpha.shape == (20, 1)
     assert forward_backward(q, torch.randn(4, 3, 8, 8)) == []
-    q, _ = convert(fp, 4, first_last_bits=None, skip=["8"], signed=["7"])
+    q, _ = convert(fp, 4, first_last_bits=None, skip=["8"], signed=["7"], require_batchnorm=False)
     assert kinds(q) == ["QuantConv2d", "QuantConv2d", "QuantLinear", "Linear"] and q[7].signed and not q[2].signed
 
 
@@ -162,7 +162,7 @@ def test_what_convert_cannot_do_is_refused():
         convert(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.LazyLinear(3)), 4, signed=False)
     with pytest.raises(ValueError, match="already quantized"):
         convert(ModelSpec("cifar10", "resnet20", 4).build(), 4, signed=False)
-    plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 2, 1))
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 2, 1))
     with pytest.raises(ValueError, match="bit must be 2..8"):
         convert(plain, 9, signed=False)
     with pytest.raises(ValueError, match="terms"):
@@ -176,11 +176,38 @@ def test_what_convert_cannot_do_is_refused():
         convert(plain, 4, skip=["conv9"], signed=False)
     q, _ = convert(plain, 4, signed=False)
     reflect = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"),
-                            nn.ReLU(), nn.Conv2d(8, 2, 1))
+                            nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 2, 1))
     with pytest.raises(ValueError, match="pads with zeros"):
         to_integer(convert(reflect, 4).model)
-    assert isinstance(q[0], FirstConv8bit) and isinstance(q[3], FirstConv8bit)    # a last convolution: 8-bit too
+    assert isinstance(q[0], FirstConv8bit) and isinstance(q[4], FirstConv8bit)    # a last convolution: 8-bit too
     assert not isinstance(q[0], LastLinear8bit)
+
+
+class _Fork(nn.Module):
+    """Layer b feeds a BatchNorm and, beside it, the sum: its 1/σ would reach the sum unnormalized."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.norm = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        y = self.b(torch.relu(self.a(x)))
+        return self.fc((self.norm(y) + y).mean((2, 3)))
+
+
+def test_a_layer_without_batchnorm_after_it_is_refused_by_name():
+    """A b-bit layer computes with σ-normalized weights: without a BatchNorm straight after it (and nowhere else)
+    its output would keep a 1/σ scale. convert refuses such layers by name unless skipped or allowed."""
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3),
+                          nn.BatchNorm2d(8), nn.Conv2d(8, 2, 1))
+    with pytest.raises(ValueError, match=r"^2: no BatchNorm right after, so as 4-bit layers .*pass their names in skip"):
+        convert(plain, 4)
+    assert [r["bit"] for r in convert(plain, 4, skip=["2"]).rows] == [8, 32, 4, 8]
+    assert convert(plain, 4, require_batchnorm=False).model.conversion["require_batchnorm"] is False
+    with pytest.raises(ValueError, match=r"^b: no BatchNorm right after"):
+        convert(_Fork(), 4)
+    assert layers_without_batchnorm(_Fork(), ["a", "b"]) == ["a", "b"]
 
 
 def test_calibrate_a_converted_mobilenet():
@@ -249,8 +276,10 @@ def test_train_a_converted_model_from_python():
 
 
 def _small_cnn(width: int = 8):
+    """A depthwise-separable CNN with biased convolutions, each b-bit one feeding a BatchNorm; layer 5 is signed."""
     return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                         nn.Conv2d(width, width, 3, padding=1, groups=width), nn.Conv2d(width, 16, 1), nn.ReLU(),
+                         nn.Conv2d(width, width, 3, padding=1, groups=width), nn.BatchNorm2d(width),
+                         nn.Conv2d(width, 16, 1), nn.BatchNorm2d(16), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
 
 
@@ -325,7 +354,7 @@ def test_a_converted_file_needs_its_own_float_architecture(tmp_path):
         apot.load_quantized(path, _small_cnn(width=4))                   # the same layers, other widths
     other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 10))
     with pytest.raises(apot_checkpoints.CheckpointError, match="cannot be converted as the file records"):
-        apot.load_quantized(path, other)                                 # no layer '4' to make signed
+        apot.load_quantized(path, other)                                 # no layer '5' to make signed
     spec_file = apot.save_quantized(apot.ModelSpec("cifar10", "resnet20", 3).build(), tmp_path / "r20.pth.tar")
     assert apot.load_quantized(spec_file).spec == apot.ModelSpec("cifar10", "resnet20", 3)
     with pytest.raises(ValueError, match="drop float_model"):

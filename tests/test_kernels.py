@@ -1,7 +1,9 @@
 """apot_utils.fast.aot: a fused kernel is built once per machine, then loaded from disk by later processes
 without tracing or importing the compiler."""
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -119,3 +121,80 @@ def test_the_projection_kernels_hash_only_their_own_module():
     assert imported == {"torch"}
     for name, (fn, _) in kernels.KERNELS.items():
         assert fn.__module__ == kernels.__name__, name
+
+
+def fails_to_export(x):      # a background build of this fails: its error is kept for later processes
+    raise RuntimeError("cannot trace this")
+
+
+def test_a_first_use_computes_eagerly_and_the_kernel_is_built_when_the_process_ends(kernel_dir, monkeypatch):
+    """On a machine without the package, a process's projections use the eager kernel (its first use does not wait
+    for a build); when it ends, another process builds the package, which the next process loads instead of
+    building it. (Builds a real package, ~15 s.)"""
+    from apot_utils.core.levels import level_set
+    from apot_utils.fast import projection
+
+    script = """
+import torch
+from apot_utils.core.levels import level_set
+from apot_utils.fast import aot, projection
+x = torch.rand(1 << 17) * 1.2 - 0.1
+y = projection.project(x, level_set(3))
+assert list(projection._checked.values()) == [None]            # eager in this process
+assert len(aot._at_exit) == 1 and not any(p.exists() for p in aot._at_exit)
+torch.save((x, y), {out!r})
+""".format(out=str(kernel_dir / "first.pt"))
+    env = {**os.environ, "APOT_KERNEL_BUILD": "exit", "APOT_KERNEL_DIR": str(kernel_dir)}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    deadline = time.monotonic() + 600
+    while not list(kernel_dir.glob("*.pt2")) and not list(kernel_dir.glob("*.failed")):
+        assert time.monotonic() < deadline, "no package 600 s after the process ended"
+        time.sleep(0.5)
+    (package,) = kernel_dir.glob("*.pt2")
+    assert "RuntimeError" not in package.with_name(package.name + ".log").read_text()
+    x, first = torch.load(kernel_dir / "first.pt", weights_only=True)
+    monkeypatch.setattr(projection, "_checked", {})
+    monkeypatch.setattr(aot, "_build", _no_build)           # the next process loads it: no build
+    fused = projection.project(x, level_set(3))
+    (kernel,) = projection._checked.values()
+    assert callable(kernel) and torch.equal(first, fused)
+
+
+def _no_build(*args):
+    raise AssertionError("built again")
+
+
+def test_a_failed_background_build_is_kept_and_named(kernel_dir, monkeypatch):
+    """A build that fails writes why beside the package; no later process tries again (until the marker is
+    deleted): the projection warns with the reason and computes eagerly."""
+    from apot_utils.core.levels import level_set
+    from apot_utils.fast import projection
+
+    monkeypatch.setenv("PYTHONPATH", f"{Path(__file__).parent}:{Path(__file__).parent.parent}")
+    x = torch.randn(8)
+    build = aot.BackgroundBuild.start(fails_to_export, (x,), ({0: "n"},))
+    assert build.process.wait(timeout=300) != 0
+    marker = aot.failure_marker(build.path)
+    assert "RuntimeError: cannot trace this" in marker.read_text()
+    assert "cannot trace this" in build.path.with_name(build.path.name + ".log").read_text()
+    assert not build.path.exists() and not list(kernel_dir.glob(".request-*"))
+
+    monkeypatch.setenv("APOT_KERNEL_BUILD", "exit")
+    monkeypatch.setattr(projection, "_checked", {})
+    levels, big = level_set(3), torch.rand(1 << 17)
+    d = projection.decisions(projection._checked_levels(levels, big.dtype), big.dtype, big.device)
+    name, tables = projection._kernel_for("project", d)
+    path = aot.package_path(projection.KERNELS[name][0], (big, *tables, d.levels), projection.KERNELS[name][1])
+    aot.failure_marker(path).write_text("RuntimeError: no compiler\n")
+    with pytest.warns(UserWarning, match="its build failed on this machine: RuntimeError: no compiler"):
+        y = projection.project(big, levels)
+    assert not aot._at_exit or path not in aot._at_exit           # no build asked for
+    monkeypatch.setenv("APOT_COMPILE", "0")
+    assert torch.equal(y, projection.project(big, levels))
+
+
+def test_the_build_mode_is_checked(monkeypatch):
+    monkeypatch.setenv("APOT_KERNEL_BUILD", "later")
+    with pytest.raises(ValueError, match="APOT_KERNEL_BUILD must be one of"):
+        aot.build_mode()

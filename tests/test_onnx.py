@@ -124,14 +124,15 @@ def test_what_the_graph_walk_cannot_write_is_named():
 
     def integer_of(*layers):
         return to_integer(convert(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), *layers,
-                                                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)), 4).model)
+                                                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)), 4,
+                                        require_batchnorm=False).model)
 
     with pytest.raises(UnsupportedModel, match="ResNets only"):
         to_onnx(integer_of(), "fast")
     with pytest.raises(UnsupportedModel, match="SiLU: not a layer"):
         to_onnx(integer_of(nn.SiLU()), "exact")
     fixed = to_integer(convert(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(),
-                                             nn.Linear(8 * 60 * 60, 4)), 4).model)
+                                             nn.Linear(8 * 60 * 60, 4)), 4, require_batchnorm=False).model)
     with pytest.raises(UnsupportedModel, match="pass the image_size"):
         to_onnx(fixed, "exact")
     proto = to_onnx(fixed, "exact", image_size=64)

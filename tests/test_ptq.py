@@ -1,12 +1,15 @@
 """Post-training quantization: deterministic, α inside the data's range, round trip through validate,
 clear errors; and quantization-aware training starting from it."""
+import copy
+
 import pytest
 import torch
 
 from apot_utils.files import data
 from apot_utils.core import levels
 from apot_utils.fakequant import alpha_search, ptq
-from apot_utils.fakequant.capture import inputs_of
+from apot_utils.fakequant.capture import input_to, inputs_of
+from apot_utils.fakequant.convert import convert
 from apot_utils.cli import main
 from apot_utils.fakequant.loading import load_into
 from apot_utils.files.checkpoints import CheckpointError
@@ -43,16 +46,73 @@ def test_deterministic_and_alpha_within_the_data(setup):
     assert ratio.median().item() == pytest.approx(1 / sigma, rel=0.3)           # outputs in units of 1/σ
 
 
-def test_calibration_inputs_from_a_block_equal_a_forward_from_the_images(setup):
-    """What post-training quantization reads of each layer, reached from its block's cached inputs (or the previous
-    block's outputs), is what a forward from the images gives it, bit for bit."""
+class _DeclaredBackwards(torch.nn.Module):
+    """A network whose modules are declared in the reverse of the order its forward runs them."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 10)
+        self.bn_late, self.late = torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn_mid, self.mid = torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn_early, self.early = torch.nn.BatchNorm2d(8), torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        x = torch.relu(self.bn_early(self.early(x)))
+        x = torch.relu(self.bn_mid(self.mid(x))) + x
+        x = torch.relu(self.bn_late(self.late(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("network", ["resnet20", "declared backwards"])
+def test_every_alpha_and_batchnorm_fits_what_the_finished_model_feeds_it(setup, network):
+    """The one-pass calibration finishes each module from what it receives as the forward runs; so in the finished
+    model each layer's input α is the rule applied to what the model now feeds that layer, and each BatchNorm's
+    statistics are the transfer of what the model now feeds it, bit for bit (float64), in the order the forward runs
+    them even where the modules are declared in another."""
     fp, images, _ = setup
-    model = ptq.post_training_quantize(fp, ModelSpec("cifar10", "resnet20", 3), images[:16], log=lambda line: None)
-    batches = list(images[:16].split(8))
-    inputs = ptq._CalibrationInputs(model, batches)
-    for name, module in model.named_modules():
-        if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.ReLU)) or getattr(module, "quantized", False):
-            assert torch.equal(inputs(module), torch.cat(inputs_of(model, module, batches))), name
+    images = images[:16].double()
+    if network == "declared backwards":
+        torch.manual_seed(0)
+        fp = _DeclaredBackwards().eval()
+        with torch.no_grad():
+            for m in fp.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2)
+        model = convert(fp, 3, first_last_bits=None, require_batchnorm=False).model     # fc: no BatchNorm after it
+    else:
+        model = ModelSpec("cifar10", "resnet20", 3).build()
+        model.load_state_dict(fp.state_dict(), strict=False)
+    model, fp = model.double().eval(), copy.deepcopy(fp).double().eval()
+    calibration = ptq.Calibration()
+    ptq._calibrate(model, fp, images, calibration, log=lambda line: None)
+    fp_modules = dict(fp.named_modules())
+    layers = quantized_layers(model)
+    assert layers
+    for name, layer in layers:
+        x = input_to(model, layer, images)
+        assert layer.act_alpha.item() == ptq.activation_alpha(x.abs() if layer.signed else x, layer.act_levels,
+                                                              calibration), name
+    for name, norm in model.named_modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            again = copy.deepcopy(norm)
+            fp_norm = fp_modules[name]
+            ptq._transfer_batchnorm(again, (fp_norm.running_mean, fp_norm.running_var),
+                                    ptq._channel_moments(input_to(fp, fp_norm, images)),
+                                    ptq._channel_moments(input_to(model, norm, images)))
+            assert torch.equal(again.running_mean, norm.running_mean), name
+            assert torch.equal(again.running_var, norm.running_var), name
+
+
+def test_a_layer_the_forward_never_runs_is_named():
+    class Unused(_DeclaredBackwards):
+        def __init__(self):
+            super().__init__()
+            self.spare = torch.nn.Conv2d(8, 8, 3, bias=False)
+
+    fp = Unused().eval()
+    model = convert(fp, 3, first_last_bits=None, require_batchnorm=False).model
+    with pytest.raises(ValueError, match="spare: never ran in the model's forward pass"):
+        ptq.calibrate(model, fp, torch.randn(4, 3, 8, 8), log=lambda line: None)
 
 
 def test_percentile_rule(setup):
@@ -240,3 +300,15 @@ def test_quantize_at_8_bits_is_within_three_tenths_of_a_point(ref, tmp_path, cap
     full = validate_cifar10(load_model("cifar10", "resnet20", 32, ref("checkpoints/cifar10/res20_32bit.pth.tar"),
                                        log=quiet), test, "cpu", log=quiet).top1
     assert ptq.PTQ_WEIGHT_NORM != "mean_std" and round(10 * (full - eight)) <= 3, (full, eight)   # in images of 1,000
+
+
+def test_the_post_training_defaults_live_in_the_library():
+    """quantize's defaults come from post_training_spec: the measured weight normalization, and at 8 bits the number
+    of APoT terms chosen on held-out images; an explicit choice wins; ModelSpec keeps the releases' defaults."""
+    eight = ptq.post_training_spec("cifar10", "resnet20", 8)
+    assert (eight.terms, eight.weight_norm) == (ptq.PTQ_TERMS[8], ptq.PTQ_WEIGHT_NORM)
+    assert ptq.post_training_spec("cifar10", "resnet20", 4).terms is None
+    assert ptq.post_training_spec("cifar10", "resnet20", 8, "uniform").terms is None
+    assert ptq.post_training_spec("cifar10", "resnet20", 8, terms=4, weight_norm="mean_std") == \
+        ModelSpec("cifar10", "resnet20", 8, terms=4)
+    assert ModelSpec("cifar10", "resnet20", 8).weight_norm == "mean_std"

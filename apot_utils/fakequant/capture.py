@@ -12,7 +12,10 @@ from torch import nn
 def capturing_inputs(modules: Iterable[nn.Module], record: Callable[[nn.Module, torch.Tensor], None]):
     """Inside the block, every forward of one of ``modules`` first calls ``record(module, its input)`` (the
     first positional argument, detached)."""
-    handles = [m.register_forward_pre_hook(lambda m, args: record(m, args[0].detach())) for m in modules]
+    def hook(module: nn.Module, args: tuple) -> None:      # returns None: the module's input stays as it is
+        record(module, args[0].detach())
+
+    handles = [m.register_forward_pre_hook(hook) for m in modules]
     try:
         yield
     finally:

@@ -142,6 +142,30 @@ def graph_signed_inputs(model: nn.Module) -> set[str]:
             and not _non_negative(_node_arguments(node)[0], modules)}
 
 
+class _LayerTracer(torch.fx.Tracer):
+    """torch.fx's tracer, with every Conv2d and Linear a leaf (call_module) even where it is a subclass defined
+    outside torch.nn (this package's full-precision QuantConv2d)."""
+
+    def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
+        return isinstance(m, (nn.Conv2d, nn.Linear)) or super().is_leaf_module(m, qualified_name)
+
+
+def layers_without_batchnorm(model: nn.Module, names: Iterable[str]) -> list[str]:
+    """Of the layers ``names`` of ``model``, those whose output does not go straight into a BatchNorm and nowhere
+    else, from the graph ``torch.fx.symbolic_trace`` records, sorted; a model it cannot trace is refused."""
+    try:
+        graph = _LayerTracer().trace(model)
+    except Exception as error:     # fx raises TraceError, TypeError, NotImplementedError, ... on dynamic code
+        raise ValueError(f"convert checks on the model's graph that a BatchNorm follows every b-bit layer, and "
+                         f"torch.fx cannot trace it ({type(error).__name__}: {error}); pass require_batchnorm=False "
+                         "to convert it unchecked") from None
+    modules = dict(model.named_modules())
+    followed = {node.target for node in graph.nodes if node.op == "call_module" and len(node.users) == 1
+                for user in node.users if user.op == "call_module" and user.args[:1] == (node,)
+                and isinstance(modules[user.target], nn.modules.batchnorm._BatchNorm)}
+    return sorted(set(names) - followed)
+
+
 def _check_levels(bit: int, scheme: str, terms: int | None) -> None:
     """Refuse a bitwidth or n without a level set (the message lists the choices)."""
     if not (isinstance(bit, int) and 2 <= bit <= 8):
@@ -153,7 +177,7 @@ def _check_levels(bit: int, scheme: str, terms: int | None) -> None:
 def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None = None, per_channel: bool = False,
             first_last_bits: int | None = 8, skip: Iterable[str] = (), signed: str | bool | Iterable[str] | None = None,
             example: torch.Tensor | None = None, keep_unsupported: bool = False,
-            weight_norm: str = "mean_std") -> Conversion:
+            weight_norm: str = "mean_std", require_batchnorm: bool = True) -> Conversion:
     """A copy of ``model`` with every ``nn.Conv2d`` (groups and depthwise included) and ``nn.Linear`` replaced
     by its b-bit APoT counterpart carrying the same weights (``model`` itself is not changed).
 
@@ -174,8 +198,10 @@ def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None 
     (:func:`apot_utils.fakequant.ptq.calibrate`) or train them. A quantized layer computes with its normalized
     weights, as the release's do, so its output is its float output divided by about σ (the weights' standard
     deviation): a BatchNorm right after it absorbs that (calibrate carries its statistics over); a layer with no
-    BatchNorm after it (a convolution with a bias feeding a ReLU, a squeeze-and-excitation layer) keeps the 1/σ,
-    its bias unscaled: name it in ``skip`` or fine-tune the model.
+    BatchNorm after it (a convolution with a bias feeding a ReLU, a squeeze-and-excitation layer) would keep the
+    1/σ, its bias unscaled. ``require_batchnorm`` (default) refuses such layers, found on the model's graph
+    (:func:`layers_without_batchnorm`), by name: keep them in float (``skip``), or pass False to quantize them
+    anyway and fine-tune.
 
     The converted model records what was chosen, the signed layers included, as ``model.conversion`` (a dict of
     plain values): :func:`apot_utils.fakequant.loading.save_quantized` writes it into the file, and
@@ -245,6 +271,12 @@ def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None 
     eight_bit = {targets[0], targets[-1]} if first_last_bits == 8 else set()
     if first_last_bits not in (8, None):
         raise ValueError(f"first_last_bits must be 8 or None, got {first_last_bits!r}")
+    unnormalized = layers_without_batchnorm(model, set(targets) - skip - eight_bit) if require_batchnorm else []
+    if unnormalized:
+        raise ValueError(f"{', '.join(unnormalized)}: no BatchNorm right after, so as {bit}-bit layers (which compute "
+                         "with weights normalized by their σ) their outputs would be scaled by 1/σ and their bias "
+                         "not: pass their names in skip to keep them in float, or require_batchnorm=False to "
+                         "quantize them anyway and fine-tune")
     # the one map from a float layer type to its quantized counterparts (8-bit ends, b-bit middle): a new layer type
     # is one entry here and one class with from_float
     converted, rows, replacements = copy.deepcopy(model), [], {}
@@ -269,5 +301,5 @@ def convert(model: nn.Module, bit: int, scheme: str = "apot", terms: int | None 
     converted.conversion = {"bit": bit, "scheme": scheme, "terms": terms, "per_channel": per_channel,
                             "first_last_bits": first_last_bits, "skip": sorted(skip), "weight_norm": weight_norm,
                             "signed": sorted(signed_layers & set(targets) - skip - eight_bit),
-                            "keep_unsupported": keep_unsupported}
+                            "keep_unsupported": keep_unsupported, "require_batchnorm": require_batchnorm}
     return Conversion(converted, rows)

@@ -114,7 +114,9 @@ def load_model(dataset: str, arch: str, bit: int | None, checkpoint: str | Path 
 
 
 CONVERSION_FIELDS = ("bit", "scheme", "terms", "per_channel", "first_last_bits", "skip", "weight_norm", "signed",
-                     "keep_unsupported")
+                     "keep_unsupported", "require_batchnorm")
+# what a record written before a field existed meant by its absence: files converted before the BatchNorm check
+UNRECORDED = {"require_batchnorm": False}
 
 
 def description(model: nn.Module) -> dict:
@@ -133,6 +135,8 @@ def converted_as_recorded(float_model: nn.Module | None, meta: dict, path) -> nn
     model whose layers the file's tensors fill. A clear error without ``float_model``, for a record that is not
     :func:`description`'s, and for a float model that cannot be converted so."""
     recorded = meta["conversion"]
+    if isinstance(recorded, dict):
+        recorded = {**{k: v for k, v in UNRECORDED.items() if k not in recorded}, **recorded}
     if float_model is None:
         raise ValueError(f"{path} holds a converted network: pass float_model, the float architecture it was "
                          "converted from (e.g. load_quantized(path, MyNet()))")

@@ -6,7 +6,7 @@ every clipping threshold from data instead of learning it:
 - weight α, per layer (or per output channel, ``per_channel``): the α (σ) that minimizes the mean
   squared error of the layer's (channel's) normalized weights against their quantized values, to
   0.01 σ (:func:`~apot_utils.fakequant.alpha_search.weight_alpha`);
-- activation α, layer by layer in module order, on the inputs each layer receives for the
+- activation α, layer by layer in the order the forward runs them, on the inputs each layer receives for the
   calibration images *with every earlier layer already quantized*: the α minimizing the mean
   squared quantization error of those inputs ('mse'), or a high percentile of them ('percentile');
 - BatchNorm running statistics carried over to the quantized network (:func:`_transfer_batchnorm`).
@@ -39,7 +39,7 @@ from torch import nn
 
 from ..core.checks import check_count
 from ..fast.projection import project
-from .capture import inputs_of
+from .capture import capturing_inputs
 from .im2col import im2col_convolutions
 from .layers import quantized_layers
 from .alpha_search import coarse_to_fine, weight_alpha
@@ -58,13 +58,27 @@ PTQ_TERMS: dict[int, int] = {8: 7}
 MAX_ACT_SAMPLES = 1 << 20      # activations per layer the α search looks at (a seeded sample)
 
 
+def post_training_spec(dataset: str, arch: str, bit: int, scheme: str = "apot", terms: int | None = None,
+                       per_channel: bool = False, weight_norm: str | None = None) -> ModelSpec:
+    """The model post-training quantization makes unless told otherwise (``quantize`` uses it): ``weight_norm``
+    None is :data:`PTQ_WEIGHT_NORM`, and ``terms`` None at a bitwidth :data:`PTQ_TERMS` names is its n (APoT);
+    everything else as :class:`ModelSpec` (whose own defaults stay the releases')."""
+    if terms is None and scheme == "apot":
+        terms = PTQ_TERMS.get(bit)
+    return ModelSpec(dataset, arch, bit, scheme, terms, per_channel,
+                     PTQ_WEIGHT_NORM if weight_norm is None else weight_norm)
+
+
 @dataclass(frozen=True)
 class Calibration:
     """How α and BatchNorm's statistics are chosen. act_rule: 'mse' or 'percentile' (then ``percentile``,
     in %, of the layer's inputs). batchnorm: 'transfer' (carry the full-precision statistics over to the
     quantized model, :func:`_transfer_batchnorm`), 'recalibrate' (transfer them while the α are chosen, then
     re-estimate them on the calibration images) or 'keep' (leave the full-precision statistics unchanged
-    throughout, the α chosen on what the layers then receive)."""
+    throughout, the α chosen on what the layers then receive). batch_size: images per forward of the
+    'recalibrate' pass (the α are chosen in one forward over all the calibration images, :func:`calibrate`).
+    seed: the draw of the activations the α search looks at when a layer receives more than
+    :data:`MAX_ACT_SAMPLES`."""
     act_rule: str = "mse"
     percentile: float = 99.99
     batchnorm: str = "transfer"
@@ -104,45 +118,6 @@ def activation_alpha(x: torch.Tensor, levels: torch.Tensor, calibration: Calibra
             return float((project(x / alpha, levels) * alpha - x).square().mean())   # values, one table for all α
 
     return float(coarse_to_fine(lambda f: torch.tensor([error(float(f[0]))]), ACT_ALPHA_STEP, 1.0, ACT_ALPHA_STEP)[0]) * top
-
-
-class _CalibrationInputs:
-    """``inputs(module)``: what a module of ``model`` receives on the calibration batches, concatenated.
-
-    A module inside a block (a child of an ``nn.Sequential``, such as a residual block) is reached by running
-    that block alone on its own inputs, which are kept for the latest block: the same values as a forward from
-    the images, without going through every layer before it again. The next block of the same sequence gets
-    the latest block's outputs; any other block, a forward from the images. This holds while nothing upstream
-    of a block changes once its turn has come: the modules are finished in forward order, as
-    :func:`post_training_quantize` does."""
-
-    def __init__(self, model: nn.Module, batches: list[torch.Tensor]):
-        self.model, self.batches = model, batches
-        self.block_of: dict[nn.Module, nn.Module] = {}
-        self.next_block: dict[nn.Module, nn.Module] = {}
-        for sequence in model.modules():
-            if isinstance(sequence, nn.Sequential):
-                blocks = list(sequence)
-                self.next_block.update(zip(blocks, blocks[1:]))
-                for block in blocks:
-                    for m in block.modules():
-                        self.block_of.setdefault(m, block)        # the outermost block holding m
-        self.block, self.block_inputs = None, None
-
-    def __call__(self, module: nn.Module) -> torch.Tensor:
-        block = self.block_of.get(module)
-        if block is None:
-            return torch.cat(inputs_of(self.model, module, self.batches))
-        if block is not self.block:
-            if self.block is not None and self.next_block.get(self.block) is block:
-                with torch.no_grad():
-                    inputs = [self.block(x) for x in self.block_inputs]
-            else:
-                inputs = inputs_of(self.model, block, self.batches)
-            self.block, self.block_inputs = block, inputs
-        if module is block:
-            return torch.cat(self.block_inputs)
-        return torch.cat(inputs_of(block, module, self.block_inputs))
 
 
 def _channel_moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,8 +190,8 @@ def calibrate(model: nn.Module, full_precision: nn.Module, images: torch.Tensor,
               calibration: Calibration = Calibration(), log: Callable[[str], None] = print) -> nn.Module:
     """Post-training calibration of a quantized ``model`` that holds ``full_precision``'s weights (a built
     :class:`ModelSpec`, or any model from :func:`apot_utils.fakequant.convert.convert`): every weight α by
-    least squared error, every input α by the calibration's rule, in forward order, and BatchNorm by the
-    calibration's rule. A signed layer's input α is fitted to |x| against its magnitude set (the error of a
+    least squared error, every input α by the calibration's rule in the order the forward runs the layers, and
+    BatchNorm by the calibration's rule. A signed layer's input α is fitted to |x| against its magnitude set (the error of a
     sign-symmetric set is that of the magnitudes). images: normalized calibration images [N, ...], N >= 1,
     from the training set. Computed in float64 (module docstring), ``full_precision`` untouched. Returns
     ``model``, changed in place, in eval mode on the CPU, in its own floating dtype."""
@@ -247,29 +222,58 @@ def calibrate(model: nn.Module, full_precision: nn.Module, images: torch.Tensor,
 
 def _calibrate(model: nn.Module, full_precision: nn.Module, images: torch.Tensor, calibration: Calibration,
                log: Callable[[str], None]) -> nn.Module:
-    """:func:`calibrate`'s work on float64 models."""
-    batches = list(images.cpu().double().split(calibration.batch_size))
-    fp_modules = dict(full_precision.named_modules())
-    inputs, fp_inputs = _CalibrationInputs(model, batches), _CalibrationInputs(full_precision, batches)
+    """:func:`calibrate`'s work on float64 models, in one forward pass of each model over all the images.
+
+    The full-precision pass records the moments of what each of its BatchNorms receives. In the quantized pass a
+    forward pre-hook finishes each quantized layer (its input α) and BatchNorm (its transferred statistics) just
+    before that module first computes, from what it receives: every module upstream of it is then final, in the
+    order the forward runs, whatever the model's graph. All images go through as one batch, because a layer's α is
+    chosen from all of its inputs at once (the memory of one forward over them)."""
     layers = dict(quantized_layers(model))
     for layer in layers.values():
         layer.weight_alpha.data.copy_(weight_alpha(layer))
-    for name, module in model.named_modules():     # forward order: upstream is final when a module's turn comes
-        if name in layers:
-            try:
-                x = inputs(module)
-                alpha = activation_alpha(x.abs() if module.signed else x, module.act_levels, calibration)
-            except ValueError as error:
-                raise ValueError(f"{name}: {error}") from None
-            module.act_alpha.data.fill_(alpha)
-            spread = (f" (per channel {module.weight_alpha.min().item():.2f}–{module.weight_alpha.max().item():.2f})"
-                      if module.per_channel else "")
-            log(f"{name}: weight alpha {module.weight_alpha.mean().item():.3f} σ{spread}, act alpha {module.act_alpha.item():.3f}"
-                + (" (signed input)" if module.signed else ""))
-        elif isinstance(module, nn.BatchNorm2d) and calibration.batchnorm != "keep":   # α then sees realistic inputs
+    images = images.cpu().double()
+    transfer = calibration.batchnorm != "keep"
+    fp_moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    if transfer:
+        fp_norms = {m: name for name, m in full_precision.named_modules() if isinstance(m, nn.BatchNorm2d)}
+
+        def record(norm: nn.BatchNorm2d, x: torch.Tensor) -> None:
+            fp_moments.setdefault(fp_norms[norm], _channel_moments(x))
+
+        with capturing_inputs(fp_norms, record), torch.no_grad():
+            full_precision(images)
+    names, fp_modules = {m: name for name, m in model.named_modules()}, dict(full_precision.named_modules())
+    finished: set[nn.Module] = set()
+
+    def finish(module: nn.Module, x: torch.Tensor) -> None:
+        if module in finished:                  # a module run twice is calibrated on its first input
+            return
+        finished.add(module)
+        name = names[module]
+        if isinstance(module, nn.BatchNorm2d):
+            if name not in fp_moments:
+                raise ValueError(f"{name}: the full-precision model's BatchNorm of that name never ran")
             fp_norm = fp_modules[name]
             _transfer_batchnorm(module, (fp_norm.running_mean.double(), fp_norm.running_var.double()),
-                                _channel_moments(fp_inputs(fp_norm)), _channel_moments(inputs(module)))
+                                fp_moments[name], _channel_moments(x))
+            return
+        try:
+            alpha = activation_alpha(x.abs() if module.signed else x, module.act_levels, calibration)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+        module.act_alpha.data.fill_(alpha)
+        spread = (f" (per channel {module.weight_alpha.min().item():.2f}–{module.weight_alpha.max().item():.2f})"
+                  if module.per_channel else "")
+        log(f"{name}: weight alpha {module.weight_alpha.mean().item():.3f} σ{spread}, act alpha {module.act_alpha.item():.3f}"
+            + (" (signed input)" if module.signed else ""))
+
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)] if transfer else []
+    with capturing_inputs([*layers.values(), *norms], finish), torch.no_grad():
+        model(images)
+    never = [name for name, layer in layers.items() if layer not in finished]
+    if never:
+        raise ValueError(f"{', '.join(never)}: never ran in the model's forward pass, so no input α can be chosen")
     if calibration.batchnorm == "recalibrate":
-        _recalibrate_batchnorm(model, batches)
+        _recalibrate_batchnorm(model, list(images.split(calibration.batch_size)))
     return model

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import importlib
 import inspect
 import logging
 import os
 import platform
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -197,17 +200,9 @@ def pending(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[in
     return not package_path(fn, args, dynamic).exists()
 
 
-def load(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, str] | None, ...]) -> Callable:
-    """``fn`` compiled for tensors like ``args``: a callable that takes tensors of any layout (views and
-    non-contiguous tensors are made contiguous first) and returns what ``fn`` returns, a tensor or a tuple
-    of two or more.
-
-    dynamic: for each argument, the dimensions that may vary from call to call, by name (dimensions with the
-    same name are equal in every call), or None; every other dimension is fixed at its size in ``args``.
-    The package is built on first use on a machine (about 15 s on 2 CPU cores; a lock keeps concurrent
-    processes from building it twice, :class:`build_lock`) and loaded from disk after that, only from a
-    folder and a file of this user's that no one else may write (:func:`check_writers`).
-    """
+def build(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, str] | None, ...]) -> Path:
+    """Build the package of ``fn`` for tensors like ``args`` unless it exists (under :class:`build_lock`, in a
+    folder of this user's that no one else may write); returns its path."""
     path = package_path(fn, args, dynamic)
     if not path.exists():
         if not path.parent.exists():
@@ -218,6 +213,107 @@ def load(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, 
             remove_stale_builds()
             if not path.exists():
                 _build(fn, args, dynamic, path)
+    return path
+
+
+BUILD_MODES = ("exit", "wait")
+
+
+def build_mode() -> str:
+    """``APOT_KERNEL_BUILD`` (read at each call): 'exit' (the default) leaves a missing CPU package to another
+    process started when this one ends (:func:`build_at_exit`), so that this process computes eagerly (the same
+    values) and a later one loads the package; 'wait' builds it before the first use returns (the tests do, so that
+    they meet the compiled kernels in their own process; so does the ``train`` command, whose run outlasts a
+    build many times over). Building in another process while this one computes was measured slower on a 2-core
+    CPU than either (``benchmarks/results/README.md``)."""
+    mode = os.environ.get("APOT_KERNEL_BUILD", "exit")
+    if mode not in BUILD_MODES:
+        raise ValueError(f"APOT_KERNEL_BUILD must be one of {BUILD_MODES}, got {mode!r}")
+    return mode
+
+
+def failure_marker(path: Path) -> Path:
+    """Where a :class:`BackgroundBuild` of the package ``path`` that failed leaves its error (delete it to try
+    again)."""
+    return path.with_name(path.name + ".failed")
+
+
+class BackgroundBuild:
+    """The build of one package in another process (``python -m apot_utils.fast.aot``), started by
+    :meth:`start`; it outlives its caller if need be. Its output goes to ``<package>.log`` beside the package; a
+    failure also writes :func:`failure_marker`, so that later processes do not try again."""
+
+    def __init__(self, path: Path, process: subprocess.Popen):
+        self.path, self.process = path, process
+
+    @classmethod
+    def start(cls, fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, str] | None, ...]
+              ) -> BackgroundBuild:
+        path = package_path(fn, args, dynamic)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        check_writers(path.parent)
+        request = path.with_name(f".request-{path.stem}-{os.getpid()}.pt")
+        torch.save({"module": fn.__module__, "name": fn.__qualname__, "args": tuple(args), "dynamic": dynamic},
+                   request)
+        with open(path.with_name(path.name + ".log"), "w") as log:
+            process = subprocess.Popen([sys.executable, "-m", "apot_utils.fast.aot", str(request)],
+                                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)   # a Ctrl-C of the caller does not stop it
+        os.setpriority(os.PRIO_PROCESS, process.pid, 19)                # the lowest: the caller's work comes first
+        return cls(path, process)
+
+    def finished(self) -> bool:
+        return self.process.poll() is not None
+
+
+_at_exit: dict[Path, tuple] = {}      # package path -> (fn, args, dynamic): built when this process ends
+
+
+def build_at_exit(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, str] | None, ...]) -> Path:
+    """Have the package of ``fn`` for tensors like ``args`` built by a :class:`BackgroundBuild` started when this
+    process exits (once, however often it is asked); returns the package's path."""
+    path = package_path(fn, args, dynamic)
+    if not _at_exit:
+        atexit.register(_start_requested_builds)
+    _at_exit.setdefault(path, (fn, tuple(a.detach().cpu() for a in args), dynamic))
+    return path
+
+
+def _start_requested_builds() -> None:
+    for path, (fn, args, dynamic) in _at_exit.items():
+        if not path.exists():
+            try:
+                BackgroundBuild.start(fn, args, dynamic)
+            except OSError:         # a folder that cannot be written: the next process computes eagerly too
+                pass
+
+
+def _build_requested(request: Path) -> None:
+    """A background build's work (:class:`BackgroundBuild`): the package the request file describes; on failure the
+    error is written to :func:`failure_marker` and raised."""
+    spec = torch.load(request, weights_only=True)
+    request.unlink()
+    fn = getattr(importlib.import_module(spec["module"]), spec["name"])
+    try:
+        build(fn, spec["args"], spec["dynamic"])
+    except Exception as error:
+        failure_marker(package_path(fn, spec["args"], spec["dynamic"])).write_text(
+            f"{type(error).__name__}: {error}\n")
+        raise
+
+
+def load(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, str] | None, ...]) -> Callable:
+    """``fn`` compiled for tensors like ``args``: a callable that takes tensors of any layout (views and
+    non-contiguous tensors are made contiguous first) and returns what ``fn`` returns, a tensor or a tuple
+    of two or more.
+
+    dynamic: for each argument, the dimensions that may vary from call to call, by name (dimensions with the
+    same name are equal in every call), or None; every other dimension is fixed at its size in ``args``.
+    The package is built here if it is missing (:func:`build`: about 15 s on 2 CPU cores; a lock keeps concurrent
+    processes from building it twice, :class:`build_lock`) and loaded from disk, only from a folder and a file of
+    this user's that no one else may write (:func:`check_writers`).
+    """
+    path = build(fn, args, dynamic)
     check_writers(path.parent)
     check_writers(path)
     device = args[0].device
@@ -244,3 +340,7 @@ def load(fn: Callable, args: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, 
         out = runner.run([t.contiguous() for t in tensors])
         return out[0] if len(out) == 1 else tuple(out)
     return call
+
+
+if __name__ == "__main__":
+    _build_requested(Path(sys.argv[1]))

@@ -6,7 +6,9 @@ quantizer built on it, :class:`FusedClippedProjection`. Everything here equals t
 computes by the reference itself.
 
 Switches: ``APOT_COMPILE=0`` in the environment keeps every kernel eager (no compiled package is built or
-loaded); :func:`kernel_variants` gives each kernel on its own (benchmarks).
+loaded); ``APOT_KERNEL_BUILD=wait`` builds a missing package before its first use returns instead of when the
+process ends (:func:`apot_utils.fast.aot.build_mode`); :func:`kernel_variants` gives each kernel on its own
+(benchmarks).
 """
 from __future__ import annotations
 
@@ -202,8 +204,10 @@ def _fusing() -> bool:
 
 
 def build_pending(levels: torch.Tensor, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> bool:
-    """Whether the next large projection onto ``levels`` (in ``dtype`` on ``device``) will first build its fused
-    kernel: a one-off wait on a machine, about 15 s (:mod:`apot_utils.fast.aot`; ``APOT_COMPILE=0``: never)."""
+    """Whether this machine has yet to build the fused kernel of the next large projection onto ``levels`` (in
+    ``dtype`` on ``device``): once a machine, about 15 s, on a CPU by another process when this one ends (eager
+    kernels until then) or before the first use returns (:func:`apot_utils.fast.aot.build_mode`;
+    ``APOT_COMPILE=0``: never)."""
     if not _fusing():
         return False
     d = decisions(_checked_levels(levels, dtype), dtype, torch.device(device))
@@ -225,10 +229,12 @@ def _same(a, b) -> bool:
 
 
 def _fused(name: str, signature: tuple, probe):
-    """The kernel ``name`` compiled ahead of time (:func:`apot_utils.fast.aot.load`: built once per machine, then
+    """The kernel ``name`` compiled ahead of time (:mod:`apot_utils.fast.aot`: built once per machine, then
     loaded), checked against itself run eagerly on ``probe()`` (its arguments, chosen by the caller: the input's
     first values, the thresholds, ±inf, NaN) the first time a process meets each ``kind`` of input (device,
-    dtype, number of levels). None where fusing is off (``APOT_COMPILE=0``), fails, or disagrees (with a warning)."""
+    dtype, number of levels). A CPU package not built yet is, by default, left to a build when this process ends
+    (:func:`~apot_utils.fast.aot.build_mode`): this process computes eagerly (the same values) and returns None.
+    None also where fusing is off (``APOT_COMPILE=0``), where the kernel fails, or disagrees (with a warning)."""
     if not _fusing():
         return None
     key = (name, *signature)
@@ -237,6 +243,14 @@ def _fused(name: str, signature: tuple, probe):
         fn, dynamic = KERNELS[name]
         try:
             args = probe()
+            path = aot.package_path(fn, args, dynamic)
+            marker = aot.failure_marker(path)
+            if marker.exists():
+                raise RuntimeError(f"its build failed on this machine: {marker.read_text().strip()} (delete {marker} "
+                                   "to try again)")
+            if not path.exists() and args[0].device.type == "cpu" and aot.build_mode() == "exit":
+                aot.build_at_exit(fn, args, dynamic)
+                return None
             kernel = aot.load(fn, args, dynamic)
             if _same(kernel(*args), fn(*args)):
                 _checked[key] = kernel
