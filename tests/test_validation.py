@@ -35,6 +35,26 @@ def test_cli_validate_first_batch(ref):
     assert sum(line.startswith(" * Prec") for line in lines) == 1
 
 
+def test_cli_validate_on_a_new_machine_computes_eagerly_and_says_so(ref, tmp_path):
+    """Without the kernel package (an empty kernel folder) and the default build mode, validate does not wait for a
+    build: it says so, prints the accuracy the built kernel gives, and the package appears once it has ended."""
+    import os
+    import time
+
+    path = ref("cifar10/test_first100_lossless.npz")
+    argv = [sys.executable, "-m", "apot_utils", "validate", "--bit", "3", "--data", str(path), "--device", "cpu"]
+    kernels = tmp_path / "kernels"
+    fresh = subprocess.run(argv, capture_output=True, text=True, check=True,
+                           env={**os.environ, "APOT_KERNEL_DIR": str(kernels), "APOT_KERNEL_BUILD": "exit"}).stdout
+    built = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    assert sum("this run uses the eager projection kernel" in line for line in fresh.splitlines()) == 1
+    assert fresh.splitlines()[-1] == built.splitlines()[-1]                       # the same * Prec line
+    deadline = time.monotonic() + 600               # every build the command left (one log each) ends in its package
+    while not (list(kernels.glob("*.pt2.log")) and all(log.with_suffix("").exists() for log in kernels.glob("*.pt2.log"))):
+        assert not list(kernels.glob("*.failed")) and time.monotonic() < deadline, "no package after the command"
+        time.sleep(0.5)
+
+
 def test_cli_errors_are_clear(tmp_path):
     run = subprocess.run([sys.executable, "-m", "apot_utils", "validate", "--bit", "5", "--data", str(tmp_path / "x.npz")],
                          capture_output=True, text=True)

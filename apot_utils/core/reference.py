@@ -29,7 +29,7 @@ WEIGHT_NORMS = ("mean_std", "std", "channel_std")
 def normalize_weight(w: torch.Tensor, stats_grad: bool = True, mode: str = "mean_std") -> torch.Tensor:
     """A layer's weight w [C_out, ...] in units of its spread, before it is clipped and projected (unbiased std):
 
-    - 'mean_std': ``(w − mean) / std`` over the whole tensor, the releases' (paper section 3.3);
+    - 'mean_std': ``(w − mean) / std`` over the whole tensor, the releases' (the paper's weight normalization);
     - 'std': ``w / std`` over the whole tensor: nothing subtracted, so that a quantized layer computes a multiple
       of its full-precision product (which BatchNorm absorbs) instead of that product minus mean · Σ inputs;
     - 'channel_std': ``w / std`` of each output channel (row ``w[c]``; a channel of zeros is left zeros).
