@@ -43,7 +43,8 @@ def tables() -> str:
     two_seeds = any(name.endswith("seed1") for name in results["models"])
     fp = ablation["full_precision"]
     drop = fp["exact1000"]["top1"] - fp["jpeg10000"]["top1"]
-    lines = ["Top-1 (%) of CIFAR-10 ResNet-20 on the exact first 1,000 test images (10 images a point; in brackets: the\n"
+    lines = ["Top-1 (%) of CIFAR-10 ResNet-20 on the exact (lossless) first 1,000 CIFAR-10 test images (10 images a point; in\n"
+             "brackets: the "
              f"non-public JPEG copy's 10,000, {drop:.1f} points lower for the full-precision model"
              + ("; ×2: the mean of two seeds)." if two_seeds else ")."),
              "",
@@ -62,8 +63,8 @@ def tables() -> str:
         lines.append(f"| {bit} | {_cell([release]) if release else ''} | {' | '.join(trained)} | {post} |")
     notes = (f"{verdict(results)} Trained: each from the released full-precision model, one recipe for all (8 epochs of the "
              f"JPEG training images, distillation, α learned), the epoch chosen on held-out training images; at 2 bits "
-             f"every scheme's weights are ternary and power-of-two's levels are APoT's, so the 2-bit columns compare "
-             f"activation sets. Post-training: "
+             f"every scheme's weights are ternary and power-of-two's levels are APoT's, so at 2 bits APoT against uniform "
+             f"compares activation sets and power-of-two is another run of APoT's sets. Post-training: "
              f"weight normalization `{norm}`, 512 calibration images. Paired tests, run-to-run yardsticks and figures: "
              "chapter 05b and `checkpoints/scheme_comparison/`.")
     chosen = [ablation["terms"][f"{terms}terms/seed{s}"]["exact1000"]["top1"] for s in seeds]
