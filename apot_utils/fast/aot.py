@@ -262,9 +262,6 @@ class BackgroundBuild:
         os.setpriority(os.PRIO_PROCESS, process.pid, 19)                # the lowest: the caller's work comes first
         return cls(path, process)
 
-    def finished(self) -> bool:
-        return self.process.poll() is not None
-
 
 _at_exit: dict[Path, tuple] = {}      # package path -> (fn, args, dynamic): built when this process ends
 
