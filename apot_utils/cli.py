@@ -212,7 +212,7 @@ def main(argv=None) -> int:
     try:
         if args.command == "quantize":
             from .commands.quantize import quantize_checkpoint
-            from .fakequant.ptq import Calibration, post_training_spec
+            from .fakequant.ptq import post_training_spec
             if args.bit in (None, FULL_PRECISION):
                 parser.error("quantize needs --bit 2..8")
             calibration = Calibration(args.act_rule, args.percentile, args.batchnorm, seed=args.seed,

@@ -10,7 +10,7 @@ from ..core.checks import check_count
 from ..fakequant.evaluate import ValidationResult, describe_device, pick_device, validate, validate_cifar10
 from ..fakequant.layers import quantized_layers
 from ..fakequant.loading import load_model
-from ..fast.aot import build_mode
+from ..fast.aot import defers_build
 from ..fast.projection import build_pending
 from ..files import data, imagenet
 from ..integer.format import load_exported
@@ -62,7 +62,7 @@ def run_validation(dataset: str = "cifar10", arch: str = "resnet20", bit: int | 
     if layers and build_pending(layers[0][1].act_levels, device=dev):
         log("=> this run uses the eager projection kernel (the same values, slower): the fused one for this machine "
             "is built by another process when this one ends (once, about 15 s)"
-            if dev.type == "cpu" and build_mode() == "exit" else
+            if defers_build(dev.type) else
             "=> the first batch also builds the fused projection kernel for this machine (once, about 15 s; "
             "APOT_COMPILE=0 skips it)")
     log(f"=> loading {dataset} data...")

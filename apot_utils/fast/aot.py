@@ -232,6 +232,12 @@ def build_mode() -> str:
     return mode
 
 
+def defers_build(device_type: str) -> bool:
+    """Whether a missing package for ``device_type`` is left to a build when this process ends (CPU packages under
+    :func:`build_mode` 'exit'), the process computing eagerly meanwhile."""
+    return device_type == "cpu" and build_mode() == "exit"
+
+
 def failure_marker(path: Path) -> Path:
     """Where a :class:`BackgroundBuild` of the package ``path`` that failed leaves its error (delete it to try
     again)."""

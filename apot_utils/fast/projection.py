@@ -248,7 +248,7 @@ def _fused(name: str, signature: tuple, probe):
             if marker.exists():
                 raise RuntimeError(f"its build failed on this machine: {marker.read_text().strip()} (delete {marker} "
                                    "to try again)")
-            if not path.exists() and args[0].device.type == "cpu" and aot.build_mode() == "exit":
+            if not path.exists() and aot.defers_build(args[0].device.type):
                 aot.build_at_exit(fn, args, dynamic)
                 return None
             kernel = aot.load(fn, args, dynamic)
